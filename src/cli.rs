@@ -1,0 +1,157 @@
+//! The command line, defined once: `--help`, the man pages and the shell completions are all
+//! generated from these clap definitions.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use nix::sys::signal::Signal;
+
+use crate::config::{parse_duration, parse_signal};
+use crate::error::EXIT_CODES_HELP;
+use crate::socket::{ListenSpec, parse_listen};
+
+/// Run N copies of any server program on sockets multinode binds once.
+///
+/// multinode binds the listening sockets (TCP v4/v6, Unix), drops root privileges, and starts
+/// worker processes that inherit the sockets the systemd way (fds 3.., LISTEN_FDS, LISTEN_PID,
+/// LISTEN_FDNAMES), so the kernel spreads connections over all of them. Crashed workers are
+/// restarted with backoff; SIGTERM stops them gracefully.
+#[derive(Debug, Parser)]
+#[command(name = "multinode", version, propagate_version = true, after_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Bind the sockets and run the workers until stopped.
+    #[command(
+        after_help = SERVE_AFTER_HELP,
+        override_usage = "multinode serve [OPTIONS] -- <COMMAND> [ARGS]..."
+    )]
+    Serve(ServeArgs),
+}
+
+const SERVE_AFTER_HELP: &str = "\
+Each worker gets the sockets as fds 3.. in --listen order and the environment
+LISTEN_FDS, LISTEN_PID (its own pid), LISTEN_FDNAMES, MULTINODE_WORKER_ID (0..N-1),
+MULTINODE_WORKERS and MULTINODE_GENERATION; every other fd but 0, 1, 2 is closed.
+
+Signals: TERM/INT stop gracefully (a second one kills at once), QUIT stops at once.
+
+Examples:
+  multinode serve --workers 4 --listen 127.0.0.1:8080 -- ./target/release/hello
+  sudo multinode serve -w 8 -l :80 -l admin=unix:/run/app.sock -- ./app --flag";
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Number of worker processes [default: the number of CPUs]
+    #[arg(short, long, value_name = "N")]
+    pub workers: Option<u32>,
+
+    /// Address to listen on; repeat for several sockets, passed in this order.
+    ///
+    /// HOST:PORT (127.0.0.1:8080, localhost:8080), :PORT for all interfaces (IPv6 and IPv4 on
+    /// one dual-stack socket), [V6ADDR]:PORT, or unix:PATH. NAME= names the socket in
+    /// LISTEN_FDNAMES (default: listen0, listen1, ...). Port 0 picks a free port; the bound
+    /// address is printed at start.
+    #[arg(
+        short,
+        long = "listen",
+        value_name = "[NAME=]ADDR",
+        value_parser = parse_listen,
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: Vec<ListenSpec>,
+
+    /// Length of each socket's accept queue (the kernel caps it at net.core.somaxconn)
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub backlog: u32,
+
+    /// User to run as after binding, when started as root [default: nobody]
+    #[arg(short, long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Group to run as [default: the user's primary group]
+    #[arg(short, long, value_name = "GROUP")]
+    pub group: Option<String>,
+
+    /// Permissions of Unix socket files (octal); their owner is the user multinode runs as
+    #[arg(long, value_name = "MODE", default_value = "660", value_parser = parse_mode)]
+    pub socket_mode: u32,
+
+    /// What to do when a worker exits
+    #[arg(long, value_enum, default_value_t = RestartPolicy::Always)]
+    pub restart: RestartPolicy,
+
+    /// Longest wait between restarts of a crashing worker (the wait doubles from 100ms)
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub backoff_max: Duration,
+
+    /// A worker that stayed up this long counts as healthy: its next crash restarts at once
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub min_uptime: Duration,
+
+    /// Give up (stop everything, exit 6) after more than N restarts within --restart-window
+    #[arg(long, value_name = "N")]
+    pub max_restarts: Option<u32>,
+
+    /// The window --max-restarts counts restarts in
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub restart_window: Duration,
+
+    /// Signal that asks a worker to finish its work and exit
+    #[arg(long, value_name = "SIGNAL", default_value = "TERM", value_parser = parse_signal)]
+    pub stop_signal: Signal,
+
+    /// How long a stopping worker may take before it is killed (SIGKILL)
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub grace: Duration,
+
+    /// Colour the output
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+
+    /// Output format of supervisor events and worker output
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// The worker program and its arguments (after --)
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RestartPolicy {
+    /// Restart a worker whatever way it exited
+    Always,
+    /// Restart a worker unless it exited with status 0
+    OnFailure,
+    /// Never restart; multinode exits when the last worker has
+    Never,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    /// Colour when the output is a terminal and NO_COLOR is not set
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Prefixed lines: `worker.2[1234] | text` and `multinode | event`
+    Text,
+    /// One JSON object per line, for log collectors
+    Json,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("'{s}' is not an octal file mode such as 660"))
+}

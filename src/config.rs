@@ -1,0 +1,241 @@
+//! The validated configuration of one `multinode serve`, built from the command line.
+//!
+//! Value parsers for durations and signals live here too, so that clap reports a bad value
+//! with the flag's name, and the checks that need more than one flag (or the file system) run
+//! in [`Config::from_args`] before anything is bound or started.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::cli::{LogFormat, RestartPolicy, ServeArgs};
+use crate::error::{Error, Result};
+use crate::socket::ListenSpec;
+
+#[derive(Debug)]
+pub struct Config {
+    pub workers: u32,
+    pub listen: Vec<ListenSpec>,
+    pub backlog: u32,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub socket_mode: u32,
+    pub program: Program,
+    pub restart: RestartPolicy,
+    pub backoff_max: Duration,
+    pub min_uptime: Duration,
+    /// `--max-restarts N` within `--restart-window`.
+    pub max_restarts: Option<(u32, Duration)>,
+    pub stop_signal: Signal,
+    pub grace: Duration,
+    pub color: bool,
+    pub log_format: LogFormat,
+}
+
+/// The worker program: the path execve gets (resolved through PATH once, at start) and argv.
+#[derive(Debug, Clone)]
+pub struct Program {
+    pub path: PathBuf,
+    pub argv: Vec<OsString>,
+}
+
+impl Config {
+    pub fn from_args(args: ServeArgs) -> Result<Config> {
+        let workers = match args.workers {
+            Some(0) => {
+                return Err(Error::usage(
+                    "--workers 0: at least one worker is needed (give --workers 1 or more)",
+                ));
+            }
+            Some(n) if n > 4096 => {
+                return Err(Error::usage(format!(
+                    "--workers {n}: more than 4096 workers is surely a mistake"
+                )));
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        };
+        if args.backlog == 0 {
+            return Err(Error::usage(
+                "--backlog 0: the accept queue needs room for at least one connection",
+            ));
+        }
+        let mut listen = args.listen;
+        for (i, spec) in listen.iter_mut().enumerate() {
+            if spec.name.is_empty() {
+                spec.name = format!("listen{i}");
+            }
+        }
+        check_listen_names(&listen)?;
+        let program = resolve_program(&args.command)?;
+        Ok(Config {
+            workers,
+            listen,
+            backlog: args.backlog,
+            user: args.user,
+            group: args.group,
+            socket_mode: args.socket_mode,
+            program,
+            restart: args.restart,
+            backoff_max: args.backoff_max,
+            min_uptime: args.min_uptime,
+            max_restarts: args.max_restarts.map(|n| (n, args.restart_window)),
+            stop_signal: args.stop_signal,
+            grace: args.grace,
+            color: crate::log::use_color(args.color),
+            log_format: args.log_format,
+        })
+    }
+}
+
+fn check_listen_names(specs: &[ListenSpec]) -> Result<()> {
+    for (i, a) in specs.iter().enumerate() {
+        if let Some(b) = specs[..i].iter().find(|b| b.name == a.name) {
+            return Err(Error::usage(format!(
+                "--listen {}: the name '{}' is already used by --listen {}; give each socket its own NAME=",
+                a.text, a.name, b.text
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Finds the program the way a shell would (a name without `/` is looked up in PATH) and
+/// checks it is an executable file, so a typo is reported before anything is bound.
+pub fn resolve_program(command: &[OsString]) -> Result<Program> {
+    let Some(first) = command.first().filter(|p| !p.is_empty()) else {
+        return Err(Error::usage(
+            "no program to run: put the worker command after --, e.g. multinode serve -- ./app",
+        ));
+    };
+    let given = Path::new(first);
+    let path = if given.as_os_str().as_encoded_bytes().contains(&b'/') {
+        absolute(given)?
+    } else {
+        let path_var =
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        std::env::split_paths(&path_var)
+            .map(|dir| absolute(&dir.join(given)))
+            .filter_map(|p| p.ok())
+            .find(|p| is_executable_file(p))
+            .ok_or_else(|| {
+                Error::program(format!(
+                    "program '{}' not found in PATH; give its path (e.g. ./{})",
+                    given.display(),
+                    given.display()
+                ))
+            })?
+    };
+    match std::fs::metadata(&path) {
+        Err(e) => {
+            return Err(Error::program(format!(
+                "program {}: {}",
+                path.display(),
+                io_reason(&e)
+            )));
+        }
+        Ok(m) if !m.is_file() => {
+            return Err(Error::program(format!(
+                "program {} is not a file; give the path of an executable",
+                path.display()
+            )));
+        }
+        Ok(_) if !is_executable_file(&path) => {
+            return Err(Error::program(format!(
+                "program {} is not executable; chmod +x it, or run it through its interpreter (e.g. -- python3 {})",
+                path.display(),
+                given.display()
+            )));
+        }
+        Ok(_) => {}
+    }
+    Ok(Program {
+        path,
+        argv: command.to_vec(),
+    })
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    std::path::absolute(p)
+        .map_err(|e| Error::program(format!("program {}: {}", p.display(), io_reason(&e))))
+}
+
+fn is_executable_file(p: &Path) -> bool {
+    use nix::unistd::{AccessFlags, access};
+    p.is_file() && access(p, AccessFlags::X_OK).is_ok()
+}
+
+/// An io::Error's reason without the "(os error N)" tail.
+pub fn io_reason(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(n) => nix::errno::Errno::from_raw(n).desc().to_lowercase(),
+        None => e.to_string(),
+    }
+}
+
+/// Parses `250ms`, `2s`, `1.5s`, `5m`, `1h`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => {
+            return Err(format!(
+                "'{s}' is not a duration such as 500ms, 10s, 2m or 1h"
+            ));
+        }
+    };
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration such as 500ms, 10s, 2m or 1h"))?;
+    Duration::try_from_secs_f64(value * scale)
+        .map_err(|_| format!("'{s}' is out of range for a duration"))
+}
+
+/// Parses `TERM`, `SIGTERM`, `sigterm` or `15`.
+pub fn parse_signal(s: &str) -> std::result::Result<Signal, String> {
+    let bad = || format!("'{s}' is not a signal name such as TERM, INT, QUIT or USR1");
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| bad());
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<Signal>().map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!(parse_signal("TERM"), Ok(Signal::SIGTERM));
+        assert_eq!(parse_signal("sigusr1"), Ok(Signal::SIGUSR1));
+        assert_eq!(parse_signal("9"), Ok(Signal::SIGKILL));
+        assert!(parse_signal("NOPE").is_err());
+        assert!(parse_signal("99").is_err());
+    }
+}

@@ -1,0 +1,84 @@
+//! `multinode serve`: the start-up sequence, in the order the security model needs.
+//!
+//! validate everything (config, program, user) → block signals → bind every socket (as root
+//! if started so) → drop privileges for good → become a subreaper → run the event loop →
+//! remove our socket files. A failure before the loop leaves no socket file behind: bound
+//! sockets are closed and their files removed while we still have the rights to.
+
+use std::ffi::OsString;
+
+use crate::cli::ServeArgs;
+use crate::config::Config;
+use crate::error::{Error, Exit, Result};
+use crate::log::{Event, Output};
+use crate::supervisor::{self, Supervisor};
+use crate::{privilege, socket, spawn};
+
+pub fn serve(args: ServeArgs) -> Result<Exit> {
+    let cfg = Config::from_args(args)?;
+    let target = privilege::resolve(cfg.user.as_deref(), cfg.group.as_deref())?;
+    if let Some(t) = &target {
+        privilege::check_executable_as(t, &cfg.program.path)?;
+    }
+
+    // Before any thread exists, so that every thread inherits the mask and the signals reach
+    // only the signalfd. The sockets are bound right after it, so they take the lowest fds.
+    let signals = supervisor::block_signals()?;
+    let owner = target.as_ref().map(|t| (t.uid, t.gid));
+    let sockets = socket::bind_all(&cfg.listen, cfg.backlog, cfg.socket_mode, owner)?;
+    if let Some(t) = &target {
+        privilege::drop_to(t)?;
+    }
+    nix::sys::prctl::set_child_subreaper(true)
+        .map_err(|e| Error::sys("becoming a child subreaper (PR_SET_CHILD_SUBREAPER)", e))?;
+
+    let overrides: Vec<(&str, OsString)> = match &target {
+        Some(t) => vec![
+            ("USER", t.user.clone().into()),
+            ("LOGNAME", t.user.clone().into()),
+            ("HOME", t.home.clone().into()),
+        ],
+        None => Vec::new(),
+    };
+    let spawner = spawn::Spawner::new(&cfg.program, &overrides)
+        .map_err(|e| Error::usage(format!("worker command: {e}")))?;
+
+    let mut out = Output::start(cfg.log_format, cfg.color);
+    for (i, s) in sockets.iter().enumerate() {
+        out.event(Event::info(
+            "listening",
+            format!("listening on {} {} (fd {})", s.name, s.local, 3 + i),
+        ));
+    }
+    if let Some(t) = &target {
+        out.event(Event::info(
+            "privileges",
+            format!(
+                "running as user {} group {} (uid {}, gid {})",
+                t.user, t.group, t.uid, t.gid
+            ),
+        ));
+    }
+    let sup = Supervisor::new(cfg, sockets, spawner, out, signals);
+    let (exit, mut sockets, mut out) = sup.run();
+    for s in &mut sockets {
+        if let Some(file) = &mut s.file {
+            if let Err(e) = file.remove() {
+                out.event(Event::warn(
+                    "socket-file",
+                    format!(
+                        "left {} in place: {} (the next start replaces it)",
+                        file.path.display(),
+                        crate::config::io_reason(&e)
+                    ),
+                ));
+            }
+        }
+    }
+    out.event(Event::info(
+        "exit",
+        format!("exiting with status {}", exit as i32),
+    ));
+    out.finish();
+    Ok(exit)
+}

@@ -1,0 +1,426 @@
+//! Listen specs (`[NAME=]ADDR`) and binding them: TCP v4/v6 and Unix stream sockets.
+//!
+//! The supervisor binds every socket once, before it drops privileges, and keeps them open for
+//! its whole life; workers inherit duplicates. All fds here are CLOEXEC: only the spawn path
+//! hands them to a worker, at the fd numbers the worker contract promises.
+//!
+//! Unix socket files: a stale file (nothing accepts on it) is replaced; a live one is an error.
+//! The file is removed when multinode exits if the directory still lets the (dropped) user do
+//! it; otherwise it stays and the next start replaces it as stale.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    self, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, UnixAddr, sockopt,
+};
+use nix::unistd::{Gid, Uid};
+
+use crate::error::{Error, Result};
+
+/// Longest path a `sockaddr_un` holds (108 bytes with the terminating NUL).
+const UNIX_PATH_MAX: usize = 107;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    /// `:PORT`: every interface, one dual-stack IPv6 socket where the machine has IPv6.
+    AnyTcp(u16),
+    Unix(PathBuf),
+}
+
+/// One `--listen` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenSpec {
+    /// The name in LISTEN_FDNAMES; empty until the config gives unnamed sockets `listenN`.
+    pub name: String,
+    pub addr: ListenAddr,
+    /// The value as the user wrote it, for messages.
+    pub text: String,
+}
+
+/// Parses `[NAME=]ADDR` (clap value parser for `--listen`).
+pub fn parse_listen(s: &str) -> std::result::Result<ListenSpec, String> {
+    let (name, addr_text) = match s.split_once('=') {
+        Some((n, rest)) if !n.contains(':') && !n.contains('/') => {
+            if !valid_name(n) {
+                return Err(format!(
+                    "'{n}' is not a socket name: use letters, digits, '_', '-' or '.'"
+                ));
+            }
+            (n.to_string(), rest)
+        }
+        _ => (String::new(), s),
+    };
+    let addr = parse_addr(addr_text)?;
+    Ok(ListenSpec {
+        name,
+        addr,
+        text: s.to_string(),
+    })
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 255
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+}
+
+fn parse_addr(s: &str) -> std::result::Result<ListenAddr, String> {
+    if let Some(path) = s.strip_prefix("unix:") {
+        if path.is_empty() {
+            return Err("unix: needs a path, e.g. unix:/run/app.sock".into());
+        }
+        if path.starts_with('@') {
+            return Err(format!(
+                "'{s}': abstract Unix sockets are not supported (any local user can reach them); use a path"
+            ));
+        }
+        if path.len() > UNIX_PATH_MAX {
+            return Err(format!(
+                "Unix socket path is {} bytes long, the limit is {UNIX_PATH_MAX}: choose a shorter path",
+                path.len()
+            ));
+        }
+        return Ok(ListenAddr::Unix(PathBuf::from(path)));
+    }
+    let bad = || {
+        format!(
+            "'{s}' is not an address: use HOST:PORT (127.0.0.1:8080), :PORT, [::1]:PORT or unix:PATH"
+        )
+    };
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("'{s}': port '{port}' is not a number from 0 to 65535"))?;
+    let ip: IpAddr = match host {
+        "" | "*" => return Ok(ListenAddr::AnyTcp(port)),
+        "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        h if h.starts_with('[') && h.ends_with(']') => {
+            IpAddr::V6(h[1..h.len() - 1].parse::<Ipv6Addr>().map_err(|_| bad())?)
+        }
+        h => h.parse::<Ipv4Addr>().map(IpAddr::V4).map_err(|_| {
+            if h.contains(':') {
+                format!("'{s}': write an IPv6 address in brackets, e.g. [{h}]:{port}")
+            } else {
+                bad()
+            }
+        })?,
+    };
+    Ok(ListenAddr::Tcp(SocketAddr::new(ip, port)))
+}
+
+/// A bound, listening socket owned by the supervisor.
+#[derive(Debug)]
+pub struct Bound {
+    pub name: String,
+    /// What it listens on, for messages: `127.0.0.1:8080` or `/run/app.sock`.
+    pub local: String,
+    pub fd: OwnedFd,
+    /// The socket file of a Unix socket, removed on drop if it is still ours.
+    pub file: Option<SocketFile>,
+}
+
+impl AsFd for Bound {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Binds every spec in order. On an error, what was bound so far is closed and its socket
+/// files removed (by drop), so a failed start leaves nothing behind.
+///
+/// `owner` is who Unix socket files should belong to (the user multinode drops to).
+pub fn bind_all(
+    specs: &[ListenSpec],
+    backlog: u32,
+    mode: u32,
+    owner: Option<(Uid, Gid)>,
+) -> Result<Vec<Bound>> {
+    let mut bound = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let b = match &spec.addr {
+            ListenAddr::Tcp(addr) => {
+                let v6only = addr.is_ipv6();
+                bind_tcp(spec, *addr, v6only, backlog)?
+            }
+            ListenAddr::AnyTcp(port) => {
+                // Dual-stack unless the user also binds IPv4 on this port themselves.
+                let v4_too = specs.iter().any(
+                    |o| matches!(o.addr, ListenAddr::Tcp(SocketAddr::V4(a)) if a.port() == *port),
+                );
+                let any6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), *port);
+                match bind_tcp(spec, any6, v4_too, backlog) {
+                    Err(e) if !v4_too && ipv6_unavailable() => {
+                        let any4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), *port);
+                        bind_tcp(spec, any4, false, backlog).map_err(|_| e)?
+                    }
+                    r => r?,
+                }
+            }
+            ListenAddr::Unix(path) => bind_unix(spec, path, backlog, mode, owner)?,
+        };
+        bound.push(b);
+    }
+    Ok(bound)
+}
+
+fn ipv6_unavailable() -> bool {
+    socket::socket(
+        AddressFamily::Inet6,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .is_err()
+}
+
+fn listen(fd: &OwnedFd, backlog: u32) -> nix::Result<()> {
+    let n = i32::try_from(backlog)
+        .unwrap_or(i32::MAX)
+        .min(libc::SOMAXCONN);
+    socket::listen(fd, Backlog::new(n)?)
+}
+
+fn bind_tcp(spec: &ListenSpec, addr: SocketAddr, v6only: bool, backlog: u32) -> Result<Bound> {
+    let fail = |what: &str, e: Errno| {
+        Error::socket(format!(
+            "--listen {}: {what} {addr}: {}",
+            spec.text,
+            e.desc().to_lowercase()
+        ))
+    };
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(|e| fail("cannot create a socket for", e))?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| fail("SO_REUSEADDR on", e))?;
+    if addr.is_ipv6() {
+        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &v6only)
+            .map_err(|e| fail("IPV6_V6ONLY on", e))?;
+    }
+    let sa = SockaddrStorage::from(addr);
+    socket::bind(fd.as_raw_fd(), &sa).map_err(|e| match e {
+        Errno::EADDRINUSE => Error::socket(format!(
+            "--listen {}: address {addr} is already in use; stop the other server or pick another port",
+            spec.text
+        )),
+        Errno::EACCES => Error::socket(format!(
+            "--listen {}: permission denied binding {addr}: ports below 1024 need root (run with sudo; multinode drops to --user after binding)",
+            spec.text
+        )),
+        Errno::EADDRNOTAVAIL => Error::socket(format!(
+            "--listen {}: address {} is not an address of this machine",
+            spec.text,
+            addr.ip()
+        )),
+        e => fail("cannot bind", e),
+    })?;
+    listen(&fd, backlog).map_err(|e| fail("cannot listen on", e))?;
+    let local = socket::getsockname::<SockaddrStorage>(fd.as_raw_fd())
+        .ok()
+        .and_then(|s| to_std(&s))
+        .unwrap_or(addr);
+    Ok(Bound {
+        name: spec.name.clone(),
+        local: local.to_string(),
+        fd,
+        file: None,
+    })
+}
+
+fn to_std(s: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = s.as_sockaddr_in() {
+        return Some(SocketAddr::from((v4.ip(), v4.port())));
+    }
+    s.as_sockaddr_in6()
+        .map(|v6| SocketAddr::from((v6.ip(), v6.port())))
+}
+
+fn bind_unix(
+    spec: &ListenSpec,
+    path: &Path,
+    backlog: u32,
+    mode: u32,
+    owner: Option<(Uid, Gid)>,
+) -> Result<Bound> {
+    let shown = path.display();
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        Error::socket(format!("--listen {}: {what} {shown}: {e}", spec.text))
+    };
+    remove_if_stale(spec, path)?;
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| fail("cannot create a socket for", &e.desc()))?;
+    let addr = UnixAddr::new(path).map_err(|e| fail("bad path", &e.desc()))?;
+    // Bind with a tight umask so the file is never reachable by others before the chmod below.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let r = socket::bind(fd.as_raw_fd(), &addr);
+    nix::sys::stat::umask(old);
+    r.map_err(|e| match e {
+        Errno::EACCES => Error::socket(format!(
+            "--listen {}: permission denied creating {shown}: the directory is not writable by this user (run as root or choose another directory)",
+            spec.text
+        )),
+        Errno::ENOENT => Error::socket(format!(
+            "--listen {}: directory of {shown} does not exist; create it first",
+            spec.text
+        )),
+        e => fail("cannot bind", &e.desc().to_lowercase()),
+    })?;
+    let meta = std::fs::metadata(path).map_err(|e| fail("cannot stat", &e))?;
+    let file = SocketFile {
+        path: path.to_path_buf(),
+        dev: meta.dev(),
+        ino: meta.ino(),
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| fail("cannot chmod", &e))?;
+    if let Some((uid, gid)) = owner {
+        nix::unistd::chown(path, Some(uid), Some(gid))
+            .map_err(|e| fail("cannot chown", &e.desc()))?;
+    }
+    listen(&fd, backlog).map_err(|e| fail("cannot listen on", &e.desc()))?;
+    Ok(Bound {
+        name: spec.name.clone(),
+        local: format!("unix:{shown}"),
+        fd,
+        file: Some(file),
+    })
+}
+
+/// Replaces a socket file nobody accepts on; refuses a live one or a file of another kind.
+fn remove_if_stale(spec: &ListenSpec, path: &Path) -> Result<()> {
+    let shown = path.display();
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(Error::socket(format!(
+                "--listen {}: cannot stat {shown}: {e}",
+                spec.text
+            )));
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(Error::socket(format!(
+            "--listen {}: {shown} exists and is not a socket; refusing to replace it",
+            spec.text
+        )));
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(Error::socket(format!(
+            "--listen {}: {shown} is in use by a running server; stop it or choose another path",
+            spec.text
+        ))),
+        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => std::fs::remove_file(path)
+            .map_err(|e| {
+                Error::socket(format!(
+                    "--listen {}: cannot replace the stale socket {shown}: {e}",
+                    spec.text
+                ))
+            }),
+        Err(e) => Err(Error::socket(format!(
+            "--listen {}: cannot check whether {shown} is in use: {e}",
+            spec.text
+        ))),
+    }
+}
+
+/// A socket file this process created, identified by device and inode so that a file some
+/// other process put at the same path since is never removed.
+#[derive(Debug)]
+pub struct SocketFile {
+    pub path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketFile {
+    /// Removes the file if it is still ours. `Ok(false)`: it was already gone or replaced.
+    pub fn remove(&mut self) -> io::Result<bool> {
+        let ours = std::fs::symlink_metadata(&self.path)
+            .map(|m| m.dev() == self.dev && m.ino() == self.ino)
+            .unwrap_or(false);
+        if !ours {
+            self.ino = 0;
+            return Ok(false);
+        }
+        std::fs::remove_file(&self.path)?;
+        self.ino = 0;
+        Ok(true)
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if self.ino != 0 {
+            let _ = self.remove();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> ListenAddr {
+        parse_listen(s).unwrap().addr
+    }
+
+    #[test]
+    fn listen_specs() {
+        assert_eq!(
+            addr("127.0.0.1:8080"),
+            ListenAddr::Tcp("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(addr(":80"), ListenAddr::AnyTcp(80));
+        assert_eq!(addr("*:80"), ListenAddr::AnyTcp(80));
+        assert_eq!(
+            addr("[::1]:9000"),
+            ListenAddr::Tcp("[::1]:9000".parse().unwrap())
+        );
+        assert_eq!(
+            addr("localhost:1"),
+            ListenAddr::Tcp("127.0.0.1:1".parse().unwrap())
+        );
+        assert_eq!(
+            addr("unix:/run/a=b.sock"),
+            ListenAddr::Unix("/run/a=b.sock".into())
+        );
+        let named = parse_listen("admin=unix:/run/app.sock").unwrap();
+        assert_eq!(named.name, "admin");
+        assert_eq!(named.addr, ListenAddr::Unix("/run/app.sock".into()));
+        assert_eq!(parse_listen("web=:8080").unwrap().name, "web");
+    }
+
+    #[test]
+    fn bad_listen_specs() {
+        for bad in [
+            "8080",
+            "127.0.0.1",
+            "1.2.3.4:99999",
+            "host.example:80",
+            "::1:80",
+            "unix:",
+            "bad name=:80",
+            "unix:@abstract",
+        ] {
+            assert!(parse_listen(bad).is_err(), "{bad} should be rejected");
+        }
+        let long = format!("unix:/tmp/{}", "x".repeat(200));
+        assert!(parse_listen(&long).unwrap_err().contains("limit is 107"));
+    }
+}

@@ -1,0 +1,148 @@
+//! One worker process as the supervisor sees it: pid and process group, output pipes, the
+//! leader's exit status, and how its exit is described to a user.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+
+use crate::log::{LineSplitter, Output, Stream};
+
+pub struct Pipe {
+    fd: OwnedFd,
+    stream: Stream,
+    lines: LineSplitter,
+}
+
+pub struct Worker {
+    pub slot: u32,
+    /// Also the id of the worker's process group.
+    pub pid: Pid,
+    pub started: Instant,
+    pipes: Vec<Pipe>,
+    /// The leader's exit, once reaped. The worker is over when its whole group is gone too.
+    pub status: Option<WaitStatus>,
+    /// Stop asked (by a stop, a drain, or because the leader died leaving its group behind):
+    /// this worker is not to be restarted when it ends.
+    pub stopping: bool,
+    /// When to SIGKILL the group if it is still there.
+    pub kill_at: Option<Instant>,
+    pub killed: bool,
+}
+
+impl Worker {
+    pub fn new(slot: u32, pid: Pid, stdout: OwnedFd, stderr: OwnedFd) -> Self {
+        let pipe = |fd, stream| Pipe {
+            fd,
+            stream,
+            lines: LineSplitter::default(),
+        };
+        Worker {
+            slot,
+            pid,
+            started: Instant::now(),
+            pipes: vec![pipe(stdout, Stream::Stdout), pipe(stderr, Stream::Stderr)],
+            status: None,
+            stopping: false,
+            kill_at: None,
+            killed: false,
+        }
+    }
+
+    /// The open output pipes, for poll. Index is what [`Worker::read_pipe`] takes.
+    pub fn pipe_fds(&self) -> impl Iterator<Item = (usize, BorrowedFd<'_>)> {
+        self.pipes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i, p.fd.as_fd()))
+    }
+
+    /// Reads what the pipe holds now and prints its complete lines; at end of file, prints the
+    /// unfinished last line too and closes the pipe.
+    pub fn read_pipe(&mut self, idx: usize, out: &mut Output) {
+        let (slot, pid) = (self.slot, self.pid.as_raw());
+        let Some(p) = self.pipes.get_mut(idx) else {
+            return;
+        };
+        let mut buf = [0u8; 16 * 1024];
+        let eof = loop {
+            match nix::unistd::read(&p.fd, &mut buf) {
+                Ok(0) => break true,
+                Ok(n) => {
+                    let stream = p.stream;
+                    p.lines
+                        .push(&buf[..n], |l| out.worker_line(slot, pid, stream, l));
+                }
+                Err(Errno::EAGAIN) => break false,
+                Err(Errno::EINTR) => continue,
+                Err(_) => break true,
+            }
+        };
+        if eof {
+            let stream = p.stream;
+            p.lines.finish(|l| out.worker_line(slot, pid, stream, l));
+            self.pipes.remove(idx);
+        }
+    }
+
+    /// Reads every pipe to its end (or to what is there now) and prints the rest.
+    pub fn drain_pipes(&mut self, out: &mut Output) {
+        for idx in (0..self.pipes.len()).rev() {
+            self.read_pipe(idx, out);
+        }
+        let (slot, pid) = (self.slot, self.pid.as_raw());
+        for p in &mut self.pipes {
+            let stream = p.stream;
+            p.lines.finish(|l| out.worker_line(slot, pid, stream, l));
+        }
+        self.pipes.clear();
+    }
+
+    /// Sends `sig` to the worker's whole process group.
+    pub fn signal(&self, sig: Signal) {
+        let _ = killpg(self.pid, sig);
+    }
+
+    /// True while any process of the worker's group exists.
+    pub fn group_alive(&self) -> bool {
+        !matches!(killpg(self.pid, None), Err(Errno::ESRCH))
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Whether the leader exited with status 0.
+    pub fn succeeded(&self) -> bool {
+        matches!(self.status, Some(WaitStatus::Exited(_, 0)))
+    }
+}
+
+/// "exited with code 3", "was killed by SIGSEGV (core dumped)": the way a shell reports it.
+pub fn describe_exit(status: &WaitStatus) -> String {
+    match status {
+        WaitStatus::Exited(_, code) => format!("exited with code {code}"),
+        WaitStatus::Signaled(_, sig, core) => format!(
+            "was killed by {}{}",
+            sig.as_str(),
+            if *core { " (core dumped)" } else { "" }
+        ),
+        other => format!("changed state: {other:?}"),
+    }
+}
+
+/// `250ms`, `1.5s`, `2m05s`.
+pub fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        let s = format!("{:.1}", d.as_secs_f64());
+        format!("{}s", s.trim_end_matches(".0"))
+    } else {
+        format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}
