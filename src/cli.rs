@@ -2,12 +2,13 @@
 //! generated from these clap definitions.
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use nix::sys::signal::Signal;
 
-use crate::config::{parse_duration, parse_signal};
+use crate::config::{ReadyMode, parse_duration, parse_ready, parse_signal};
 use crate::error::EXIT_CODES_HELP;
 use crate::socket::{ListenSpec, parse_listen};
 
@@ -39,7 +40,8 @@ Each worker gets the sockets as fds 3.. in --listen order and the environment
 LISTEN_FDS, LISTEN_PID (its own pid), LISTEN_FDNAMES, MULTINODE_WORKER_ID (0..N-1),
 MULTINODE_WORKERS and MULTINODE_GENERATION; every other fd but 0, 1, 2 is closed.
 
-Signals: TERM/INT stop gracefully (a second one kills at once), QUIT stops at once.
+Signals: TERM/INT stop gracefully (a second one kills at once), QUIT stops at once,
+HUP rolls every worker over to a new one (zero downtime), TTIN/TTOU add/remove a worker.
 
 Examples:
   multinode serve --workers 4 --listen 127.0.0.1:8080 -- ./target/release/hello
@@ -109,6 +111,35 @@ pub struct ServeArgs {
     /// How long a stopping worker may take before it is killed (SIGKILL)
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub grace: Duration,
+
+    /// When a new worker counts as ready: `notify` (it sent READY=1 to NOTIFY_SOCKET) or
+    /// `delay:DURATION` (it sent READY=1, or stayed up that long)
+    ///
+    /// A rolling reload stops an old worker only once its replacement is ready. The default
+    /// suits programs that know nothing of sd_notify; use `notify` for programs that do.
+    #[arg(long, value_name = "MODE", default_value = "delay:1s", value_parser = parse_ready)]
+    pub ready: ReadyMode,
+
+    /// A new worker not ready this long is stopped (and a reload rolled back)
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub ready_timeout: Duration,
+
+    /// How many workers a rolling reload replaces at once
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub reload_parallel: u32,
+
+    /// Reload when this file or directory (recursively) changes; repeatable
+    #[arg(long, value_name = "PATH")]
+    pub watch: Vec<PathBuf>,
+
+    /// Ignore changes to paths matching this glob (`*`, `?`, `**`); repeatable.
+    /// `**/.git/**` and `**/target/**` are always ignored
+    #[arg(long, value_name = "GLOB")]
+    pub watch_ignore: Vec<String>,
+
+    /// Reload once the watched files have been quiet this long
+    #[arg(long, value_name = "DURATION", default_value = "300ms", value_parser = parse_duration)]
+    pub watch_debounce: Duration,
 
     /// Colour the output
     #[arg(long, value_enum, value_name = "WHEN", default_value_t = ColorChoice::Auto)]

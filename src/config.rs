@@ -30,8 +30,23 @@ pub struct Config {
     pub max_restarts: Option<(u32, Duration)>,
     pub stop_signal: Signal,
     pub grace: Duration,
+    pub ready: ReadyMode,
+    pub ready_timeout: Duration,
+    pub reload_parallel: u32,
+    pub watch: Vec<PathBuf>,
+    pub watch_ignore: Vec<String>,
+    pub watch_debounce: Duration,
     pub color: bool,
     pub log_format: LogFormat,
+}
+
+/// When a new worker counts as ready (`--ready`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadyMode {
+    /// Only on READY=1.
+    Notify,
+    /// On READY=1, or once it has been up this long.
+    Delay(Duration),
 }
 
 /// The worker program: the path execve gets (resolved through PATH once, at start) and argv.
@@ -62,6 +77,11 @@ impl Config {
                 "--backlog 0: the accept queue needs room for at least one connection",
             ));
         }
+        if args.reload_parallel == 0 {
+            return Err(Error::usage(
+                "--reload-parallel 0: a reload must replace at least one worker at a time",
+            ));
+        }
         let mut listen = args.listen;
         for (i, spec) in listen.iter_mut().enumerate() {
             if spec.name.is_empty() {
@@ -84,6 +104,12 @@ impl Config {
             max_restarts: args.max_restarts.map(|n| (n, args.restart_window)),
             stop_signal: args.stop_signal,
             grace: args.grace,
+            ready: args.ready,
+            ready_timeout: args.ready_timeout,
+            reload_parallel: args.reload_parallel,
+            watch: args.watch,
+            watch_ignore: args.watch_ignore,
+            watch_debounce: args.watch_debounce,
             color: crate::log::use_color(args.color),
             log_format: args.log_format,
         })
@@ -200,6 +226,17 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
         .map_err(|_| format!("'{s}' is out of range for a duration"))
 }
 
+/// Parses `notify` or `delay:DURATION` (`--ready`).
+pub fn parse_ready(s: &str) -> std::result::Result<ReadyMode, String> {
+    match s.split_once(':') {
+        None if s == "notify" => Ok(ReadyMode::Notify),
+        Some(("delay", d)) => parse_duration(d).map(ReadyMode::Delay),
+        _ => Err(format!(
+            "'{s}' is not a readiness mode: use notify or delay:DURATION (e.g. delay:2s)"
+        )),
+    }
+}
+
 /// Parses `TERM`, `SIGTERM`, `sigterm` or `15`.
 pub fn parse_signal(s: &str) -> std::result::Result<Signal, String> {
     let bad = || format!("'{s}' is not a signal name such as TERM, INT, QUIT or USR1");
@@ -237,5 +274,16 @@ mod tests {
         assert_eq!(parse_signal("9"), Ok(Signal::SIGKILL));
         assert!(parse_signal("NOPE").is_err());
         assert!(parse_signal("99").is_err());
+    }
+
+    #[test]
+    fn ready_modes() {
+        assert_eq!(parse_ready("notify"), Ok(ReadyMode::Notify));
+        assert_eq!(
+            parse_ready("delay:2s"),
+            Ok(ReadyMode::Delay(Duration::from_secs(2)))
+        );
+        assert!(parse_ready("delay").is_err());
+        assert!(parse_ready("soon").is_err());
     }
 }

@@ -235,10 +235,17 @@ fn write_lines(rx: Receiver<Line>) {
     let stderr = std::io::stderr();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut err = std::io::BufWriter::new(stderr.lock());
+    let mut last = Stream::Stderr;
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
-        // Write everything queued, then flush once.
+        // Write everything queued, then flush once; flush on every switch of stream too, so
+        // that a terminal showing both sees the lines in the order they happened.
         while let Some(line) = next {
+            if line.stream != last {
+                let _ = out.flush();
+                let _ = err.flush();
+                last = line.stream;
+            }
             let w: &mut dyn Write = match line.stream {
                 Stream::Stdout => &mut out,
                 Stream::Stderr => &mut err,

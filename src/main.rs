@@ -7,11 +7,13 @@ mod cli;
 mod config;
 mod error;
 mod log;
+mod notify;
 mod privilege;
 mod serve;
 mod socket;
 mod spawn;
 mod supervisor;
+mod watch;
 
 use std::process::ExitCode;
 

@@ -1,8 +1,8 @@
 //! `multinode serve`: the start-up sequence, in the order the security model needs.
 //!
-//! validate everything (config, program, user) → block signals → bind every socket (as root
-//! if started so) → drop privileges for good → become a subreaper → run the event loop →
-//! remove our socket files. A failure before the loop leaves no socket file behind: bound
+//! validate everything (config, program, user) → block signals → start the file watcher →
+//! bind every socket (as root if started so) → drop privileges for good → become a subreaper
+//! → the notify socket → run the event loop → remove our socket files. A failure before the loop leaves no socket file behind: bound
 //! sockets are closed and their files removed while we still have the rights to.
 
 use std::ffi::OsString;
@@ -11,7 +11,9 @@ use crate::cli::ServeArgs;
 use crate::config::Config;
 use crate::error::{Error, Exit, Result};
 use crate::log::{Event, Output};
-use crate::supervisor::{self, Supervisor};
+use crate::notify::NotifyServer;
+use crate::supervisor::{self, Parts, Supervisor};
+use crate::watch::Watch;
 use crate::{privilege, socket, spawn};
 
 pub fn serve(args: ServeArgs) -> Result<Exit> {
@@ -24,6 +26,13 @@ pub fn serve(args: ServeArgs) -> Result<Exit> {
     // Before any thread exists, so that every thread inherits the mask and the signals reach
     // only the signalfd. The sockets are bound right after it, so they take the lowest fds.
     let signals = supervisor::block_signals()?;
+    // The watcher's inotify watches are made with our current rights; its thread inherits the
+    // blocked signals and, through glibc's setuid broadcast, the privilege drop below.
+    let watch = if cfg.watch.is_empty() {
+        None
+    } else {
+        Some(Watch::start(&cfg.watch, &cfg.watch_ignore)?)
+    };
     let owner = target.as_ref().map(|t| (t.uid, t.gid));
     let sockets = socket::bind_all(&cfg.listen, cfg.backlog, cfg.socket_mode, owner)?;
     if let Some(t) = &target {
@@ -32,7 +41,7 @@ pub fn serve(args: ServeArgs) -> Result<Exit> {
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|e| Error::sys("becoming a child subreaper (PR_SET_CHILD_SUBREAPER)", e))?;
 
-    let overrides: Vec<(&str, OsString)> = match &target {
+    let mut overrides: Vec<(&str, OsString)> = match &target {
         Some(t) => vec![
             ("USER", t.user.clone().into()),
             ("LOGNAME", t.user.clone().into()),
@@ -40,6 +49,8 @@ pub fn serve(args: ServeArgs) -> Result<Exit> {
         ],
         None => Vec::new(),
     };
+    let notify = NotifyServer::bind()?;
+    overrides.push(("NOTIFY_SOCKET", notify.path().as_os_str().to_owned()));
     let spawner = spawn::Spawner::new(&cfg.program, &overrides)
         .map_err(|e| Error::usage(format!("worker command: {e}")))?;
 
@@ -59,8 +70,20 @@ pub fn serve(args: ServeArgs) -> Result<Exit> {
             ),
         ));
     }
-    let sup = Supervisor::new(cfg, sockets, spawner, out, signals);
-    let (exit, mut sockets, mut out) = sup.run();
+    let parts = Parts {
+        sockets,
+        spawner,
+        out,
+        signals,
+        notify,
+        watch,
+    };
+    let (exit, parts) = Supervisor::new(cfg, parts).run();
+    let Parts {
+        mut sockets,
+        mut out,
+        ..
+    } = parts;
     for s in &mut sockets {
         if let Some(file) = &mut s.file {
             if let Err(e) = file.remove() {

@@ -1,12 +1,14 @@
 //! The supervisor's event loop: the one thread that owns every worker, forks, reaps and
-//! decides. Signals (through a signalfd), child exits and worker output all wake one `poll`;
-//! the only timeouts are pending restarts and stop deadlines, so an idle supervisor sleeps in
-//! `poll` with no timeout at all.
+//! decides. Signals (through a signalfd), child exits, worker output, sd_notify datagrams and
+//! file-change wake-ups all wake one `poll`; the only timeouts are pending restarts, readiness
+//! and stop deadlines, so an idle supervisor sleeps in `poll` with no timeout at all.
 
 mod backoff;
+mod reload;
 mod worker;
 
 use std::os::fd::AsFd;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -14,14 +16,18 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
 
 use crate::cli::RestartPolicy;
-use crate::config::Config;
+use crate::config::{Config, ReadyMode};
 use crate::error::{Error, Exit, Result};
 use crate::log::{Event, Output};
+use crate::notify::NotifyServer;
 use crate::socket::Bound;
 use crate::spawn::Spawner;
+use crate::watch::Watch;
 use backoff::{Backoff, Budget, Jitter};
+use reload::Reload;
 use worker::{Worker, describe_exit, human};
 
 /// The signals the supervisor handles; they are blocked in every thread and read from a
@@ -51,8 +57,8 @@ pub fn block_signals() -> Result<SignalFd> {
         .map_err(|e| Error::sys("creating a signalfd", e))
 }
 
-/// How long a group whose leader died after a SIGKILL is re-checked for: the rare case where
-/// its last member is not our child, so no SIGCHLD tells us it is gone.
+/// How often a group whose leader died after a SIGKILL is re-checked: the rare case where its
+/// last member is not our child, so no SIGCHLD tells us it is gone.
 const RECHECK: Duration = Duration::from_millis(100);
 
 #[derive(Default)]
@@ -65,7 +71,7 @@ struct Slot {
     last_ok: bool,
 }
 
-#[derive(PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Running,
     /// Stop signal sent; SIGKILL at the deadline.
@@ -74,15 +80,29 @@ enum Phase {
     Killing,
 }
 
+/// What the event loop needs besides the config: sockets, the spawner and the I/O endpoints.
+pub struct Parts {
+    pub sockets: Vec<Bound>,
+    pub spawner: Spawner,
+    pub out: Output,
+    pub signals: SignalFd,
+    pub notify: NotifyServer,
+    pub watch: Option<Watch>,
+}
+
 pub struct Supervisor {
     cfg: Config,
-    sockets: Vec<Bound>,
-    spawner: Spawner,
-    out: Output,
-    signals: SignalFd,
+    p: Parts,
     slots: Vec<Slot>,
     workers: Vec<Worker>,
+    /// The generation crash restarts and new slots start: the last one fully rolled out.
     generation: u64,
+    /// The highest generation ever started (a reload takes the next one).
+    newest: u64,
+    reload: Option<Reload>,
+    /// A file change was seen; reload once nothing changed until then.
+    watch_reload_at: Option<Instant>,
+    watch_changed: Option<PathBuf>,
     phase: Phase,
     budget: Budget,
     jitter: Jitter,
@@ -94,28 +114,25 @@ pub struct Supervisor {
 
 enum Wake {
     Signals,
-    Pipe(nix::unistd::Pid, usize),
+    Notify,
+    Watch,
+    Pipe(Pid, usize),
 }
 
 impl Supervisor {
-    pub fn new(
-        cfg: Config,
-        sockets: Vec<Bound>,
-        spawner: Spawner,
-        out: Output,
-        signals: SignalFd,
-    ) -> Self {
+    pub fn new(cfg: Config, p: Parts) -> Self {
         let slots = (0..cfg.workers).map(|_| Slot::default()).collect();
         Supervisor {
             budget: Budget::new(cfg.max_restarts),
             cfg,
-            sockets,
-            spawner,
-            out,
-            signals,
+            p,
             slots,
             workers: Vec::new(),
             generation: 1,
+            newest: 1,
+            reload: None,
+            watch_reload_at: None,
+            watch_changed: None,
             phase: Phase::Running,
             jitter: Jitter::new(),
             any_started: false,
@@ -123,19 +140,19 @@ impl Supervisor {
         }
     }
 
-    /// Runs until every worker is gone; returns the exit class and the sockets (for cleanup).
-    pub fn run(mut self) -> (Exit, Vec<Bound>, Output) {
+    /// Runs until every worker is gone; returns the exit class and the parts (for cleanup).
+    pub fn run(mut self) -> (Exit, Parts) {
         for slot in 0..self.cfg.workers {
-            self.start(slot);
             if self.phase != Phase::Running {
                 break;
             }
+            self.start(slot, self.generation);
         }
         while !self.finished() {
             let wakes = match self.wait() {
                 Ok(w) => w,
                 Err(e) => {
-                    self.out.event(Event::error(
+                    self.p.out.event(Event::error(
                         "internal",
                         format!("poll failed: {e}; stopping"),
                     ));
@@ -147,24 +164,28 @@ impl Supervisor {
             for wake in wakes {
                 match wake {
                     Wake::Signals => self.on_signals(),
+                    Wake::Notify => self.on_notify(),
+                    Wake::Watch => self.on_watch(),
                     Wake::Pipe(pid, idx) => {
                         if let Some(w) = self.workers.iter_mut().find(|w| w.pid == pid) {
-                            w.read_pipe(idx, &mut self.out);
+                            w.read_pipe(idx, &mut self.p.out);
                         }
                     }
                 }
             }
-            self.on_timers(Instant::now());
-            self.settle();
+            let now = Instant::now();
+            self.on_timers(now);
+            self.settle(now);
+            self.advance_reload(now);
         }
         if self.phase == Phase::Running
-            && !self.slots.iter().all(|s| s.last_ok)
             && self.exit == Exit::Ok
+            && !self.slots.iter().all(|s| s.last_ok)
         {
             // Every worker exited for good (--restart never / on-failure) and one failed.
             self.exit = Exit::Unclean;
         }
-        (self.exit, self.sockets, self.out)
+        (self.exit, self.p)
     }
 
     fn finished(&self) -> bool {
@@ -172,19 +193,26 @@ impl Supervisor {
             && (self.phase != Phase::Running || self.slots.iter().all(|s| s.restart_at.is_none()))
     }
 
-    /// Sleeps in poll until a signal, worker output or the next deadline.
+    /// Sleeps in poll until a signal, a datagram, output, a file change or the next deadline.
     fn wait(&mut self) -> nix::Result<Vec<Wake>> {
         let timeout = match self.next_deadline() {
             None => PollTimeout::NONE,
             Some(at) => {
                 let ms = at.saturating_duration_since(Instant::now()).as_millis();
-                // Round up so we never wake a millisecond early and spin.
+                // Round up so the loop never wakes a millisecond early and spins.
                 PollTimeout::try_from(ms.saturating_add(1).min(i32::MAX as u128) as i32)
                     .unwrap_or(PollTimeout::MAX)
             }
         };
-        let mut keys = vec![Wake::Signals];
-        let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
+        let mut keys = vec![Wake::Signals, Wake::Notify];
+        let mut fds = vec![
+            PollFd::new(self.p.signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.p.notify.as_fd(), PollFlags::POLLIN),
+        ];
+        if let Some(w) = &self.p.watch {
+            keys.push(Wake::Watch);
+            fds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
+        }
         for w in &self.workers {
             for (idx, fd) in w.pipe_fds() {
                 keys.push(Wake::Pipe(w.pid, idx));
@@ -201,7 +229,7 @@ impl Supervisor {
             .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
             .collect();
         drop(fds);
-        // Pipes in reverse so that removing a pipe at EOF keeps lower indices valid.
+        // Pipes in reverse, so that removing a pipe at EOF keeps the lower indices valid.
         let mut wakes: Vec<Wake> = keys
             .into_iter()
             .zip(ready)
@@ -213,22 +241,25 @@ impl Supervisor {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
+        let now = Instant::now();
         let restarts = self.slots.iter().filter_map(|s| s.restart_at);
-        let kills = self.workers.iter().filter_map(|w| w.kill_at);
-        let lingering = self
-            .workers
-            .iter()
-            .filter(|w| w.killed && w.status.is_some())
-            .map(|_| Instant::now() + RECHECK);
+        let per_worker = self.workers.iter().flat_map(|w| {
+            let recheck = (w.killed && w.status.is_some()).then(|| now + RECHECK);
+            [w.kill_at, w.ready_at, w.ready_deadline, recheck]
+        });
         let stop = match self.phase {
             Phase::Stopping(at) => Some(at),
             _ => None,
         };
-        restarts.chain(kills).chain(lingering).chain(stop).min()
+        restarts
+            .chain(per_worker.flatten())
+            .chain(stop)
+            .chain(self.watch_reload_at)
+            .min()
     }
 
     fn on_signals(&mut self) {
-        while let Ok(Some(info)) = self.signals.read_signal() {
+        while let Ok(Some(info)) = self.p.signals.read_signal() {
             let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
                 continue;
             };
@@ -237,7 +268,7 @@ impl Supervisor {
                 Signal::SIGTERM | Signal::SIGINT => match self.phase {
                     Phase::Running => self.stop(sig),
                     _ => {
-                        self.out.event(Event::warn(
+                        self.p.out.event(Event::warn(
                             "kill",
                             format!("{} again: killing every worker now", sig.as_str()),
                         ));
@@ -245,19 +276,16 @@ impl Supervisor {
                     }
                 },
                 Signal::SIGQUIT => {
-                    self.out.event(Event::warn(
+                    self.p.out.event(Event::warn(
                         "kill",
                         "SIGQUIT: fast stop, killing every worker now",
                     ));
                     self.kill_all();
                 }
-                other => self.out.event(Event::warn(
-                    "signal",
-                    format!(
-                        "{} ignored: this multinode does not reload or scale at run time yet",
-                        other.as_str()
-                    ),
-                )),
+                Signal::SIGHUP => self.begin_reload("SIGHUP".into()),
+                Signal::SIGTTIN => self.scale_up(),
+                Signal::SIGTTOU => self.scale_down(),
+                _ => {}
             }
         }
     }
@@ -279,9 +307,55 @@ impl Supervisor {
         }
     }
 
+    /// sd_notify datagrams: attributed to the worker that sent them, or to the worker whose
+    /// process group the sender is in; anything else is ignored.
+    fn on_notify(&mut self) {
+        for msg in self.p.notify.recv_all() {
+            let pgid = nix::unistd::getpgid(Some(Pid::from_raw(msg.pid))).ok();
+            let Some(w) = self
+                .workers
+                .iter_mut()
+                .find(|w| w.pid.as_raw() == msg.pid || Some(w.pid) == pgid)
+            else {
+                continue;
+            };
+            if w.status.is_some() {
+                continue;
+            }
+            for (k, v) in msg.fields {
+                match k.as_str() {
+                    "READY" if v == "1" && !w.ready && !w.signalled => {
+                        w.ready = true;
+                        w.ready_at = None;
+                        w.ready_deadline = None;
+                        self.p.out.event(
+                            Event::info("ready", "ready (READY=1)").worker(w.slot, w.pid.as_raw()),
+                        );
+                    }
+                    "STATUS" => w.status_text = Some(v),
+                    "STOPPING" if v == "1" => {
+                        self.p.out.event(
+                            Event::info("stopping", "reports it is stopping (STOPPING=1)")
+                                .worker(w.slot, w.pid.as_raw()),
+                        );
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn on_watch(&mut self) {
+        let Some(w) = &self.p.watch else { return };
+        let changed = w.drain();
+        if let Some(first) = changed.into_iter().next() {
+            self.watch_changed.get_or_insert(first);
+            self.watch_reload_at = Some(Instant::now() + self.cfg.watch_debounce);
+        }
+    }
+
     /// Ends workers whose leader exited and whose group is gone; asks lingering groups to stop.
-    fn settle(&mut self) {
-        let now = Instant::now();
+    fn settle(&mut self, now: Instant) {
         let mut i = 0;
         while i < self.workers.len() {
             let w = &mut self.workers[i];
@@ -290,17 +364,15 @@ impl Supervisor {
                 continue;
             }
             if w.group_alive() {
-                if !w.stopping && !w.killed {
+                if !w.signalled && !w.killed {
                     // The leader died but left helpers behind: they go too, gracefully first.
-                    w.stopping = true;
-                    w.signal(self.cfg.stop_signal);
-                    w.kill_at = Some(now + self.cfg.grace);
+                    w.stop(self.cfg.stop_signal, now + self.cfg.grace);
                 }
                 i += 1;
                 continue;
             }
             let mut w = self.workers.remove(i);
-            w.drain_pipes(&mut self.out);
+            w.drain_pipes(&mut self.p.out);
             self.ended(w, now);
         }
     }
@@ -308,13 +380,29 @@ impl Supervisor {
     fn ended(&mut self, w: Worker, now: Instant) {
         let status = w.status.expect("ended workers have a status");
         let by_stop = matches!(status, WaitStatus::Signaled(_, s, _) if s == self.cfg.stop_signal);
-        let ok = w.succeeded() || (self.phase != Phase::Running && by_stop);
-        let slot = w.slot as usize;
-        self.slots[slot].last_ok = ok;
+        let ok = w.succeeded() || (w.retired && by_stop);
         let what = format!("{} after {}", describe_exit(&status), human(w.uptime()));
         let ev = |e: Event| e.worker(w.slot, w.pid.as_raw());
-        if self.phase != Phase::Running {
-            self.out.event(ev(Event::info("exited", what)));
+        if let Some(slot) = self.slots.get_mut(w.slot as usize) {
+            if !w.retired || self.phase != Phase::Running {
+                slot.last_ok = ok;
+            }
+        }
+        if self.reload.as_ref().is_some_and(|r| r.is_in_flight(w.pid)) {
+            self.p.out.event(ev(Event::error("exited", what.clone())));
+            self.abort_reload(format!(
+                "worker.{}[{}] {what} before it was ready",
+                w.slot, w.pid
+            ));
+            return;
+        }
+        if w.retired || self.phase != Phase::Running || w.slot as usize >= self.slots.len() {
+            self.p.out.event(ev(Event::info("exited", what)));
+            return;
+        }
+        if self.workers.iter().any(|o| o.slot == w.slot && o.serving()) {
+            // Another worker already serves this slot (a replacement started meanwhile).
+            self.p.out.event(ev(Event::info("exited", what)));
             return;
         }
         let restart = match self.cfg.restart {
@@ -323,24 +411,23 @@ impl Supervisor {
             RestartPolicy::Never => false,
         };
         if !restart {
-            let level = if ok {
+            let e = if ok {
                 Event::info("exited", what)
             } else {
                 Event::warn("exited", what)
             };
-            self.out.event(ev(level));
+            self.p.out.event(ev(e));
             return;
         }
         if w.uptime() >= self.cfg.min_uptime {
-            self.slots[slot].backoff.reset();
+            self.slots[w.slot as usize].backoff.reset();
         }
-        if let Some(delay) = self.schedule(w.slot, now) {
-            self.out.event(ev(Event::warn(
+        match self.schedule(w.slot, now) {
+            Some(delay) => self.p.out.event(ev(Event::warn(
                 "exited",
                 format!("{what}; restarting in {}", human(delay)),
-            )));
-        } else {
-            self.out.event(ev(Event::warn("exited", what)));
+            ))),
+            None => self.p.out.event(ev(Event::warn("exited", what))),
         }
     }
 
@@ -352,7 +439,7 @@ impl Supervisor {
                 .cfg
                 .max_restarts
                 .expect("a budget that can run out has a limit");
-            self.out.event(Event::error(
+            self.p.out.event(Event::error(
                 "gave-up",
                 format!(
                     "giving up: more than {n} restarts within {}; stopping every worker",
@@ -360,7 +447,7 @@ impl Supervisor {
                 ),
             ));
             self.exit = Exit::GaveUp;
-            self.stop_quietly();
+            self.stop_workers();
             return None;
         }
         let jitter = self.jitter.next();
@@ -370,25 +457,34 @@ impl Supervisor {
         Some(delay)
     }
 
-    /// Starts a worker for `slot`. A start error is printed once per slot until a start works.
-    fn start(&mut self, slot: u32) {
+    /// Starts a worker of `generation` for `slot`; returns its pid. A start error is printed
+    /// once per slot until a start works again.
+    fn start(&mut self, slot: u32, generation: u64) -> Option<Pid> {
         self.slots[slot as usize].restart_at = None;
         match self
+            .p
             .spawner
-            .spawn(&self.sockets, slot, self.cfg.workers, self.generation)
+            .spawn(&self.p.sockets, slot, self.cfg.workers, generation)
         {
             Ok(s) => {
                 self.any_started = true;
-                let w = Worker::new(slot, s.pid, s.stdout, s.stderr);
+                let mut w = Worker::new(slot, s.pid, generation, s.stdout, s.stderr);
+                let now = Instant::now();
+                w.ready_deadline = Some(now + self.cfg.ready_timeout);
+                if let ReadyMode::Delay(d) = self.cfg.ready {
+                    w.ready_at = Some(now + d);
+                }
                 let recovered = self.slots[slot as usize].last_error.take().is_some();
-                let msg = if recovered {
-                    "started (the program runs again)"
-                } else {
-                    "started"
+                let msg = match (recovered, generation) {
+                    (true, _) => "started (the program runs again)".to_string(),
+                    (false, 1) => "started".to_string(),
+                    (false, g) => format!("started (generation {g})"),
                 };
-                self.out
+                self.p
+                    .out
                     .event(Event::info("started", msg).worker(slot, s.pid.as_raw()));
                 self.workers.push(w);
+                Some(s.pid)
             }
             Err(e) => {
                 let msg = format!(
@@ -397,16 +493,20 @@ impl Supervisor {
                     crate::config::io_reason(&e)
                 );
                 if !self.any_started {
-                    self.out.event(Event::error("start-failed", msg));
+                    self.p.out.event(Event::error("start-failed", msg));
                     self.exit = Exit::Program;
-                    self.stop_quietly();
-                    return;
+                    self.stop_workers();
+                    return None;
+                }
+                if self.reload.is_some() {
+                    self.abort_reload(msg);
+                    return None;
                 }
                 let repeated =
                     self.slots[slot as usize].last_error.as_deref() == Some(msg.as_str());
                 if let Some(delay) = self.schedule(slot, Instant::now()) {
                     if !repeated {
-                        self.out.event(Event::error(
+                        self.p.out.event(Event::error(
                             "start-failed",
                             format!(
                                 "{msg}; retrying with backoff (from {}; repeats are not printed)",
@@ -416,6 +516,7 @@ impl Supervisor {
                     }
                 }
                 self.slots[slot as usize].last_error = Some(msg);
+                None
             }
         }
     }
@@ -427,14 +528,22 @@ impl Supervisor {
                 .collect();
             for slot in due {
                 if self.phase == Phase::Running {
-                    self.start(slot);
+                    self.start(slot, self.generation);
                 }
+            }
+            if self.watch_reload_at.is_some_and(|t| t <= now) {
+                self.watch_reload_at = None;
+                let path = self
+                    .watch_changed
+                    .take()
+                    .map_or_else(String::new, |p| p.display().to_string());
+                self.begin_reload(format!("change in {path}"));
             }
         }
         if let Phase::Stopping(at) = self.phase {
             if at <= now {
                 let left = self.workers.iter().filter(|w| !w.killed).count();
-                self.out.event(Event::warn(
+                self.p.out.event(Event::warn(
                     "kill",
                     format!(
                         "{left} worker(s) did not stop within --grace {}; sending SIGKILL",
@@ -444,23 +553,74 @@ impl Supervisor {
                 self.kill_all();
             }
         }
+        let mut late = Vec::new();
         for w in &mut self.workers {
             if w.kill_at.is_some_and(|t| t <= now) {
-                w.kill_at = None;
-                w.killed = true;
-                w.signal(Signal::SIGKILL);
+                self.p.out.event(
+                    Event::warn(
+                        "kill",
+                        format!(
+                            "did not stop within --grace {}; sending SIGKILL",
+                            human(self.cfg.grace)
+                        ),
+                    )
+                    .worker(w.slot, w.pid.as_raw()),
+                );
+                w.kill();
                 if self.exit == Exit::Ok {
                     self.exit = Exit::Unclean;
                 }
             }
+            if w.ready_at.is_some_and(|t| t <= now) && w.status.is_none() {
+                w.ready_at = None;
+                w.ready_deadline = None;
+                w.ready = true;
+                self.p.out.event(
+                    Event::info("ready", "ready (up for the --ready delay)")
+                        .worker(w.slot, w.pid.as_raw()),
+                );
+            }
+            if w.ready_deadline.is_some_and(|t| t <= now) {
+                w.ready_deadline = None;
+                late.push(w.pid);
+            }
+        }
+        for pid in late {
+            self.not_ready_in_time(pid, now);
         }
     }
 
-    /// Graceful stop: no more restarts, the stop signal to every worker's group, SIGKILL at
-    /// the --grace deadline.
+    /// A worker missed --ready-timeout: a reload is rolled back; otherwise it is restarted.
+    fn not_ready_in_time(&mut self, pid: Pid, now: Instant) {
+        let msg = format!(
+            "not ready within --ready-timeout {}",
+            human(self.cfg.ready_timeout)
+        );
+        let Some(w) = self.workers.iter_mut().find(|w| w.pid == pid) else {
+            return;
+        };
+        let (slot, in_reload) = (
+            w.slot,
+            self.reload.as_ref().is_some_and(|r| r.is_in_flight(pid)),
+        );
+        if in_reload {
+            w.retired = true;
+        }
+        w.stop(self.cfg.stop_signal, now + self.cfg.grace);
+        if in_reload {
+            self.abort_reload(format!("worker.{slot}[{pid}] {msg}"));
+        } else {
+            self.p.out.event(
+                Event::warn("not-ready", format!("{msg}; stopping it")).worker(slot, pid.as_raw()),
+            );
+        }
+    }
+
+    /// Graceful stop: no more restarts or reloads, the stop signal to every worker's group,
+    /// SIGKILL at the --grace deadline.
     fn stop(&mut self, why: Signal) {
         let n = self.workers.len();
-        self.out.event(Event::info(
+        self.p.out.event(Event::info(
             "stopping",
             format!(
                 "{}: stopping {n} worker(s) with {} (grace {})",
@@ -469,19 +629,23 @@ impl Supervisor {
                 human(self.cfg.grace)
             ),
         ));
-        self.stop_quietly();
+        self.stop_workers();
     }
 
-    fn stop_quietly(&mut self) {
+    fn stop_workers(&mut self) {
         for s in &mut self.slots {
             s.restart_at = None;
         }
-        self.phase = Phase::Stopping(Instant::now() + self.cfg.grace);
+        self.reload = None;
+        self.watch_reload_at = None;
+        let deadline = Instant::now() + self.cfg.grace;
+        self.phase = Phase::Stopping(deadline);
         for w in &mut self.workers {
-            if !w.killed {
-                w.stopping = true;
-                w.signal(self.cfg.stop_signal);
+            w.retired = true;
+            if !w.signalled {
+                w.stop(self.cfg.stop_signal, deadline);
             }
+            // The service-wide deadline rules now.
             w.kill_at = None;
         }
     }
@@ -490,15 +654,59 @@ impl Supervisor {
         for s in &mut self.slots {
             s.restart_at = None;
         }
+        self.reload = None;
         self.phase = Phase::Killing;
         for w in &mut self.workers {
-            w.stopping = true;
-            w.killed = true;
-            w.kill_at = None;
-            w.signal(Signal::SIGKILL);
+            w.retired = true;
+            w.kill();
         }
         if !self.workers.is_empty() && self.exit == Exit::Ok {
             self.exit = Exit::Unclean;
+        }
+    }
+
+    /// SIGTTIN: one more slot, started at once.
+    fn scale_up(&mut self) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        self.cfg.workers += 1;
+        self.slots.push(Slot::default());
+        let slot = self.cfg.workers - 1;
+        self.p.out.event(Event::info(
+            "scale",
+            format!("SIGTTIN: scaling up to {} worker(s)", self.cfg.workers),
+        ));
+        let generation = self
+            .reload
+            .as_ref()
+            .map_or(self.generation, |r| r.generation);
+        self.start(slot, generation);
+    }
+
+    /// SIGTTOU: the highest slot goes; its worker drains within --grace.
+    fn scale_down(&mut self) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        if self.cfg.workers <= 1 {
+            self.p.out.event(Event::warn(
+                "scale",
+                "SIGTTOU ignored: one worker is the minimum",
+            ));
+            return;
+        }
+        self.cfg.workers -= 1;
+        self.slots.pop();
+        let slot = self.cfg.workers;
+        self.p.out.event(Event::info(
+            "scale",
+            format!("SIGTTOU: scaling down to {} worker(s)", self.cfg.workers),
+        ));
+        let deadline = Instant::now() + self.cfg.grace;
+        for w in self.workers.iter_mut().filter(|w| w.slot == slot) {
+            w.retired = true;
+            w.stop(self.cfg.stop_signal, deadline);
         }
     }
 }

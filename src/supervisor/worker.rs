@@ -21,20 +21,30 @@ pub struct Worker {
     pub slot: u32,
     /// Also the id of the worker's process group.
     pub pid: Pid,
+    pub generation: u64,
     pub started: Instant,
     pipes: Vec<Pipe>,
     /// The leader's exit, once reaped. The worker is over when its whole group is gone too.
     pub status: Option<WaitStatus>,
-    /// Stop asked (by a stop, a drain, or because the leader died leaving its group behind):
-    /// this worker is not to be restarted when it ends.
-    pub stopping: bool,
+    /// Ready to serve: READY=1 arrived, or the `--ready delay:` passed.
+    pub ready: bool,
+    /// When the `--ready delay:` makes it ready.
+    pub ready_at: Option<Instant>,
+    /// When a worker still not ready is given up on (`--ready-timeout`).
+    pub ready_deadline: Option<Instant>,
+    /// The last STATUS= text it sent.
+    pub status_text: Option<String>,
+    /// Replaced, scaled away or stopping with the service: not restarted when it ends.
+    pub retired: bool,
+    /// The stop signal was sent to its group.
+    pub signalled: bool,
     /// When to SIGKILL the group if it is still there.
     pub kill_at: Option<Instant>,
     pub killed: bool,
 }
 
 impl Worker {
-    pub fn new(slot: u32, pid: Pid, stdout: OwnedFd, stderr: OwnedFd) -> Self {
+    pub fn new(slot: u32, pid: Pid, generation: u64, stdout: OwnedFd, stderr: OwnedFd) -> Self {
         let pipe = |fd, stream| Pipe {
             fd,
             stream,
@@ -43,10 +53,16 @@ impl Worker {
         Worker {
             slot,
             pid,
+            generation,
             started: Instant::now(),
             pipes: vec![pipe(stdout, Stream::Stdout), pipe(stderr, Stream::Stderr)],
             status: None,
-            stopping: false,
+            ready: false,
+            ready_at: None,
+            ready_deadline: None,
+            status_text: None,
+            retired: false,
+            signalled: false,
             kill_at: None,
             killed: false,
         }
@@ -104,6 +120,29 @@ impl Worker {
     /// Sends `sig` to the worker's whole process group.
     pub fn signal(&self, sig: Signal) {
         let _ = killpg(self.pid, sig);
+    }
+
+    /// Asks the group to stop with `sig`; SIGKILL follows at `kill_at`.
+    pub fn stop(&mut self, sig: Signal, kill_at: Instant) {
+        if self.killed {
+            return;
+        }
+        self.signal(sig);
+        self.signalled = true;
+        self.kill_at = Some(self.kill_at.map_or(kill_at, |k| k.min(kill_at)));
+        self.ready_deadline = None;
+        self.ready_at = None;
+    }
+
+    pub fn kill(&mut self) {
+        self.signal(Signal::SIGKILL);
+        self.killed = true;
+        self.kill_at = None;
+    }
+
+    /// Alive and not on its way out: the worker that serves its slot.
+    pub fn serving(&self) -> bool {
+        self.status.is_none() && !self.retired && !self.signalled
     }
 
     /// True while any process of the worker's group exists.

@@ -1,0 +1,171 @@
+//! Rolling reload: replace every worker, `--reload-parallel` slots at a time, without ever
+//! leaving a slot unserved. For each slot: start the new generation's worker, wait until it is
+//! ready, then ask the old one to drain (stop signal, SIGKILL after --grace). The sockets stay
+//! open in the supervisor throughout, so the kernel keeps queueing connections.
+//!
+//! A new worker that exits or misses --ready-timeout aborts the roll: slots already replaced
+//! keep their new workers, the others keep their old ones, and the error is printed. A reload
+//! request during a roll starts the roll over (in-flight new workers are stopped first), so two
+//! rolls never race.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use nix::unistd::Pid;
+
+use super::{Phase, Supervisor};
+use crate::log::Event;
+
+pub struct Reload {
+    pub generation: u64,
+    why: String,
+    /// Slots still to replace.
+    queue: VecDeque<u32>,
+    /// New workers started and not yet ready: (slot, pid).
+    in_flight: Vec<(u32, Pid)>,
+    replaced: u32,
+}
+
+impl Reload {
+    pub fn is_in_flight(&self, pid: Pid) -> bool {
+        self.in_flight.iter().any(|(_, p)| *p == pid)
+    }
+}
+
+impl Supervisor {
+    pub(super) fn begin_reload(&mut self, why: String) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        if let Some(old) = self.reload.take() {
+            self.p.out.event(Event::warn(
+                "reload",
+                format!(
+                    "{why} during the reload to generation {}: starting over",
+                    old.generation
+                ),
+            ));
+            self.cancel_in_flight(&old);
+        }
+        self.newest += 1;
+        let generation = self.newest;
+        self.p.out.event(Event::info(
+            "reload",
+            format!(
+                "{why}: rolling {} worker(s) over to generation {generation}, {} at a time",
+                self.cfg.workers, self.cfg.reload_parallel
+            ),
+        ));
+        self.reload = Some(Reload {
+            generation,
+            why,
+            queue: (0..self.cfg.workers).collect(),
+            in_flight: Vec::new(),
+            replaced: 0,
+        });
+        self.advance_reload(Instant::now());
+    }
+
+    /// Moves the roll on: retires the old worker of every slot whose new worker is ready, and
+    /// starts new workers while fewer than --reload-parallel are in flight.
+    pub(super) fn advance_reload(&mut self, now: Instant) {
+        let Some(mut r) = self.reload.take() else {
+            return;
+        };
+        let deadline = now + self.cfg.grace;
+        let mut i = 0;
+        while i < r.in_flight.len() {
+            let (slot, pid) = r.in_flight[i];
+            if !self.workers.iter().any(|w| w.pid == pid && w.ready) {
+                i += 1;
+                continue;
+            }
+            r.in_flight.remove(i);
+            r.replaced += 1;
+            for old in self
+                .workers
+                .iter_mut()
+                .filter(|w| w.slot == slot && w.pid != pid && !w.retired)
+            {
+                old.retired = true;
+                old.stop(self.cfg.stop_signal, deadline);
+                self.p.out.event(
+                    Event::info(
+                        "draining",
+                        format!("replaced by worker.{slot}[{pid}]; draining"),
+                    )
+                    .worker(slot, old.pid.as_raw()),
+                );
+            }
+        }
+        while r.in_flight.len() < self.cfg.reload_parallel as usize {
+            let Some(slot) = r.queue.pop_front() else {
+                break;
+            };
+            if slot >= self.cfg.workers {
+                continue; // scaled away meanwhile
+            }
+            let current = self
+                .workers
+                .iter()
+                .any(|w| w.slot == slot && w.serving() && w.generation == r.generation);
+            if current {
+                r.replaced += 1;
+                continue;
+            }
+            self.reload = Some(r);
+            let started = self.start(slot, self.reload.as_ref().map_or(0, |r| r.generation));
+            // `start` may have aborted the reload (the program cannot be started).
+            let Some(back) = self.reload.take() else {
+                return;
+            };
+            r = back;
+            match started {
+                Some(pid) => r.in_flight.push((slot, pid)),
+                None => return,
+            }
+        }
+        if r.queue.is_empty() && r.in_flight.is_empty() {
+            self.generation = r.generation;
+            self.p.out.event(Event::info(
+                "reloaded",
+                format!(
+                    "reload ({}) done: {} worker(s) on generation {}",
+                    r.why, r.replaced, r.generation
+                ),
+            ));
+        } else {
+            self.reload = Some(r);
+        }
+    }
+
+    /// Stops the roll; old workers of the slots not yet replaced keep serving.
+    pub(super) fn abort_reload(&mut self, reason: String) {
+        let Some(r) = self.reload.take() else { return };
+        self.cancel_in_flight(&r);
+        let kept = self.cfg.workers.saturating_sub(r.replaced);
+        self.p.out.event(Event::error(
+            "reload-failed",
+            format!(
+                "reload to generation {} failed: {reason}; {kept} worker(s) keep serving the previous generation, {} run the new one",
+                r.generation, r.replaced
+            ),
+        ));
+    }
+
+    /// Stops the new workers of a roll that is abandoned; slots that had no old worker (it had
+    /// crashed) restart as usual.
+    fn cancel_in_flight(&mut self, r: &Reload) {
+        let deadline = Instant::now() + self.cfg.grace;
+        for &(slot, pid) in &r.in_flight {
+            let has_old = self
+                .workers
+                .iter()
+                .any(|w| w.slot == slot && w.pid != pid && w.serving());
+            if let Some(w) = self.workers.iter_mut().find(|w| w.pid == pid) {
+                w.retired = has_old;
+                w.stop(self.cfg.stop_signal, deadline);
+            }
+        }
+    }
+}
