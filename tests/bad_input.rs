@@ -1,0 +1,247 @@
+//! Bad input: every mistake gets one line naming the input and what to do, a documented exit
+//! code, no panic, no supervisor left running and no socket file left behind.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output};
+
+use common::*;
+
+/// Runs `multinode serve <args>` to completion (it must fail fast).
+fn serve_fails(args: &[&str]) -> Output {
+    run_as(None, args)
+}
+
+/// Runs it as `nobody` (through setpriv) when `as_nobody`, else as we are.
+fn run_as(nobody: Option<()>, args: &[&str]) -> Output {
+    let mut cmd = if nobody.is_some() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
+        c.arg(multinode_bin());
+        c
+    } else {
+        Command::new(multinode_bin())
+    };
+    cmd.arg("serve").args(args).env("NO_COLOR", "1");
+    let child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start multinode");
+    let pid = child.id() as i32;
+    // Bound: a supervisor that wrongly starts would otherwise hang the test. The killer acts
+    // only if the child has not been waited for, so it can never hit a reused pid.
+    let (done, wait_done) = std::sync::mpsc::channel::<()>();
+    let killer = std::thread::spawn(move || {
+        if wait_done.recv_timeout(DEADLINE).is_err() {
+            // SAFETY: kill has no memory preconditions; the child is not reaped yet.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = done.send(());
+    let _ = killer.join();
+    out
+}
+
+/// Asserts the exit code and that stderr is exactly one `multinode: error:` line containing
+/// every `needle`.
+fn assert_error(out: &Output, code: i32, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "exit code; stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line of error, got: {stderr}");
+    assert!(lines[0].starts_with("multinode: error: "), "{stderr}");
+    for n in needles {
+        assert!(lines[0].contains(n), "error should mention {n:?}: {stderr}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn unparseable_address() {
+    let out = serve_fails(&["--listen", "nonsense", "--", "/bin/sleep", "100"]);
+    assert_error(
+        &out,
+        2,
+        &["--listen", "'nonsense' is not an address", "HOST:PORT"],
+    );
+    let out = serve_fails(&["--listen", "127.0.0.1:99999", "--", "/bin/sleep", "100"]);
+    assert_error(&out, 2, &["99999", "0 to 65535"]);
+}
+
+#[test]
+fn port_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = serve_fails(&["--listen", &addr, "--", "/bin/sleep", "100"]);
+    assert_error(&out, 3, &[&addr, "already in use"]);
+}
+
+#[test]
+fn socket_file_removed_when_a_later_socket_fails() {
+    let scratch = Scratch::new("leftover");
+    let sock = scratch.path("app.sock");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let unix = format!("unix:{}", sock.display());
+    let out = serve_fails(&["-l", &unix, "-l", &addr, "--", "/bin/sleep", "100"]);
+    assert_error(&out, 3, &["already in use"]);
+    assert!(!sock.exists(), "socket file {} left behind", sock.display());
+}
+
+#[test]
+fn privileged_port_without_root() {
+    if !is_root() {
+        // We are not root: the binary runs as us, which is the case under test.
+        let out = serve_fails(&["--listen", "127.0.0.1:81", "--", "/bin/sleep", "100"]);
+        assert_error(&out, 3, &["permission denied", "below 1024", "sudo"]);
+        return;
+    }
+    let out = run_as(
+        Some(()),
+        &["--listen", "127.0.0.1:81", "--", "/bin/sleep", "100"],
+    );
+    assert_error(
+        &out,
+        3,
+        &["127.0.0.1:81", "permission denied", "below 1024", "sudo"],
+    );
+}
+
+#[test]
+fn unknown_user_and_group() {
+    let out = serve_fails(&[
+        "-l",
+        "127.0.0.1:0",
+        "--user",
+        "no-such-user-xyz",
+        "--",
+        "/bin/sleep",
+        "100",
+    ]);
+    assert_error(&out, 4, &["--user no-such-user-xyz", "no such user"]);
+    let out = serve_fails(&[
+        "-l",
+        "127.0.0.1:0",
+        "--group",
+        "no-such-group-xyz",
+        "--",
+        "/bin/sleep",
+        "100",
+    ]);
+    assert_error(&out, 4, &["--group no-such-group-xyz", "no such group"]);
+}
+
+#[test]
+fn other_user_without_root() {
+    // As root the binary runs as nobody (setpriv); otherwise it runs as us. Either way it is
+    // not root, and root is another user.
+    let runner = if is_root() { Some(()) } else { None };
+    let out = run_as(
+        runner,
+        &["-l", "127.0.0.1:0", "--user", "root", "--", "/bin/sleep"],
+    );
+    assert_error(&out, 4, &["--user root", "cannot switch users"]);
+}
+
+#[test]
+fn missing_program() {
+    let out = serve_fails(&["-l", "127.0.0.1:0", "--", "/nonexistent/dir/app"]);
+    assert_error(&out, 5, &["/nonexistent/dir/app", "no such file"]);
+    let out = serve_fails(&["-l", "127.0.0.1:0", "--", "no-such-program-xyz"]);
+    assert_error(&out, 5, &["no-such-program-xyz", "not found in PATH"]);
+}
+
+#[test]
+fn program_not_executable() {
+    let scratch = Scratch::new("noexec");
+    let p = scratch.path("app.sh");
+    std::fs::write(&p, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = serve_fails(&["-l", "127.0.0.1:0", "--", p.to_str().unwrap()]);
+    assert_error(&out, 5, &["app.sh", "not executable", "chmod +x"]);
+}
+
+#[test]
+fn program_unreachable_for_the_dropped_user() {
+    if !is_root() {
+        eprintln!("skipped: needs root to drop privileges");
+        return;
+    }
+    let scratch = Scratch::new("private");
+    let dir = scratch.path("private");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let p = dir.join("app");
+    std::fs::copy("/bin/sleep", &p).unwrap();
+    let sock = scratch.path("s.sock");
+    let unix = format!("unix:{}", sock.display());
+    let out = serve_fails(&["-l", &unix, "--", p.to_str().unwrap(), "100"]);
+    assert_error(
+        &out,
+        5,
+        &["cannot be executed by user nobody", "permission denied"],
+    );
+    assert!(!sock.exists(), "no socket file may be left behind");
+}
+
+#[test]
+fn zero_workers() {
+    let out = serve_fails(&["--workers", "0", "--", "/bin/sleep", "100"]);
+    assert_error(&out, 2, &["--workers 0", "at least one"]);
+}
+
+#[test]
+fn unix_path_too_long() {
+    let long = format!("unix:/tmp/{}", "x".repeat(120));
+    let out = serve_fails(&["--listen", &long, "--", "/bin/sleep", "100"]);
+    assert_error(&out, 2, &["limit is 107", "shorter path"]);
+}
+
+#[test]
+fn no_program() {
+    let out = serve_fails(&["--listen", "127.0.0.1:0"]);
+    assert_error(&out, 2, &["no program to run", "after --"]);
+    let out = serve_fails(&["--listen", "127.0.0.1:0", "--"]);
+    assert_error(&out, 2, &["no program to run"]);
+}
+
+#[test]
+fn bad_option_values() {
+    let out = serve_fails(&["--grace", "soon", "--", "/bin/sleep"]);
+    assert_error(&out, 2, &["--grace", "not a duration"]);
+    let out = serve_fails(&["--stop-signal", "NOPE", "--", "/bin/sleep"]);
+    assert_error(&out, 2, &["--stop-signal", "not a signal"]);
+    let out = serve_fails(&["--no-such-flag", "--", "/bin/sleep"]);
+    assert_error(&out, 2, &["--no-such-flag"]);
+}
+
+#[test]
+fn duplicate_socket_names() {
+    let out = serve_fails(&[
+        "-l",
+        "web=127.0.0.1:0",
+        "-l",
+        "web=127.0.0.1:0",
+        "--",
+        "/bin/sleep",
+    ]);
+    assert_error(&out, 2, &["'web' is already used"]);
+}
+
+#[test]
+fn missing_watch_path() {
+    let out = serve_fails(&[
+        "-l",
+        "127.0.0.1:0",
+        "--watch",
+        "/nonexistent/watched",
+        "--",
+        "/bin/sleep",
+        "100",
+    ]);
+    assert_error(&out, 2, &["--watch /nonexistent/watched", "no such file"]);
+}
