@@ -27,13 +27,34 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Bind the sockets and run the workers until stopped.
+    /// Bind the sockets and run the workers until stopped
     #[command(
         after_help = SERVE_AFTER_HELP,
         override_usage = "multinode serve [OPTIONS] -- <COMMAND> [ARGS]..."
     )]
     Serve(ServeArgs),
+
+    /// Print a shell completion script to stdout
+    #[command(after_help = COMPLETIONS_AFTER_HELP)]
+    Completions {
+        /// The shell to complete for
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+
+    /// Write the man pages and completion scripts under DIR (for packagers and the repository)
+    #[command(name = "__generate", hide = true)]
+    Generate {
+        /// Directory that receives man/ and completions/
+        dir: PathBuf,
+    },
 }
+
+const COMPLETIONS_AFTER_HELP: &str = "\
+Install:
+  bash  multinode completions bash > ~/.local/share/bash-completion/completions/multinode
+  zsh   multinode completions zsh > ~/.zfunc/_multinode   (with fpath+=(~/.zfunc) in .zshrc)
+  fish  multinode completions fish > ~/.config/fish/completions/multinode.fish";
 
 const SERVE_AFTER_HELP: &str = "\
 Each worker gets the sockets as fds 3.. in --listen order and the environment
@@ -92,7 +113,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub backoff_max: Duration,
 
-    /// A worker that stayed up this long counts as healthy: its next crash restarts at once
+    /// A worker that stayed up this long counts as healthy: the wait before its next restart
+    /// starts over at 100ms
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub min_uptime: Duration,
 

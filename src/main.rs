@@ -5,6 +5,7 @@
 
 mod cli;
 mod config;
+mod docs;
 mod error;
 mod log;
 mod notify;
@@ -45,6 +46,11 @@ fn run() -> Result<Exit, Error> {
     };
     match cli.command {
         Command::Serve(args) => serve::serve(args),
+        Command::Completions { shell } => {
+            docs::completions(shell, &mut std::io::stdout());
+            Ok(Exit::Ok)
+        }
+        Command::Generate { dir } => docs::generate(&dir).map(|()| Exit::Ok),
     }
 }
 

@@ -1,0 +1,89 @@
+
+use builtin;
+use str;
+
+set edit:completion:arg-completer[multinode] = {|@words|
+    fn spaces {|n|
+        builtin:repeat $n ' ' | str:join ''
+    }
+    fn cand {|text desc|
+        edit:complex-candidate $text &display=$text' '(spaces (- 14 (wcswidth $text)))$desc
+    }
+    var command = 'multinode'
+    for word $words[1..-1] {
+        if (str:has-prefix $word '-') {
+            break
+        }
+        set command = $command';'$word
+    }
+    var completions = [
+        &'multinode'= {
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+            cand serve 'Bind the sockets and run the workers until stopped'
+            cand completions 'Print a shell completion script to stdout'
+            cand __generate 'Write the man pages and completion scripts under DIR (for packagers and the repository)'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'multinode;serve'= {
+            cand -w 'Number of worker processes [default: the number of CPUs]'
+            cand --workers 'Number of worker processes [default: the number of CPUs]'
+            cand -l 'Address to listen on; repeat for several sockets, passed in this order'
+            cand --listen 'Address to listen on; repeat for several sockets, passed in this order'
+            cand --backlog 'Length of each socket''s accept queue (the kernel caps it at net.core.somaxconn)'
+            cand -u 'User to run as after binding, when started as root [default: nobody]'
+            cand --user 'User to run as after binding, when started as root [default: nobody]'
+            cand -g 'Group to run as [default: the user''s primary group]'
+            cand --group 'Group to run as [default: the user''s primary group]'
+            cand --socket-mode 'Permissions of Unix socket files (octal); their owner is the user multinode runs as'
+            cand --restart 'What to do when a worker exits'
+            cand --backoff-max 'Longest wait between restarts of a crashing worker (the wait doubles from 100ms)'
+            cand --min-uptime 'A worker that stayed up this long counts as healthy: the wait before its next restart starts over at 100ms'
+            cand --max-restarts 'Give up (stop everything, exit 6) after more than N restarts within --restart-window'
+            cand --restart-window 'The window --max-restarts counts restarts in'
+            cand --stop-signal 'Signal that asks a worker to finish its work and exit'
+            cand --grace 'How long a stopping worker may take before it is killed (SIGKILL)'
+            cand --ready 'When a new worker counts as ready: `notify` (it sent READY=1 to NOTIFY_SOCKET) or `delay:DURATION` (it sent READY=1, or stayed up that long)'
+            cand --ready-timeout 'A new worker not ready this long is stopped (and a reload rolled back)'
+            cand --reload-parallel 'How many workers a rolling reload replaces at once'
+            cand --watch 'Reload when this file or directory (recursively) changes; repeatable'
+            cand --watch-ignore 'Ignore changes to paths matching this glob (`*`, `?`, `**`); repeatable. `**/.git/**` and `**/target/**` are always ignored'
+            cand --watch-debounce 'Reload once the watched files have been quiet this long'
+            cand --color 'Colour the output'
+            cand --log-format 'Output format of supervisor events and worker output'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'multinode;completions'= {
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'multinode;__generate'= {
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'multinode;help'= {
+            cand serve 'Bind the sockets and run the workers until stopped'
+            cand completions 'Print a shell completion script to stdout'
+            cand __generate 'Write the man pages and completion scripts under DIR (for packagers and the repository)'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'multinode;help;serve'= {
+        }
+        &'multinode;help;completions'= {
+        }
+        &'multinode;help;__generate'= {
+        }
+        &'multinode;help;help'= {
+        }
+    ]
+    $completions[$command]
+}

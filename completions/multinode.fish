@@ -1,0 +1,68 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_multinode_global_optspecs
+    string join \n h/help V/version
+end
+
+function __fish_multinode_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_multinode_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_multinode_using_subcommand
+    set -l cmd (__fish_multinode_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c multinode -n "__fish_multinode_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c multinode -n "__fish_multinode_needs_command" -s V -l version -d 'Print version'
+complete -c multinode -n "__fish_multinode_needs_command" -f -a "serve" -d 'Bind the sockets and run the workers until stopped'
+complete -c multinode -n "__fish_multinode_needs_command" -f -a "completions" -d 'Print a shell completion script to stdout'
+complete -c multinode -n "__fish_multinode_needs_command" -f -a "__generate" -d 'Write the man pages and completion scripts under DIR (for packagers and the repository)'
+complete -c multinode -n "__fish_multinode_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -s w -l workers -d 'Number of worker processes [default: the number of CPUs]' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -s l -l listen -d 'Address to listen on; repeat for several sockets, passed in this order' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l backlog -d 'Length of each socket\'s accept queue (the kernel caps it at net.core.somaxconn)' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -s u -l user -d 'User to run as after binding, when started as root [default: nobody]' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -s g -l group -d 'Group to run as [default: the user\'s primary group]' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l socket-mode -d 'Permissions of Unix socket files (octal); their owner is the user multinode runs as' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l restart -d 'What to do when a worker exits' -r -f -a "always\t'Restart a worker whatever way it exited'
+on-failure\t'Restart a worker unless it exited with status 0'
+never\t'Never restart; multinode exits when the last worker has'"
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l backoff-max -d 'Longest wait between restarts of a crashing worker (the wait doubles from 100ms)' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l min-uptime -d 'A worker that stayed up this long counts as healthy: the wait before its next restart starts over at 100ms' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l max-restarts -d 'Give up (stop everything, exit 6) after more than N restarts within --restart-window' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l restart-window -d 'The window --max-restarts counts restarts in' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l stop-signal -d 'Signal that asks a worker to finish its work and exit' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l grace -d 'How long a stopping worker may take before it is killed (SIGKILL)' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l ready -d 'When a new worker counts as ready: `notify` (it sent READY=1 to NOTIFY_SOCKET) or `delay:DURATION` (it sent READY=1, or stayed up that long)' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l ready-timeout -d 'A new worker not ready this long is stopped (and a reload rolled back)' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l reload-parallel -d 'How many workers a rolling reload replaces at once' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l watch -d 'Reload when this file or directory (recursively) changes; repeatable' -r -F
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l watch-ignore -d 'Ignore changes to paths matching this glob (`*`, `?`, `**`); repeatable. `**/.git/**` and `**/target/**` are always ignored' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l watch-debounce -d 'Reload once the watched files have been quiet this long' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l color -d 'Colour the output' -r -f -a "auto\t'Colour when the output is a terminal and NO_COLOR is not set'
+always\t''
+never\t''"
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l log-format -d 'Output format of supervisor events and worker output' -r -f -a "text\t'Prefixed lines: `worker.2[1234] | text` and `multinode | event`'
+json\t'One JSON object per line, for log collectors'"
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -s V -l version -d 'Print version'
+complete -c multinode -n "__fish_multinode_using_subcommand completions" -s h -l help -d 'Print help'
+complete -c multinode -n "__fish_multinode_using_subcommand completions" -s V -l version -d 'Print version'
+complete -c multinode -n "__fish_multinode_using_subcommand __generate" -s h -l help -d 'Print help'
+complete -c multinode -n "__fish_multinode_using_subcommand __generate" -s V -l version -d 'Print version'
+complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve completions __generate help" -f -a "serve" -d 'Bind the sockets and run the workers until stopped'
+complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve completions __generate help" -f -a "completions" -d 'Print a shell completion script to stdout'
+complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve completions __generate help" -f -a "__generate" -d 'Write the man pages and completion scripts under DIR (for packagers and the repository)'
+complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve completions __generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -1,0 +1,153 @@
+//! The committed man pages and completion scripts must be what the code generates now.
+//! Regenerate with: `MULTINODE_BLESS=1 cargo test --test generated`
+//! (or `multinode __generate .` at the repository root).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn man_pages_and_completions_are_fresh() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if std::env::var_os("MULTINODE_BLESS").is_some() {
+        let st = Command::new(multinode_bin())
+            .arg("__generate")
+            .arg(repo)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        return;
+    }
+    let scratch = Scratch::new("generated");
+    let st = Command::new(multinode_bin())
+        .arg("__generate")
+        .arg(&scratch.0)
+        .status()
+        .unwrap();
+    assert!(st.success(), "multinode __generate failed");
+    for sub in ["man", "completions"] {
+        let fresh = scratch.0.join(sub);
+        let committed = repo.join(sub);
+        assert_eq!(
+            files(&fresh),
+            files(&committed),
+            "{sub}/ has other files than the code generates; run MULTINODE_BLESS=1 cargo test --test generated"
+        );
+        for name in files(&fresh) {
+            let a = std::fs::read_to_string(fresh.join(&name)).unwrap();
+            let b = std::fs::read_to_string(committed.join(&name)).unwrap();
+            assert!(
+                a == b,
+                "{sub}/{name} is stale; run MULTINODE_BLESS=1 cargo test --test generated"
+            );
+        }
+    }
+}
+
+#[test]
+fn completions_subcommand_prints_each_shell() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = Command::new(multinode_bin())
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("multinode"),
+            "{shell} script mentions the command"
+        );
+        assert!(text.contains("listen"), "{shell} script completes --listen");
+    }
+}
+
+#[test]
+fn man_pages_render_without_warnings() {
+    if Command::new("man").arg("--version").output().is_err() {
+        eprintln!("skipped: man is not installed (.ci/run installs man-db)");
+        return;
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for name in files(&repo.join("man")) {
+        let out = Command::new("man")
+            .args(["--warnings", "-l"])
+            .arg(repo.join("man").join(&name))
+            .env("MANWIDTH", "80")
+            .env("MAN_KEEP_FORMATTING", "0")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "man {name}: {err}");
+        assert!(err.trim().is_empty(), "man {name} warns: {err}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("multinode"),
+            "{name} renders"
+        );
+    }
+}
+
+#[test]
+fn bash_completion_parses() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let st = Command::new("bash")
+        .arg("-n")
+        .arg(repo.join("completions/multinode.bash"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "bash -n completions/multinode.bash");
+}
+
+#[test]
+fn zsh_and_fish_completions_load() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let comp = repo.join("completions");
+    match Command::new("zsh")
+        .arg("-c")
+        .arg(format!(
+            "autoload -U compinit && compinit -u && source {}",
+            comp.join("_multinode").display()
+        ))
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "zsh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(_) => eprintln!("skipped zsh: not installed (.ci/run installs it)"),
+    }
+    match Command::new("fish")
+        .arg("-c")
+        .arg(format!("source {}", comp.join("multinode.fish").display()))
+        .output()
+    {
+        Ok(out) => {
+            assert!(
+                out.status.success(),
+                "fish: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                out.stderr.is_empty(),
+                "fish: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Err(_) => eprintln!("skipped fish: not installed (.ci/run installs it)"),
+    }
+}
