@@ -1,0 +1,579 @@
+//! One listening socket, the connections it accepts and their addresses.
+
+use std::fmt;
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::mem;
+use std::net::{
+    Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream,
+};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{self as unix, UnixListener, UnixStream};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::stop::{self, Stop};
+
+/// A listening socket: TCP (IPv4 or IPv6) or Unix stream.
+///
+/// The enum is `#[non_exhaustive]`: a later version adds connections routed
+/// by the supervisor over a Unix `SOCK_SEQPACKET` channel (route mode), so
+/// match with a `_` arm, or better, use the methods, which cover every kind.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Listener {
+    /// A TCP listener.
+    Tcp(TcpListener),
+    /// A Unix stream listener.
+    Unix(UnixListener),
+}
+
+/// A connection returned by [`Listener::accept`] and
+/// [`Listener::accept_until`].
+///
+/// The struct is `#[non_exhaustive]`: read its fields (`a.conn`, `a.peer`,
+/// `a.seq`), or destructure with `..`; later versions may add fields.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Accepted {
+    /// The connection.
+    pub conn: Connection,
+    /// The peer's address. For a Unix socket usually unnamed.
+    pub peer: PeerAddr,
+    /// The supervisor's sequence number for a routed connection (route
+    /// mode: the supervisor accepted it and passed it over with SCM_RIGHTS).
+    /// `None` for connections this process accepted itself.
+    pub seq: Option<u64>,
+}
+
+/// An accepted connection: TCP or Unix stream. Implements [`Read`] and
+/// [`Write`] (also on `&Connection`, so one thread can read while another
+/// writes), [`AsFd`] and [`AsRawFd`].
+///
+/// `#[non_exhaustive]` for the same reason as [`Listener`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Connection {
+    /// A TCP connection.
+    Tcp(TcpStream),
+    /// A Unix stream connection.
+    Unix(UnixStream),
+}
+
+/// A socket address of either kind: the peer of a [`Connection`], or the
+/// local address of a [`Listener`].
+///
+/// Displays as `1.2.3.4:80`, `[::1]:80`, `unix:/path/to.sock`,
+/// `unix:@abstract-name`, or `unix:(unnamed)` (the usual Unix peer: clients
+/// rarely bind their end).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum PeerAddr {
+    /// An IPv4 or IPv6 address and port.
+    Tcp(SocketAddr),
+    /// A Unix socket address: a path, an abstract name or unnamed.
+    Unix(unix::SocketAddr),
+}
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerAddr::Tcp(a) => a.fmt(f),
+            PeerAddr::Unix(a) => {
+                if let Some(path) = a.as_pathname() {
+                    write!(f, "unix:{}", path.display())
+                } else if let Some(name) = a.as_abstract_name() {
+                    write!(f, "unix:@{}", String::from_utf8_lossy(name))
+                } else {
+                    f.write_str("unix:(unnamed)")
+                }
+            }
+        }
+    }
+}
+
+/// Calls `$body` with `$s` bound to the inner socket of either variant.
+macro_rules! either {
+    ($value:expr, $s:ident => $body:expr) => {
+        match $value {
+            Self::Tcp($s) => $body,
+            Self::Unix($s) => $body,
+        }
+    };
+}
+
+impl Listener {
+    /// Waits for a connection and accepts it, like std's `accept`: on a
+    /// non-blocking socket (someone set `O_NONBLOCK`, which all workers
+    /// share) it fails with `WouldBlock` when none is pending, and it keeps
+    /// waiting through signals. See [`accept_until`](Self::accept_until) for
+    /// an accept that a stop request interrupts.
+    pub fn accept(&self) -> io::Result<Accepted> {
+        Ok(match self {
+            Listener::Tcp(l) => {
+                let (s, a) = l.accept()?;
+                Accepted {
+                    conn: Connection::Tcp(s),
+                    peer: PeerAddr::Tcp(a),
+                    seq: None,
+                }
+            }
+            Listener::Unix(l) => {
+                let (s, a) = l.accept()?;
+                Accepted {
+                    conn: Connection::Unix(s),
+                    peer: PeerAddr::Unix(a),
+                    seq: None,
+                }
+            }
+        })
+    }
+
+    /// Waits for a connection, or for a stop request: `Ok(None)` once `stop`
+    /// is requested (SIGTERM, SIGINT or [`Stop::request`]), so the caller
+    /// stops accepting and drains.
+    ///
+    /// Unlike [`accept`](Self::accept), it works the same whether the shared
+    /// socket is blocking or not, and it retries `ECONNABORTED` (a client
+    /// that gave up while queued). A connection is either returned or left
+    /// in the kernel's queue for another worker; a stop never loses one.
+    /// A stop that arrives while several connections are pending wins: the
+    /// pending ones stay queued for the other workers.
+    pub fn accept_until(&self, stop: &Stop) -> io::Result<Option<Accepted>> {
+        let _acceptor = stop::Acceptor::register();
+        loop {
+            if stop.is_requested() || !stop::wait_readable(self.as_raw_fd())? {
+                return Ok(None);
+            }
+            // Another worker may take the connection first; a blocking
+            // accept then waits for the next one. A stop interrupts it
+            // (EINTR), see `stop`.
+            match self.accept_once() {
+                Ok(a) => return Ok(Some(a)),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::Interrupted
+                            | io::ErrorKind::ConnectionAborted
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One accept4(2) call, without std's retry on EINTR.
+    pub(crate) fn accept_once(&self) -> io::Result<Accepted> {
+        // SAFETY: an all-zero sockaddr_storage is a valid value.
+        let mut ss: libc::sockaddr_storage = unsafe { mem::zeroed() };
+        let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: `ss` is valid for `len` bytes of writes.
+        let fd = unsafe {
+            libc::accept4(
+                self.as_raw_fd(),
+                (&raw mut ss).cast(),
+                &mut len,
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: accept4 returned a new fd that nothing else owns.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(match self {
+            Listener::Tcp(_) => Accepted {
+                conn: Connection::Tcp(TcpStream::from(owned)),
+                peer: PeerAddr::Tcp(inet_addr(&ss)?),
+                seq: None,
+            },
+            Listener::Unix(_) => Accepted {
+                conn: Connection::Unix(UnixStream::from(owned)),
+                peer: PeerAddr::Unix(unix_addr(&ss, len)?),
+                seq: None,
+            },
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> io::Result<PeerAddr> {
+        Ok(match self {
+            Listener::Tcp(l) => PeerAddr::Tcp(l.local_addr()?),
+            Listener::Unix(l) => PeerAddr::Unix(l.local_addr()?),
+        })
+    }
+
+    /// Sets `O_NONBLOCK`. Beware: the flag is shared with the supervisor and
+    /// every other worker holding the same socket.
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        either!(self, l => l.set_nonblocking(nonblocking))
+    }
+
+    /// A second handle to the same socket (for accepting on several threads).
+    pub fn try_clone(&self) -> io::Result<Listener> {
+        Ok(match self {
+            Listener::Tcp(l) => Listener::Tcp(l.try_clone()?),
+            Listener::Unix(l) => Listener::Unix(l.try_clone()?),
+        })
+    }
+}
+
+impl From<TcpListener> for Listener {
+    fn from(l: TcpListener) -> Listener {
+        Listener::Tcp(l)
+    }
+}
+
+impl From<UnixListener> for Listener {
+    fn from(l: UnixListener) -> Listener {
+        Listener::Unix(l)
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        either!(self, l => l.as_fd())
+    }
+}
+
+impl AsRawFd for Listener {
+    fn as_raw_fd(&self) -> RawFd {
+        either!(self, l => l.as_raw_fd())
+    }
+}
+
+impl IntoRawFd for Listener {
+    fn into_raw_fd(self) -> RawFd {
+        either!(self, l => l.into_raw_fd())
+    }
+}
+
+impl From<Listener> for OwnedFd {
+    fn from(l: Listener) -> OwnedFd {
+        match l {
+            Listener::Tcp(l) => l.into(),
+            Listener::Unix(l) => l.into(),
+        }
+    }
+}
+
+impl Connection {
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<PeerAddr> {
+        Ok(match self {
+            Connection::Tcp(s) => PeerAddr::Tcp(s.peer_addr()?),
+            Connection::Unix(s) => PeerAddr::Unix(s.peer_addr()?),
+        })
+    }
+
+    /// The local address.
+    pub fn local_addr(&self) -> io::Result<PeerAddr> {
+        Ok(match self {
+            Connection::Tcp(s) => PeerAddr::Tcp(s.local_addr()?),
+            Connection::Unix(s) => PeerAddr::Unix(s.local_addr()?),
+        })
+    }
+
+    /// Shuts down the read half, the write half or both (shutdown(2)).
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        either!(self, s => s.shutdown(how))
+    }
+
+    /// A second handle to the same connection.
+    pub fn try_clone(&self) -> io::Result<Connection> {
+        Ok(match self {
+            Connection::Tcp(s) => Connection::Tcp(s.try_clone()?),
+            Connection::Unix(s) => Connection::Unix(s.try_clone()?),
+        })
+    }
+
+    /// Sets the read timeout (`None`: block forever).
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        either!(self, s => s.set_read_timeout(timeout))
+    }
+
+    /// Sets the write timeout (`None`: block forever).
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        either!(self, s => s.set_write_timeout(timeout))
+    }
+
+    /// Sets `O_NONBLOCK` on this connection (not shared with anyone).
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        either!(self, s => s.set_nonblocking(nonblocking))
+    }
+}
+
+impl Read for Connection {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        either!(self, s => s.read(buf))
+    }
+    fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        either!(self, s => s.read_vectored(bufs))
+    }
+}
+
+impl Read for &Connection {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match *self {
+            Connection::Tcp(s) => (&*s).read(buf),
+            Connection::Unix(s) => (&*s).read(buf),
+        }
+    }
+    fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        match *self {
+            Connection::Tcp(s) => (&*s).read_vectored(bufs),
+            Connection::Unix(s) => (&*s).read_vectored(bufs),
+        }
+    }
+}
+
+impl Write for Connection {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        either!(self, s => s.write(buf))
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        either!(self, s => s.write_vectored(bufs))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        either!(self, s => s.flush())
+    }
+}
+
+impl Write for &Connection {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match *self {
+            Connection::Tcp(s) => (&*s).write(buf),
+            Connection::Unix(s) => (&*s).write(buf),
+        }
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match *self {
+            Connection::Tcp(s) => (&*s).write_vectored(bufs),
+            Connection::Unix(s) => (&*s).write_vectored(bufs),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match *self {
+            Connection::Tcp(s) => (&*s).flush(),
+            Connection::Unix(s) => (&*s).flush(),
+        }
+    }
+}
+
+impl From<TcpStream> for Connection {
+    fn from(s: TcpStream) -> Connection {
+        Connection::Tcp(s)
+    }
+}
+
+impl From<UnixStream> for Connection {
+    fn from(s: UnixStream) -> Connection {
+        Connection::Unix(s)
+    }
+}
+
+impl AsFd for Connection {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        either!(self, s => s.as_fd())
+    }
+}
+
+impl AsRawFd for Connection {
+    fn as_raw_fd(&self) -> RawFd {
+        either!(self, s => s.as_raw_fd())
+    }
+}
+
+impl IntoRawFd for Connection {
+    fn into_raw_fd(self) -> RawFd {
+        either!(self, s => s.into_raw_fd())
+    }
+}
+
+impl From<Connection> for OwnedFd {
+    fn from(c: Connection) -> OwnedFd {
+        match c {
+            Connection::Tcp(s) => s.into(),
+            Connection::Unix(s) => s.into(),
+        }
+    }
+}
+
+/// An IPv4 or IPv6 address as accept4 filled it in.
+fn inet_addr(ss: &libc::sockaddr_storage) -> io::Result<SocketAddr> {
+    match libc::c_int::from(ss.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says `ss` holds a sockaddr_in, which is
+            // smaller than sockaddr_storage and less strictly aligned.
+            let sin =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Ok(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Ok(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        other => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("accept returned address family {other} on a TCP listener"),
+        )),
+    }
+}
+
+/// A Unix address as accept4 filled it in (`len` bytes of `ss`).
+fn unix_addr(ss: &libc::sockaddr_storage, len: libc::socklen_t) -> io::Result<unix::SocketAddr> {
+    // SAFETY: a Unix listener's accept fills in a sockaddr_un, which fits in
+    // sockaddr_storage.
+    let sun = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_un>() };
+    let offset = mem::offset_of!(libc::sockaddr_un, sun_path);
+    let path_len = (len as usize)
+        .saturating_sub(offset)
+        .min(sun.sun_path.len());
+    let path: Vec<u8> = sun.sun_path[..path_len].iter().map(|&c| c as u8).collect();
+    match path.first() {
+        None => unnamed_unix_addr(),
+        Some(0) => unix::SocketAddr::from_abstract_name(&path[1..]),
+        Some(_) => {
+            let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
+            unix::SocketAddr::from_pathname(std::ffi::OsStr::from_bytes(&path[..end]))
+        }
+    }
+}
+
+/// std has no constructor for an unnamed Unix address; an unbound socket's
+/// own address is one. Made once and cloned.
+fn unnamed_unix_addr() -> io::Result<unix::SocketAddr> {
+    static UNNAMED: OnceLock<unix::SocketAddr> = OnceLock::new();
+    if let Some(a) = UNNAMED.get() {
+        return Ok(a.clone());
+    }
+    let a = unix::UnixDatagram::unbound()?.local_addr()?;
+    Ok(UNNAMED.get_or_init(|| a).clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::thread;
+
+    #[test]
+    fn accept_tcp_reads_and_writes() {
+        let l = Listener::Tcp(TcpListener::bind("127.0.0.1:0").unwrap());
+        let PeerAddr::Tcp(addr) = l.local_addr().unwrap() else {
+            panic!("not TCP")
+        };
+        let client = thread::spawn(move || {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.write_all(b"ping").unwrap();
+            let mut buf = [0; 4];
+            c.read_exact(&mut buf).unwrap();
+            (c.local_addr().unwrap(), buf)
+        });
+        let mut a = l.accept().unwrap();
+        assert_eq!(a.seq, None);
+        let mut buf = [0; 4];
+        a.conn.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ping");
+        a.conn.write_all(b"pong").unwrap();
+        let (client_addr, reply) = client.join().unwrap();
+        assert_eq!(&reply, b"pong");
+        assert_eq!(a.peer.to_string(), client_addr.to_string());
+    }
+
+    #[test]
+    fn accept_once_fills_in_peer_addresses() {
+        for bind in ["127.0.0.1:0", "[::1]:0"] {
+            let Ok(l) = TcpListener::bind(bind) else {
+                continue; // no IPv6 here
+            };
+            let addr = l.local_addr().unwrap();
+            let l = Listener::Tcp(l);
+            let c = TcpStream::connect(addr).unwrap();
+            let a = l.accept_once().unwrap();
+            assert_eq!(a.peer.to_string(), c.local_addr().unwrap().to_string());
+            assert_eq!(a.conn.peer_addr().unwrap().to_string(), a.peer.to_string());
+        }
+    }
+
+    #[test]
+    fn unix_peer_addresses_display() {
+        let name = format!("multinode-worker-test-{}", std::process::id());
+        let abs = unix::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let l = Listener::Unix(UnixListener::bind_addr(&abs).unwrap());
+        assert_eq!(l.local_addr().unwrap().to_string(), format!("unix:@{name}"));
+        let _c = UnixStream::connect_addr(&abs).unwrap();
+        let a = l.accept_once().unwrap();
+        assert_eq!(a.peer.to_string(), "unix:(unnamed)");
+
+        let path = std::env::temp_dir().join(format!("{name}.sock"));
+        let _ = std::fs::remove_file(&path);
+        let l = Listener::Unix(UnixListener::bind(&path).unwrap());
+        assert_eq!(
+            l.local_addr().unwrap().to_string(),
+            format!("unix:{}", path.display())
+        );
+        // A client bound to a path of its own shows that path.
+        let client_path = std::env::temp_dir().join(format!("{name}.client"));
+        let _ = std::fs::remove_file(&client_path);
+        let bound = bound_unix_client(&client_path, &path);
+        let a = l.accept_once().unwrap();
+        assert_eq!(
+            a.peer.to_string(),
+            format!("unix:{}", client_path.display())
+        );
+        drop(bound);
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&client_path);
+    }
+
+    /// A Unix stream socket bound to `own` and connected to `to`.
+    fn bound_unix_client(own: &std::path::Path, to: &std::path::Path) -> OwnedFd {
+        fn sockaddr(p: &std::path::Path) -> (libc::sockaddr_un, libc::socklen_t) {
+            // SAFETY: all-zero is a valid sockaddr_un.
+            let mut sun: libc::sockaddr_un = unsafe { mem::zeroed() };
+            sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+            for (d, s) in sun.sun_path.iter_mut().zip(p.as_os_str().as_bytes()) {
+                *d = *s as libc::c_char;
+            }
+            let len = mem::offset_of!(libc::sockaddr_un, sun_path) + p.as_os_str().len() + 1;
+            (sun, len as libc::socklen_t)
+        }
+        // SAFETY: plain socket/bind/connect calls on a fd owned here, with
+        // addresses built above; results are checked.
+        unsafe {
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0);
+            let owned = OwnedFd::from_raw_fd(fd);
+            let (a, len) = sockaddr(own);
+            assert_eq!(libc::bind(fd, (&raw const a).cast(), len), 0);
+            let (b, len) = sockaddr(to);
+            assert_eq!(libc::connect(fd, (&raw const b).cast(), len), 0);
+            owned
+        }
+    }
+
+    #[test]
+    fn shared_reads_and_writes_through_references() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let a = Connection::from(a);
+        let b = Connection::from(b);
+        (&a).write_all(b"hi").unwrap();
+        let mut buf = [0; 2];
+        (&b).read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"hi");
+        a.shutdown(Shutdown::Write).unwrap();
+        assert_eq!((&b).read(&mut buf).unwrap(), 0);
+        assert_eq!(b.peer_addr().unwrap().to_string(), "unix:(unnamed)");
+    }
+}

@@ -1,0 +1,338 @@
+//! Stop requests: SIGTERM/SIGINT turned into "stop accepting, drain, exit".
+//!
+//! How it works, for the curious:
+//!
+//! - The SIGTERM/SIGINT handler sets a flag and writes one byte to a pipe
+//!   (both async-signal-safe). The pipe is never drained: once stopped, its
+//!   read end stays readable, so every `poll` on it returns at once.
+//! - [`Listener::accept_until`](crate::Listener::accept_until) polls the
+//!   listener and the pipe, so an idle accept loop wakes up on a stop.
+//! - On a shared socket, poll can say "readable" and another worker then
+//!   takes the connection, leaving a blocking `accept` waiting. For that,
+//!   a helper thread (started with the handlers, asleep until a stop) sends
+//!   SIGURG to every thread inside `accept_until` until all have returned.
+//!   SIGURG gets a no-op handler without `SA_RESTART`, so the `accept`
+//!   fails with EINTR before taking a connection off the queue. (SIGURG,
+//!   ignored by default, is what the Go runtime uses for the same purpose.)
+//!   The SIGTERM/SIGINT handlers use `SA_RESTART`, so other threads'
+//!   system calls are not disturbed.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::thread;
+use std::time::Duration;
+
+static REQUESTED: AtomicBool = AtomicBool::new(false);
+static PIPE_READ: AtomicI32 = AtomicI32::new(-1);
+static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
+/// How far [`catch_stop_signals`] got (the pipe is in `PIPE_*`).
+static SETUP: Mutex<Setup> = Mutex::new(Setup {
+    helper: false,
+    handlers: 0,
+});
+/// Threads currently inside `accept_until`, for the helper to interrupt.
+static ACCEPTORS: Mutex<Vec<libc::pthread_t>> = Mutex::new(Vec::new());
+
+/// How often the helper re-sends SIGURG to acceptors that have not returned
+/// yet (one that was between its checks and `accept` missed the first one).
+const INTERRUPT_EVERY: Duration = Duration::from_millis(5);
+
+struct Setup {
+    /// The helper thread is running.
+    helper: bool,
+    /// How many of the three signal handlers are installed.
+    handlers: usize,
+}
+
+/// A handle on this process's stop request. Cheap to clone; all handles
+/// share one process-wide state.
+///
+/// Get one with [`catch_stop_signals`]. A stop is requested by SIGTERM (what
+/// multinode sends to drain a worker), SIGINT (Ctrl-C when standalone) or
+/// [`Stop::request`], and cannot be withdrawn.
+#[derive(Debug, Clone)]
+pub struct Stop {
+    _private: (),
+}
+
+/// Catches SIGTERM and SIGINT so the worker can drain instead of dying:
+/// both then request a stop (see [`Stop`]), which makes
+/// [`Listener::accept_until`](crate::Listener::accept_until) return
+/// `Ok(None)` and [`Stop::wait`] return.
+///
+/// A worker that drains does: accept with `accept_until` until it returns
+/// `None`, finish the requests in flight (closing idle keep-alive
+/// connections), then exit. multinode waits `--grace` for that, then sends
+/// SIGKILL.
+///
+/// This installs process-wide handlers for SIGTERM, SIGINT and SIGURG
+/// (replacing any others) and starts one helper thread that sleeps until a
+/// stop. Calling it again returns another handle and changes nothing. Do not
+/// combine it with other SIGTERM/SIGINT handling (an async runtime's signal
+/// support, `ctrlc`, `signal-hook`); use one or the other.
+pub fn catch_stop_signals() -> io::Result<Stop> {
+    let mut setup = lock(&SETUP);
+    // Each step runs once; after a failure a later call resumes where it
+    // stopped (the failures are resource exhaustion, in practice never).
+    if PIPE_READ.load(Ordering::SeqCst) < 0 {
+        let mut fds = [-1; 2];
+        // SAFETY: pipe2 writes two new fds into the array.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        PIPE_WRITE.store(fds[1], Ordering::SeqCst);
+        PIPE_READ.store(fds[0], Ordering::SeqCst);
+    }
+    if !setup.helper {
+        thread::Builder::new()
+            .name("multinode-stop".into())
+            .spawn(interrupt_acceptors)?;
+        setup.helper = true;
+    }
+    let on_stop = on_stop_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    let on_urg = on_interrupt_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    while setup.handlers < 3 {
+        let (sig, handler, flags) = [
+            (libc::SIGURG, on_urg, 0),
+            (libc::SIGTERM, on_stop, libc::SA_RESTART),
+            (libc::SIGINT, on_stop, libc::SA_RESTART),
+        ][setup.handlers];
+        // SAFETY: an all-zero sigaction is valid; the handlers only touch
+        // atomics, write(2) and errno, which are async-signal-safe.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = handler;
+            sa.sa_flags = flags;
+            libc::sigemptyset(&mut sa.sa_mask);
+            if libc::sigaction(sig, &sa, ptr::null_mut()) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        setup.handlers += 1;
+    }
+    Ok(Stop { _private: () })
+}
+
+impl Stop {
+    /// Whether a stop has been requested.
+    pub fn is_requested(&self) -> bool {
+        REQUESTED.load(Ordering::SeqCst)
+    }
+
+    /// Requests a stop, as SIGTERM does (for example when the worker decides
+    /// to exit by itself).
+    pub fn request(&self) {
+        request_stop();
+    }
+
+    /// Blocks until a stop is requested.
+    pub fn wait(&self) {
+        while !self.is_requested() {
+            // Returns once the pipe is readable, which it stays after a stop.
+            if wait_readable(-1).is_err() {
+                // poll on our own pipe cannot fail short of memory
+                // exhaustion; fall back to sleeping rather than spinning.
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Sets the flag and wakes the pipe. Async-signal-safe.
+fn request_stop() {
+    REQUESTED.store(true, Ordering::SeqCst);
+    let fd = PIPE_WRITE.load(Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: writes one byte from a static buffer. A full pipe (EAGAIN,
+        // it is non-blocking) is fine: it is readable already.
+        unsafe { libc::write(fd, b"x".as_ptr().cast(), 1) };
+    }
+}
+
+extern "C" fn on_stop_signal(_sig: libc::c_int) {
+    // SAFETY: errno is thread-local; saving and restoring it keeps the
+    // interrupted code's value intact.
+    let saved = unsafe { *libc::__errno_location() };
+    request_stop();
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = saved };
+}
+
+/// Does nothing: its only effect is that a blocked `accept` fails with EINTR.
+extern "C" fn on_interrupt_signal(_sig: libc::c_int) {}
+
+/// The helper thread: sleeps until a stop, then interrupts every thread
+/// inside `accept_until` until none is left. New acceptors see the flag
+/// (set before the pipe is written) and return at once.
+fn interrupt_acceptors() {
+    while !REQUESTED.load(Ordering::SeqCst) {
+        if wait_readable(-1).is_err() {
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    loop {
+        {
+            let acceptors = lock(&ACCEPTORS);
+            if acceptors.is_empty() {
+                return;
+            }
+            for &t in acceptors.iter() {
+                // SAFETY: a thread removes itself from ACCEPTORS (under this
+                // lock) before leaving `accept_until`, so `t` is alive.
+                unsafe { libc::pthread_kill(t, libc::SIGURG) };
+            }
+        }
+        thread::sleep(INTERRUPT_EVERY);
+    }
+}
+
+/// Registers the calling thread as an acceptor for as long as it lives.
+pub(crate) struct Acceptor {
+    thread: libc::pthread_t,
+}
+
+impl Acceptor {
+    pub(crate) fn register() -> Acceptor {
+        // SAFETY: pthread_self has no preconditions.
+        let thread = unsafe { libc::pthread_self() };
+        lock(&ACCEPTORS).push(thread);
+        Acceptor { thread }
+    }
+}
+
+impl Drop for Acceptor {
+    fn drop(&mut self) {
+        let mut acceptors = lock(&ACCEPTORS);
+        if let Some(i) = acceptors.iter().position(|&t| t == self.thread) {
+            acceptors.swap_remove(i);
+        }
+    }
+}
+
+/// Waits until `fd` is readable (true) or a stop is requested (false).
+/// `fd` -1 waits for the stop only. Retries EINTR.
+pub(crate) fn wait_readable(fd: RawFd) -> io::Result<bool> {
+    let pipe = PIPE_READ.load(Ordering::SeqCst);
+    loop {
+        if REQUESTED.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: pipe,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // poll ignores entries with a negative fd.
+        // SAFETY: `fds` is valid for its length.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if r == -1 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if fds[0].revents != 0 {
+            continue; // the stop: the flag is set, checked at the top
+        }
+        if fds[1].revents & libc::POLLNVAL != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        if fds[1].revents != 0 {
+            return Ok(true);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The data (plain flags, a list of thread ids) is valid after a panic.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Listener;
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::mpsc;
+
+    /// The stop state is process-wide and cannot be reset, so this is the
+    /// only test that requests a stop; it covers the whole sequence.
+    #[test]
+    fn stop_interrupts_accept_until() {
+        let stop = catch_stop_signals().unwrap();
+        let _again = catch_stop_signals().unwrap();
+        assert!(!stop.is_requested());
+
+        // Blocking listener: a connection is accepted normally.
+        let l = Listener::Tcp(TcpListener::bind("127.0.0.1:0").unwrap());
+        let addr = match l.local_addr().unwrap() {
+            crate::PeerAddr::Tcp(a) => a,
+            other => panic!("{other}"),
+        };
+        let _c = TcpStream::connect(addr).unwrap();
+        let a = l.accept_until(&stop).unwrap().expect("a connection");
+        assert_eq!(a.seq, None);
+
+        // Idle acceptors, one blocking, one non-blocking, wait in poll.
+        let nb = Listener::Tcp(TcpListener::bind("127.0.0.1:0").unwrap());
+        nb.set_nonblocking(true).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let mut threads = Vec::new();
+        for l in [l.try_clone().unwrap(), nb] {
+            let stop = stop.clone();
+            let tx = tx.clone();
+            threads.push(thread::spawn(move || {
+                tx.send(()).unwrap();
+                l.accept_until(&stop).unwrap().is_none()
+            }));
+        }
+        // A thread stuck in a blocking accept4 (as after another worker took
+        // the connection poll announced): only SIGURG gets it out.
+        let stuck_l = l.try_clone().unwrap();
+        let stuck = thread::spawn(move || {
+            let _acceptor = Acceptor::register();
+            tx.send(()).unwrap();
+            loop {
+                match stuck_l.accept_once() {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                        if REQUESTED.load(Ordering::SeqCst) {
+                            return true;
+                        }
+                    }
+                    other => panic!("expected EINTR, got {other:?}"),
+                }
+            }
+        });
+        for _ in 0..3 {
+            rx.recv().unwrap();
+        }
+        thread::sleep(Duration::from_millis(50));
+
+        let waiter = {
+            let stop = stop.clone();
+            thread::spawn(move || stop.wait())
+        };
+        stop.request();
+        assert!(stop.is_requested());
+        waiter.join().unwrap();
+        for t in threads {
+            assert!(t.join().unwrap(), "accept_until returned None");
+        }
+        assert!(stuck.join().unwrap());
+        // After a stop, pending connections stay queued for other workers.
+        let _c2 = TcpStream::connect(addr).unwrap();
+        assert!(l.accept_until(&stop).unwrap().is_none());
+        stop.wait();
+    }
+}
