@@ -159,7 +159,7 @@ _multinode() {
             return 0
             ;;
         multinode__subcmd__serve)
-            opts="-w -l -u -g -h -V --workers --listen --backlog --user --group --socket-mode --restart --backoff-max --min-uptime --max-restarts --restart-window --stop-signal --grace --ready --ready-timeout --reload-parallel --watch --watch-ignore --watch-debounce --color --log-format --help --version"
+            opts="-w -l -u -g -h -V --workers --listen --backlog --user --group --socket-mode --balance --route --proxy-protocol --restart --backoff-max --min-uptime --max-restarts --restart-window --stop-signal --grace --ready --ready-timeout --reload-parallel --watch --watch-ignore --watch-debounce --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -203,6 +203,14 @@ _multinode() {
                     ;;
                 --socket-mode)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --balance)
+                    COMPREPLY=($(compgen -W "shared reuseport" -- "${cur}"))
+                    return 0
+                    ;;
+                --route)
+                    COMPREPLY=($(compgen -W "ip-hash round-robin least-conn" -- "${cur}"))
                     return 0
                     ;;
                 --restart)

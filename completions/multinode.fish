@@ -36,6 +36,11 @@ complete -c multinode -n "__fish_multinode_using_subcommand serve" -l backlog -d
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -s u -l user -d 'User to run as after binding, when started as root [default: nobody]' -r
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -s g -l group -d 'Group to run as [default: the user\'s primary group]' -r
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l socket-mode -d 'Permissions of Unix socket files (octal); their owner is the user multinode runs as' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l balance -d 'How connections reach workers when not routed: `shared` (every worker accepts on the same sockets; the kernel balances) or `reuseport` (one SO_REUSEPORT socket per worker slot, kept by multinode across restarts and reloads of that slot)' -r -f -a "shared\t'All workers accept on the same sockets'
+reuseport\t'One SO_REUSEPORT socket per worker slot'"
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l route -d 'Accept connections in multinode and hand each to a worker chosen by POLICY, over a Unix channel (SCM_RIGHTS). Workers read it with the multinode-worker SDK (or the documented wire format); the channel replaces each listening socket at its fd, under its name' -r -f -a "ip-hash\t'The same client address always goes to the same slot (rendezvous hashing)'
+round-robin\t'Each worker in turn'
+least-conn\t'The worker holding the fewest open routed connections'"
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l restart -d 'What to do when a worker exits' -r -f -a "always\t'Restart a worker whatever way it exited'
 on-failure\t'Restart a worker unless it exited with status 0'
 never\t'Never restart; multinode exits when the last worker has'"
@@ -56,6 +61,7 @@ always\t''
 never\t''"
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l log-format -d 'Output format of supervisor events and worker output' -r -f -a "text\t'Prefixed lines: `worker.2[1234] | text` and `multinode | event`'
 json\t'One JSON object per line, for log collectors'"
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l proxy-protocol -d 'With --route: read a PROXY protocol header (v1 or v2) first on every connection and route by the client address it names; connections without a valid one are closed'
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -s V -l version -d 'Print version'
 complete -c multinode -n "__fish_multinode_using_subcommand completions" -s h -l help -d 'Print help'

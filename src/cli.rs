@@ -32,7 +32,7 @@ pub enum Command {
         after_help = SERVE_AFTER_HELP,
         override_usage = "multinode serve [OPTIONS] -- <COMMAND> [ARGS]..."
     )]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
 
     /// Print a shell completion script to stdout
     #[command(after_help = COMPLETIONS_AFTER_HELP)]
@@ -104,6 +104,23 @@ pub struct ServeArgs {
     /// Permissions of Unix socket files (octal); their owner is the user multinode runs as
     #[arg(long, value_name = "MODE", default_value = "660", value_parser = parse_mode)]
     pub socket_mode: u32,
+
+    /// How connections reach workers when not routed: `shared` (every worker accepts on the
+    /// same sockets; the kernel balances) or `reuseport` (one SO_REUSEPORT socket per worker
+    /// slot, kept by multinode across restarts and reloads of that slot)
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = Balance::Shared, conflicts_with = "route")]
+    pub balance: Balance,
+
+    /// Accept connections in multinode and hand each to a worker chosen by POLICY, over a Unix
+    /// channel (SCM_RIGHTS). Workers read it with the multinode-worker SDK (or the documented
+    /// wire format); the channel replaces each listening socket at its fd, under its name
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub route: Option<RoutePolicy>,
+
+    /// With --route: read a PROXY protocol header (v1 or v2) first on every connection and
+    /// route by the client address it names; connections without a valid one are closed
+    #[arg(long, requires = "route")]
+    pub proxy_protocol: bool,
 
     /// What to do when a worker exits
     #[arg(long, value_enum, default_value_t = RestartPolicy::Always)]
@@ -184,6 +201,24 @@ pub enum RestartPolicy {
     OnFailure,
     /// Never restart; multinode exits when the last worker has
     Never,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Balance {
+    /// All workers accept on the same sockets
+    Shared,
+    /// One SO_REUSEPORT socket per worker slot
+    Reuseport,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RoutePolicy {
+    /// The same client address always goes to the same slot (rendezvous hashing)
+    IpHash,
+    /// Each worker in turn
+    RoundRobin,
+    /// The worker holding the fewest open routed connections
+    LeastConn,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

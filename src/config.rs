@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::cli::{LogFormat, RestartPolicy, ServeArgs};
+use crate::cli::{Balance, LogFormat, RestartPolicy, RoutePolicy, ServeArgs};
 use crate::error::{Error, Result};
 use crate::socket::ListenSpec;
 
@@ -30,6 +30,8 @@ pub struct Config {
     pub max_restarts: Option<(u32, Duration)>,
     pub stop_signal: Signal,
     pub grace: Duration,
+    pub mode: Mode,
+    pub proxy_protocol: bool,
     pub ready: ReadyMode,
     pub ready_timeout: Duration,
     pub reload_parallel: u32,
@@ -38,6 +40,14 @@ pub struct Config {
     pub watch_debounce: Duration,
     pub color: bool,
     pub log_format: LogFormat,
+}
+
+/// How connections reach the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Shared,
+    ReusePort,
+    Route(RoutePolicy),
 }
 
 /// When a new worker counts as ready (`--ready`).
@@ -104,6 +114,12 @@ impl Config {
             max_restarts: args.max_restarts.map(|n| (n, args.restart_window)),
             stop_signal: args.stop_signal,
             grace: args.grace,
+            mode: match (args.route, args.balance) {
+                (Some(policy), _) => Mode::Route(policy),
+                (None, Balance::Reuseport) => Mode::ReusePort,
+                (None, Balance::Shared) => Mode::Shared,
+            },
+            proxy_protocol: args.proxy_protocol,
             ready: args.ready,
             ready_timeout: args.ready_timeout,
             reload_parallel: args.reload_parallel,

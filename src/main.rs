@@ -10,6 +10,8 @@ mod error;
 mod log;
 mod notify;
 mod privilege;
+mod proxy;
+mod route;
 mod serve;
 mod socket;
 mod spawn;
@@ -45,7 +47,7 @@ fn run() -> Result<Exit, Error> {
         Err(e) => return Err(Error::usage(one_line(&e))),
     };
     match cli.command {
-        Command::Serve(args) => serve::serve(args),
+        Command::Serve(args) => serve::serve(*args),
         Command::Completions { shell } => {
             docs::completions(shell, &mut std::io::stdout());
             Ok(Exit::Ok)

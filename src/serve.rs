@@ -8,7 +8,7 @@
 use std::ffi::OsString;
 
 use crate::cli::ServeArgs;
-use crate::config::Config;
+use crate::config::{Config, Mode};
 use crate::error::{Error, Exit, Result};
 use crate::log::{Event, Output};
 use crate::notify::NotifyServer;
@@ -34,7 +34,19 @@ pub fn serve(args: ServeArgs) -> Result<Exit> {
         Some(Watch::start(&cfg.watch, &cfg.watch_ignore)?)
     };
     let owner = target.as_ref().map(|t| (t.uid, t.gid));
-    let sockets = socket::bind_all(&cfg.listen, cfg.backlog, cfg.socket_mode, owner)?;
+    let reuseport = cfg.mode == Mode::ReusePort;
+    let sockets = socket::bind_all(&cfg.listen, cfg.backlog, cfg.socket_mode, owner, reuseport)?;
+    // reuseport: every slot gets its own sockets, bound now while we may still be root.
+    let mut slot_fds = Vec::new();
+    if reuseport {
+        for _ in 0..cfg.workers {
+            let set = sockets
+                .iter()
+                .map(|b| socket::bind_sibling(b, &b.local))
+                .collect::<Result<Vec<_>>>()?;
+            slot_fds.push(set);
+        }
+    }
     if let Some(t) = &target {
         privilege::drop_to(t)?;
     }
@@ -72,6 +84,7 @@ pub fn serve(args: ServeArgs) -> Result<Exit> {
     }
     let parts = Parts {
         sockets,
+        slot_fds,
         spawner,
         out,
         signals,

@@ -124,6 +124,10 @@ pub struct Bound {
     pub fd: OwnedFd,
     /// The socket file of a Unix socket, removed on drop if it is still ours.
     pub file: Option<SocketFile>,
+    /// For TCP: the bound address and IPV6_V6ONLY, to bind siblings (`--balance reuseport`).
+    pub tcp: Option<(SocketAddr, bool)>,
+    /// The listen(2) backlog it was given.
+    backlog: u32,
 }
 
 impl AsFd for Bound {
@@ -141,13 +145,14 @@ pub fn bind_all(
     backlog: u32,
     mode: u32,
     owner: Option<(Uid, Gid)>,
+    reuseport: bool,
 ) -> Result<Vec<Bound>> {
     let mut bound = Vec::with_capacity(specs.len());
     for spec in specs {
         let b = match &spec.addr {
             ListenAddr::Tcp(addr) => {
                 let v6only = addr.is_ipv6();
-                bind_tcp(spec, *addr, v6only, backlog)?
+                bind_tcp(spec, *addr, v6only, backlog, reuseport)?
             }
             ListenAddr::AnyTcp(port) => {
                 // Dual-stack unless the user also binds IPv4 on this port themselves.
@@ -155,10 +160,10 @@ pub fn bind_all(
                     |o| matches!(o.addr, ListenAddr::Tcp(SocketAddr::V4(a)) if a.port() == *port),
                 );
                 let any6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), *port);
-                match bind_tcp(spec, any6, v4_too, backlog) {
+                match bind_tcp(spec, any6, v4_too, backlog, reuseport) {
                     Err(e) if !v4_too && ipv6_unavailable() => {
                         let any4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), *port);
-                        bind_tcp(spec, any4, false, backlog).map_err(|_| e)?
+                        bind_tcp(spec, any4, false, backlog, reuseport).map_err(|_| e)?
                     }
                     r => r?,
                 }
@@ -187,7 +192,30 @@ fn listen(fd: &OwnedFd, backlog: u32) -> nix::Result<()> {
     socket::listen(fd, Backlog::new(n)?)
 }
 
-fn bind_tcp(spec: &ListenSpec, addr: SocketAddr, v6only: bool, backlog: u32) -> Result<Bound> {
+/// Binds another SO_REUSEPORT socket to the address of `b` (a TCP socket bound with
+/// `reuseport`), for one more worker slot. For a Unix socket, a duplicate of it.
+pub fn bind_sibling(b: &Bound, text: &str) -> Result<OwnedFd> {
+    let Some((addr, v6only)) = b.tcp else {
+        return b
+            .fd
+            .try_clone()
+            .map_err(|e| Error::sys("duplicating a socket", e));
+    };
+    let spec = ListenSpec {
+        name: b.name.clone(),
+        addr: ListenAddr::Tcp(addr),
+        text: text.to_string(),
+    };
+    Ok(bind_tcp(&spec, addr, v6only, b.backlog, true)?.fd)
+}
+
+fn bind_tcp(
+    spec: &ListenSpec,
+    addr: SocketAddr,
+    v6only: bool,
+    backlog: u32,
+    reuseport: bool,
+) -> Result<Bound> {
     let fail = |what: &str, e: Errno| {
         Error::socket(format!(
             "--listen {}: {what} {addr}: {}",
@@ -203,6 +231,10 @@ fn bind_tcp(spec: &ListenSpec, addr: SocketAddr, v6only: bool, backlog: u32) -> 
     let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
         .map_err(|e| fail("cannot create a socket for", e))?;
     socket::setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| fail("SO_REUSEADDR on", e))?;
+    if reuseport {
+        socket::setsockopt(&fd, sockopt::ReusePort, &true)
+            .map_err(|e| fail("SO_REUSEPORT on", e))?;
+    }
     if addr.is_ipv6() {
         socket::setsockopt(&fd, sockopt::Ipv6V6Only, &v6only)
             .map_err(|e| fail("IPV6_V6ONLY on", e))?;
@@ -234,6 +266,8 @@ fn bind_tcp(spec: &ListenSpec, addr: SocketAddr, v6only: bool, backlog: u32) -> 
         local: local.to_string(),
         fd,
         file: None,
+        tcp: Some((local, v6only)),
+        backlog,
     })
 }
 
@@ -298,6 +332,8 @@ fn bind_unix(
         local: format!("unix:{shown}"),
         fd,
         file: Some(file),
+        tcp: None,
+        backlog,
     })
 }
 

@@ -9,7 +9,7 @@
 
 use std::ffi::{CString, OsString};
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::raw::{c_char, c_int};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
@@ -20,7 +20,6 @@ use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::unistd::Pid;
 
 use crate::config::Program;
-use crate::socket::Bound;
 
 /// Environment variables of the supervisor's own that a worker must not inherit: they describe
 /// the supervisor's sockets and notification channel, and the worker gets its own values.
@@ -88,19 +87,19 @@ impl Spawner {
         })
     }
 
-    /// Forks and execs one worker for `slot` with `sockets` at fds 3.. . An exec failure in the
-    /// child comes back here as the error, through std's CLOEXEC status pipe.
+    /// Forks and execs one worker for `slot` with `fds` (name, socket) at fds 3.. . An exec
+    /// failure in the child comes back here as the error, through std's CLOEXEC status pipe.
     pub fn spawn(
         &self,
-        sockets: &[Bound],
+        fds: &[(&str, BorrowedFd<'_>)],
         slot: u32,
         workers: u32,
         generation: u64,
     ) -> io::Result<Spawned> {
-        let n = sockets.len();
+        let n = fds.len();
         let mut env = self.base_env.clone();
         env.push(env_entry(b"LISTEN_FDS", n.to_string().as_bytes()));
-        let names: Vec<&str> = sockets.iter().map(|s| s.name.as_str()).collect();
+        let names: Vec<&str> = fds.iter().map(|(name, _)| *name).collect();
         env.push(env_entry(b"LISTEN_FDNAMES", names.join(":").as_bytes()));
         env.push(env_entry(
             b"MULTINODE_WORKER_ID",
@@ -122,12 +121,12 @@ impl Spawner {
             self.supervisor,
         );
 
-        let mappings = sockets
+        let mappings = fds
             .iter()
             .enumerate()
-            .map(|(i, s)| {
+            .map(|(i, (_, fd))| {
                 Ok(FdMapping {
-                    parent_fd: s.fd.try_clone()?,
+                    parent_fd: fd.try_clone_to_owned()?,
                     child_fd: 3 + i as c_int,
                 })
             })

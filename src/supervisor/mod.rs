@@ -5,9 +5,10 @@
 
 mod backoff;
 mod reload;
+mod routing;
 mod worker;
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -19,10 +20,11 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use crate::cli::RestartPolicy;
-use crate::config::{Config, ReadyMode};
+use crate::config::{Config, Mode, ReadyMode};
 use crate::error::{Error, Exit, Result};
 use crate::log::{Event, Output};
 use crate::notify::NotifyServer;
+use crate::route::{Channel, Router};
 use crate::socket::Bound;
 use crate::spawn::Spawner;
 use crate::watch::Watch;
@@ -83,6 +85,8 @@ enum Phase {
 /// What the event loop needs besides the config: sockets, the spawner and the I/O endpoints.
 pub struct Parts {
     pub sockets: Vec<Bound>,
+    /// `--balance reuseport`: each slot's own sockets, in `sockets` order.
+    pub slot_fds: Vec<Vec<OwnedFd>>,
     pub spawner: Spawner,
     pub out: Output,
     pub signals: SignalFd,
@@ -104,6 +108,8 @@ pub struct Supervisor {
     watch_reload_at: Option<Instant>,
     watch_changed: Option<PathBuf>,
     phase: Phase,
+    /// Route mode's state.
+    router: Option<Router>,
     budget: Budget,
     jitter: Jitter,
     /// Whether any worker of the service ever started: a program that cannot start at all is a
@@ -117,10 +123,17 @@ enum Wake {
     Notify,
     Watch,
     Pipe(Pid, usize),
+    Listener(usize),
+    Pending(u64),
+    Channel(Pid, usize),
 }
 
 impl Supervisor {
     pub fn new(cfg: Config, p: Parts) -> Self {
+        let router = match cfg.mode {
+            Mode::Route(policy) => Some(Router::new(policy, cfg.proxy_protocol)),
+            _ => None,
+        };
         let slots = (0..cfg.workers).map(|_| Slot::default()).collect();
         Supervisor {
             budget: Budget::new(cfg.max_restarts),
@@ -134,6 +147,7 @@ impl Supervisor {
             watch_reload_at: None,
             watch_changed: None,
             phase: Phase::Running,
+            router,
             jitter: Jitter::new(),
             any_started: false,
             exit: Exit::Ok,
@@ -142,6 +156,15 @@ impl Supervisor {
 
     /// Runs until every worker is gone; returns the exit class and the parts (for cleanup).
     pub fn run(mut self) -> (Exit, Parts) {
+        if self.router.is_some() {
+            for b in &self.p.sockets {
+                if let Err(e) = set_nonblocking(&b.fd) {
+                    let msg = format!("{}: cannot make it non-blocking: {e}", b.local);
+                    self.p.out.event(Event::error("internal", msg));
+                    return (Exit::Internal, self.p);
+                }
+            }
+        }
         for slot in 0..self.cfg.workers {
             if self.phase != Phase::Running {
                 break;
@@ -171,12 +194,16 @@ impl Supervisor {
                             w.read_pipe(idx, &mut self.p.out);
                         }
                     }
+                    Wake::Listener(i) => self.on_listener(i),
+                    Wake::Pending(id) => self.on_pending(id),
+                    Wake::Channel(pid, i) => self.on_channel(pid, i),
                 }
             }
             let now = Instant::now();
             self.on_timers(now);
             self.settle(now);
             self.advance_reload(now);
+            self.flush_channels();
         }
         if self.phase == Phase::Running
             && self.exit == Exit::Ok
@@ -218,6 +245,26 @@ impl Supervisor {
                 keys.push(Wake::Pipe(w.pid, idx));
                 fds.push(PollFd::new(fd, PollFlags::POLLIN));
             }
+            for (idx, ch) in w.channels.iter().enumerate().filter(|(_, c)| !c.closed) {
+                let mut ev = PollFlags::POLLIN;
+                if ch.has_queue() {
+                    ev |= PollFlags::POLLOUT;
+                }
+                keys.push(Wake::Channel(w.pid, idx));
+                fds.push(PollFd::new(ch.as_fd(), ev));
+            }
+        }
+        if let Some(router) = &self.router {
+            if self.phase == Phase::Running {
+                for (i, b) in self.p.sockets.iter().enumerate() {
+                    keys.push(Wake::Listener(i));
+                    fds.push(PollFd::new(b.fd.as_fd(), PollFlags::POLLIN));
+                }
+            }
+            for p in &router.pending {
+                keys.push(Wake::Pending(p.id));
+                fds.push(PollFd::new(p.fd.as_fd(), PollFlags::POLLIN));
+            }
         }
         match poll(&mut fds, timeout) {
             Ok(_) => {}
@@ -255,6 +302,7 @@ impl Supervisor {
             .chain(per_worker.flatten())
             .chain(stop)
             .chain(self.watch_reload_at)
+            .chain(self.next_pending_deadline())
             .min()
     }
 
@@ -373,7 +421,9 @@ impl Supervisor {
             }
             let mut w = self.workers.remove(i);
             w.drain_pipes(&mut self.p.out);
+            let unsent = w.unsent();
             self.ended(w, now);
+            self.rehome(unsent);
         }
     }
 
@@ -461,14 +511,45 @@ impl Supervisor {
     /// once per slot until a start works again.
     fn start(&mut self, slot: u32, generation: u64) -> Option<Pid> {
         self.slots[slot as usize].restart_at = None;
-        match self
+        let names: Vec<&str> = self.p.sockets.iter().map(|b| b.name.as_str()).collect();
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        let fds: Vec<BorrowedFd> = match self.cfg.mode {
+            Mode::Shared => self.p.sockets.iter().map(|b| b.fd.as_fd()).collect(),
+            Mode::ReusePort => self.p.slot_fds[slot as usize]
+                .iter()
+                .map(|f| f.as_fd())
+                .collect(),
+            Mode::Route(_) => {
+                for _ in &self.p.sockets {
+                    match channel_pair() {
+                        Ok((a, b)) => {
+                            ours.push(Channel::new(a));
+                            theirs.push(b);
+                        }
+                        Err(e) => {
+                            let msg = format!("cannot create a route channel: {e}");
+                            self.p.out.event(Event::error("start-failed", msg));
+                            self.schedule(slot, Instant::now());
+                            return None;
+                        }
+                    }
+                }
+                theirs.iter().map(|f| f.as_fd()).collect()
+            }
+        };
+        let named: Vec<(&str, BorrowedFd)> = names.iter().copied().zip(fds).collect();
+        let spawned = self
             .p
             .spawner
-            .spawn(&self.p.sockets, slot, self.cfg.workers, generation)
-        {
+            .spawn(&named, slot, self.cfg.workers, generation);
+        drop(named);
+        drop(theirs);
+        match spawned {
             Ok(s) => {
                 self.any_started = true;
                 let mut w = Worker::new(slot, s.pid, generation, s.stdout, s.stderr);
+                w.channels = ours;
                 let now = Instant::now();
                 w.ready_deadline = Some(now + self.cfg.ready_timeout);
                 if let ReadyMode::Delay(d) = self.cfg.ready {
@@ -540,6 +621,7 @@ impl Supervisor {
                 self.begin_reload(format!("change in {path}"));
             }
         }
+        self.expire_pending(now);
         if let Phase::Stopping(at) = self.phase {
             if at <= now {
                 let left = self.workers.iter().filter(|w| !w.killed).count();
@@ -670,6 +752,22 @@ impl Supervisor {
         if self.phase != Phase::Running {
             return;
         }
+        if self.cfg.mode == Mode::ReusePort {
+            let fds: Result<Vec<OwnedFd>> = self
+                .p
+                .sockets
+                .iter()
+                .map(|b| crate::socket::bind_sibling(b, &b.local))
+                .collect();
+            match fds {
+                Ok(fds) => self.p.slot_fds.push(fds),
+                Err(e) => {
+                    let msg = format!("SIGTTIN: cannot add a slot: {e}");
+                    self.p.out.event(Event::error("scale", msg));
+                    return;
+                }
+            }
+        }
         self.cfg.workers += 1;
         self.slots.push(Slot::default());
         let slot = self.cfg.workers - 1;
@@ -698,6 +796,11 @@ impl Supervisor {
         }
         self.cfg.workers -= 1;
         self.slots.pop();
+        // reuseport: the slot's sockets close with its last worker; connections still queued
+        // on them then are reset by the kernel.
+        if self.cfg.mode == Mode::ReusePort {
+            self.p.slot_fds.pop();
+        }
         let slot = self.cfg.workers;
         self.p.out.event(Event::info(
             "scale",
@@ -709,4 +812,23 @@ impl Supervisor {
             w.stop(self.cfg.stop_signal, deadline);
         }
     }
+}
+
+/// A SOCK_SEQPACKET pair for a route channel: (ours, non-blocking; the worker's).
+fn channel_pair() -> nix::Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    let (a, b) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    set_nonblocking(&a)?;
+    Ok((a, b))
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> nix::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map(drop)
 }

@@ -10,6 +10,7 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 use crate::log::{LineSplitter, Output, Stream};
+use crate::route::{Channel, Conn};
 
 pub struct Pipe {
     fd: OwnedFd,
@@ -41,6 +42,8 @@ pub struct Worker {
     /// When to SIGKILL the group if it is still there.
     pub kill_at: Option<Instant>,
     pub killed: bool,
+    /// Route mode: our ends of its channels, one per listening socket.
+    pub channels: Vec<Channel>,
 }
 
 impl Worker {
@@ -65,6 +68,7 @@ impl Worker {
             signalled: false,
             kill_at: None,
             killed: false,
+            channels: Vec::new(),
         }
     }
 
@@ -152,6 +156,14 @@ impl Worker {
 
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// Route mode: the connections queued for it and never sent (they go to another worker).
+    pub fn unsent(&mut self) -> Vec<Conn> {
+        self.channels
+            .iter_mut()
+            .flat_map(|c| c.take_queue())
+            .collect()
     }
 
     /// Whether the leader exited with status 0.

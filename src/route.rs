@@ -1,0 +1,430 @@
+//! Route mode (`--route`): the supervisor accepts every connection itself, picks a worker by
+//! policy, and hands the connected socket over a per-worker Unix SOCK_SEQPACKET channel with
+//! SCM_RIGHTS — the seed article's master.js/worker.js design, for any worker that reads the
+//! channel (the SDK does; the wire format below is simple enough for any language).
+//!
+//! # Wire format (one datagram per batch, supervisor → worker)
+//! ```text
+//! header   8 bytes   "MNRT" | version u8 = 1 | flags u8 = 0 | count u16 LE (1..=253)
+//! record  32 bytes   seq u64 LE | family u8 (0 none, 4 IPv4, 6 IPv6) | 0 u8 | port u16 LE
+//!  × count           | address 16 bytes (IPv4 in the first 4) | 4 bytes zero
+//! SCM_RIGHTS         count connected sockets, in record order
+//! ```
+//! Worker → supervisor, optional (it feeds `least-conn`): `"MNRC" | 1 | 0 | count u16 LE`
+//! then `count` × seq u64 LE, one per routed connection the worker has closed.
+//!
+//! # Back-pressure
+//! Each worker's channel has a bounded queue in the supervisor ([`MAX_QUEUE`] connections)
+//! for when its socket buffer is full. A worker whose queue is full is skipped: the connection
+//! goes to the next worker the policy ranks (for `ip-hash`, the client's next-best slot), and
+//! only when every worker is full is the connection closed. Connections that arrive while no
+//! worker runs at all wait in a bounded backlog ([`MAX_BACKLOG`]) until one starts.
+//!
+//! Every connection fd is an `OwnedFd` from accept to hand-over: sent, it is closed once after
+//! `sendmsg` succeeded; not sent, it is closed once when dropped. Nothing else closes it.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::{self, ControlMessage, MsgFlags, SockaddrStorage};
+
+/// The most fds the kernel passes in one message (SCM_MAX_FD).
+pub const MAX_BATCH: usize = 253;
+/// Connections held per channel while its socket buffer is full.
+pub const MAX_QUEUE: usize = 1024;
+/// Connections held while no worker at all can take them.
+pub const MAX_BACKLOG: usize = 4096;
+
+const HEADER: usize = 8;
+const RECORD: usize = 32;
+
+/// An accepted connection on its way to a worker.
+#[derive(Debug)]
+pub struct Conn {
+    pub fd: OwnedFd,
+    /// The client: the TCP peer, or the address a PROXY header named.
+    pub peer: Option<SocketAddr>,
+    pub seq: u64,
+    /// Which listening socket it came from (which channel of the worker it goes to).
+    pub listener: usize,
+}
+
+/// The supervisor's end of one worker channel.
+pub struct Channel {
+    fd: OwnedFd,
+    queue: VecDeque<Conn>,
+    /// Connections sent and not yet reported closed.
+    pub outstanding: u64,
+    /// The worker closed its end: nothing more goes here, and it is not polled.
+    pub closed: bool,
+}
+
+/// The channel's peer is gone (the worker exited or closed it).
+#[derive(Debug)]
+pub struct Gone;
+
+impl Channel {
+    pub fn new(fd: OwnedFd) -> Channel {
+        Channel {
+            fd,
+            queue: VecDeque::new(),
+            outstanding: 0,
+            closed: false,
+        }
+    }
+
+    /// Whether it can take no more connections now.
+    pub fn is_full(&self) -> bool {
+        self.closed || self.queue.len() >= MAX_QUEUE
+    }
+
+    pub fn has_queue(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    pub fn push(&mut self, c: Conn) {
+        self.outstanding += 1;
+        self.queue.push_back(c);
+    }
+
+    /// The connections not sent yet (the worker is gone: they go elsewhere).
+    pub fn take_queue(&mut self) -> VecDeque<Conn> {
+        self.outstanding = self.outstanding.saturating_sub(self.queue.len() as u64);
+        std::mem::take(&mut self.queue)
+    }
+
+    /// Sends queued connections in batches until the queue is empty or the socket is full.
+    pub fn flush(&mut self) -> Result<(), Gone> {
+        while !self.queue.is_empty() {
+            let n = self.queue.len().min(MAX_BATCH);
+            let batch: Vec<&Conn> = self.queue.iter().take(n).collect();
+            let msg = encode(&batch);
+            let fds: Vec<RawFd> = batch.iter().map(|c| c.fd.as_raw_fd()).collect();
+            let cmsg = [ControlMessage::ScmRights(&fds)];
+            let r = socket::sendmsg::<()>(
+                self.fd.as_raw_fd(),
+                &[IoSlice::new(&msg)],
+                &cmsg,
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+                None,
+            );
+            match r {
+                // The worker holds its own copies now; ours are closed as the Conns drop.
+                Ok(_) => drop(self.queue.drain(..n)),
+                Err(Errno::EAGAIN) => return Ok(()),
+                Err(Errno::EINTR) => continue,
+                Err(_) => {
+                    self.closed = true;
+                    return Err(Gone);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the worker's close notices; `Err(Gone)` at end of file.
+    pub fn read_notices(&mut self) -> Result<(), Gone> {
+        let mut buf = [0u8; 8 + 8 * 512];
+        loop {
+            match socket::recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => {
+                    self.closed = true;
+                    return Err(Gone);
+                }
+                Ok(n) => {
+                    if let Some(count) = decode_notice(&buf[..n]) {
+                        self.outstanding = self.outstanding.saturating_sub(count);
+                    }
+                }
+                Err(Errno::EAGAIN) => return Ok(()),
+                Err(Errno::EINTR) => continue,
+                Err(_) => {
+                    self.closed = true;
+                    return Err(Gone);
+                }
+            }
+        }
+    }
+}
+
+impl AsFd for Channel {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// The datagram for a batch.
+pub fn encode(batch: &[&Conn]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(HEADER + RECORD * batch.len());
+    m.extend_from_slice(b"MNRT");
+    m.push(1);
+    m.push(0);
+    m.extend_from_slice(&(batch.len() as u16).to_le_bytes());
+    for c in batch {
+        let mut r = [0u8; RECORD];
+        r[..8].copy_from_slice(&c.seq.to_le_bytes());
+        match c.peer {
+            Some(SocketAddr::V4(a)) => {
+                r[8] = 4;
+                r[10..12].copy_from_slice(&a.port().to_le_bytes());
+                r[12..16].copy_from_slice(&a.ip().octets());
+            }
+            Some(SocketAddr::V6(a)) => {
+                r[8] = 6;
+                r[10..12].copy_from_slice(&a.port().to_le_bytes());
+                r[12..28].copy_from_slice(&a.ip().octets());
+            }
+            None => {}
+        }
+        m.extend_from_slice(&r);
+    }
+    m
+}
+
+/// The number of closes a worker's notice reports.
+fn decode_notice(m: &[u8]) -> Option<u64> {
+    if m.len() < HEADER || &m[..4] != b"MNRC" || m[4] != 1 {
+        return None;
+    }
+    let count = u16::from_le_bytes([m[6], m[7]]) as usize;
+    (m.len() >= HEADER + 8 * count).then_some(count as u64)
+}
+
+/// The peer of an accepted socket, as a std address.
+pub fn peer_of(fd: &OwnedFd) -> Option<SocketAddr> {
+    let s: SockaddrStorage = socket::getpeername(fd.as_raw_fd()).ok()?;
+    if let Some(v4) = s.as_sockaddr_in() {
+        return Some(SocketAddr::from((v4.ip(), v4.port())));
+    }
+    s.as_sockaddr_in6().map(|v6| {
+        let ip = v6.ip();
+        // A v4 client on a dual-stack socket hashes as the v4 address it is.
+        match ip.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, v6.port())),
+            None => SocketAddr::from((ip, v6.port())),
+        }
+    })
+}
+
+/// Rendezvous (highest random weight) score of `slot` for a client address: each client ranks
+/// all slots, takes the best live one, and changing the set of slots moves only the clients
+/// whose best slot came or went.
+pub fn score(ip: &IpAddr, slot: u32) -> u64 {
+    // FNV-1a over the address and the slot, then a 64-bit finalizer (splitmix64) to spread it.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |b: u8| {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    };
+    match ip {
+        IpAddr::V4(a) => a.octets().iter().for_each(|b| eat(*b)),
+        IpAddr::V6(a) => a.octets().iter().for_each(|b| eat(*b)),
+    }
+    slot.to_le_bytes().iter().for_each(|b| eat(*b));
+    let mut z = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Prints at most one line a second for a recurring problem, counting what it held back.
+pub struct RateLimit {
+    last: Option<std::time::Instant>,
+    held: u64,
+}
+
+impl RateLimit {
+    pub const fn new() -> Self {
+        RateLimit {
+            last: None,
+            held: 0,
+        }
+    }
+
+    /// `Some(n)`: print now, mentioning `n` earlier occurrences that were not printed.
+    pub fn allow(&mut self, now: std::time::Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(1))
+        {
+            self.held += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held))
+    }
+}
+
+/// How long a connection may take to send its PROXY header.
+pub const PROXY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Connections waiting for their PROXY header at most; more are closed at once.
+pub const MAX_PENDING: usize = 1024;
+
+/// A connection whose PROXY header is still arriving.
+pub struct Pending {
+    pub id: u64,
+    pub fd: OwnedFd,
+    pub listener: usize,
+    pub peer: Option<SocketAddr>,
+    pub deadline: std::time::Instant,
+    /// Header bytes consumed so far (all of it is header: only complete prefixes are read).
+    got: Vec<u8>,
+}
+
+/// What became of a pending connection after its socket was readable.
+pub enum Progress {
+    Waiting,
+    Done(Option<SocketAddr>),
+    Failed(&'static str),
+}
+
+impl Pending {
+    pub fn new(
+        id: u64,
+        fd: OwnedFd,
+        listener: usize,
+        peer: Option<SocketAddr>,
+        now: std::time::Instant,
+    ) -> Self {
+        Pending {
+            id,
+            fd,
+            listener,
+            peer,
+            deadline: now + PROXY_TIMEOUT,
+            got: Vec::new(),
+        }
+    }
+
+    /// Peeks at what arrived, consumes exactly the header bytes (never the data after them).
+    pub fn advance(&mut self) -> Progress {
+        use crate::proxy::{PEEK_MAX, Parsed, parse};
+        let mut buf = [0u8; PEEK_MAX];
+        let room = PEEK_MAX - self.got.len();
+        let n = match socket::recv(
+            self.fd.as_raw_fd(),
+            &mut buf[..room],
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(0) => return Progress::Failed("closed before a PROXY header"),
+            Ok(n) => n,
+            Err(Errno::EAGAIN) | Err(Errno::EINTR) => return Progress::Waiting,
+            Err(_) => return Progress::Failed("connection error before a PROXY header"),
+        };
+        let mut seen = self.got.clone();
+        seen.extend_from_slice(&buf[..n]);
+        let take = match parse(&seen) {
+            Parsed::Invalid(why) => return Progress::Failed(why),
+            Parsed::Incomplete if seen.len() >= PEEK_MAX => {
+                return Progress::Failed("PROXY header too long");
+            }
+            Parsed::Incomplete => n,
+            Parsed::Header { len, .. } => len - self.got.len(),
+        };
+        match socket::recv(
+            self.fd.as_raw_fd(),
+            &mut buf[..take],
+            MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(k) if k == take => {}
+            _ => return Progress::Failed("connection error while reading the PROXY header"),
+        }
+        self.got.extend_from_slice(&buf[..take]);
+        match parse(&self.got) {
+            Parsed::Header { client, .. } => Progress::Done(client.or(self.peer)),
+            _ => Progress::Waiting,
+        }
+    }
+}
+
+/// Routing state kept by the event loop.
+pub struct Router {
+    pub policy: crate::cli::RoutePolicy,
+    pub proxy: bool,
+    seq: u64,
+    pub rr: usize,
+    next_id: u64,
+    pub pending: Vec<Pending>,
+    /// Connections no worker could take yet.
+    pub backlog: VecDeque<Conn>,
+    pub proxy_log: RateLimit,
+    pub drop_log: RateLimit,
+}
+
+impl Router {
+    pub fn new(policy: crate::cli::RoutePolicy, proxy: bool) -> Self {
+        Router {
+            policy,
+            proxy,
+            seq: 0,
+            rr: 0,
+            next_id: 0,
+            pending: Vec::new(),
+            backlog: VecDeque::new(),
+            proxy_log: RateLimit::new(),
+            drop_log: RateLimit::new(),
+        }
+    }
+
+    pub fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    pub fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixDatagram;
+
+    #[test]
+    fn records_carry_seq_and_address() {
+        let (a, _b) = UnixDatagram::pair().unwrap();
+        let fd: OwnedFd = a.into();
+        let c = Conn {
+            fd,
+            peer: Some("192.0.2.1:4242".parse().unwrap()),
+            seq: 7,
+            listener: 0,
+        };
+        let m = encode(&[&c]);
+        assert_eq!(m.len(), HEADER + RECORD);
+        assert_eq!(&m[..4], b"MNRT");
+        assert_eq!(u16::from_le_bytes([m[6], m[7]]), 1);
+        assert_eq!(u64::from_le_bytes(m[8..16].try_into().unwrap()), 7);
+        assert_eq!(m[16], 4);
+        assert_eq!(u16::from_le_bytes([m[18], m[19]]), 4242);
+        assert_eq!(&m[20..24], &[192, 0, 2, 1]);
+    }
+
+    #[test]
+    fn rendezvous_moves_few_clients() {
+        let ips: Vec<IpAddr> = (0..2000u32)
+            .map(|i| IpAddr::from((0x0a00_0000u32 + i).to_be_bytes()))
+            .collect();
+        let best = |ip: &IpAddr, n: u32| (0..n).max_by_key(|s| score(ip, *s)).unwrap();
+        let moved = ips.iter().filter(|ip| best(ip, 5) != best(ip, 6)).count();
+        // Adding a sixth slot should move about 1/6 of the clients, never most of them.
+        assert!(moved > 200 && moved < 500, "moved {moved} of 2000");
+        let mut per = [0usize; 5];
+        ips.iter().for_each(|ip| per[best(ip, 5) as usize] += 1);
+        assert!(per.iter().all(|&n| n > 300), "uneven: {per:?}");
+    }
+
+    #[test]
+    fn notices() {
+        let mut m = b"MNRC\x01\x00\x02\x00".to_vec();
+        m.extend_from_slice(&1u64.to_le_bytes());
+        m.extend_from_slice(&2u64.to_le_bytes());
+        assert_eq!(decode_notice(&m), Some(2));
+        assert_eq!(decode_notice(b"junk"), None);
+    }
+}
