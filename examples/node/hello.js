@@ -1,0 +1,106 @@
+#!/usr/bin/env node
+// hello.js: a multinode worker in plain Node.js (node 20 stdlib, no SDK).
+//
+// Run: cargo build --release --workspace && ./target/release/multinode serve --workers 4 --listen 127.0.0.1:8080 -- node examples/node/hello.js
+//
+// It serves the sockets multinode passes by the systemd socket-activation
+// protocol (fds 3.. with LISTEN_FDS=n and LISTEN_PID=<its pid>) with
+// `listen({fd})`, or listens on 127.0.0.1:8080 when run standalone
+// (`node examples/node/hello.js [PORT]`). HTTP/1.1 with keep-alive; every
+// request gets 200 with the body
+//
+//     process=<pid>; worker=<MULTINODE_WORKER_ID or ->; reqno=<n>
+//
+// (n counts this process's requests, as worker.js of the 2010 Yahoo article
+// on multi-core Node servers). `/sleep/<ms>` answers after sleeping.
+// On SIGTERM/SIGINT it stops accepting, finishes the requests in flight,
+// closes idle keep-alive connections and exits.
+//
+// Node's standard library cannot send to a Unix datagram socket, so it does
+// not notify READY=1: multinode counts it ready after its --ready delay.
+
+'use strict';
+
+const http = require('node:http');
+
+const LISTEN_FDS_START = 3;
+const WORKER = process.env.MULTINODE_WORKER_ID ?? '-';
+let reqno = 0;
+let stopping = false;
+
+// The fds passed to this process (sd_listen_fds(3)); the variables are
+// removed so child processes do not take them for their own.
+function inheritedFds() {
+  const { LISTEN_PID: pid, LISTEN_FDS: count } = process.env;
+  delete process.env.LISTEN_PID;
+  delete process.env.LISTEN_FDS;
+  delete process.env.LISTEN_FDNAMES;
+  if (pid === undefined || count === undefined || Number(pid) !== process.pid) {
+    return []; // meant for another process, or not socket-activated
+  }
+  if (!/^\d+$/.test(count)) {
+    console.error(`hello.js: LISTEN_FDS=${JSON.stringify(count)} is not a number`);
+    process.exit(1);
+  }
+  return Array.from({ length: Number(count) }, (_, i) => LISTEN_FDS_START + i);
+}
+
+function handler(req, res) {
+  reqno += 1;
+  const n = reqno;
+  const answer = () => {
+    const body = `process=${process.pid}; worker=${WORKER}; reqno=${n}\n`;
+    res.writeHead(200, {
+      'Content-Type': 'text/plain; charset=utf-8',
+      'Content-Length': Buffer.byteLength(body),
+      // Draining: no keep-alive, so the connection ends with this response.
+      ...(stopping ? { Connection: 'close' } : {}),
+    });
+    res.end(req.method === 'HEAD' ? undefined : body);
+  };
+  req.resume(); // read and discard any request body
+  const sleep = /^\/sleep\/([^?#]*)/.exec(req.url);
+  if (sleep === null) {
+    answer();
+  } else if (/^\d+$/.test(sleep[1])) {
+    setTimeout(answer, Number(sleep[1]));
+  } else {
+    res.writeHead(400, { 'Content-Type': 'text/plain; charset=utf-8', Connection: 'close' });
+    res.end('bad /sleep/<ms>: <ms> must be a decimal number\n');
+  }
+}
+
+// Like the Rust hello, answer HTTP/1.1 requests without a Host header too
+// (handy with printf | nc); Node 20 rejects them by default.
+const options = { requireHostHeader: false };
+const fds = inheritedFds();
+const servers = [];
+if (fds.length > 0) {
+  for (const fd of fds) {
+    servers.push(http.createServer(options, handler).listen({ fd }));
+  }
+} else {
+  const port = Number(process.argv[2] ?? 8080);
+  servers.push(http.createServer(options, handler).listen(port, '127.0.0.1'));
+}
+for (const server of servers) {
+  server.on('error', (e) => {
+    console.error(`hello.js: ${e.message}`);
+    process.exit(1);
+  });
+}
+console.log(`hello.js: worker ${WORKER} pid ${process.pid} serving ${servers.length} socket(s)`);
+
+function stop() {
+  // close() stops accepting and waits for open connections;
+  // closeIdleConnections() ends the idle keep-alive ones, and responses sent
+  // from now on say `Connection: close`. The process exits once the event
+  // loop is empty.
+  stopping = true;
+  for (const server of servers) {
+    server.close();
+    server.closeIdleConnections();
+  }
+}
+process.on('SIGTERM', stop);
+process.on('SIGINT', stop);
