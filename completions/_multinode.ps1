@@ -26,12 +26,24 @@ Register-ArgumentCompleter -Native -CommandName 'multinode' -ScriptBlock {
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Bind the sockets and run the workers until stopped')
+            [CompletionResult]::new('check', 'check', [CompletionResultType]::ParameterValue, 'Check a configuration (file and options) without starting anything')
+            [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Show the workers of a running multinode')
+            [CompletionResult]::new('reload', 'reload', [CompletionResultType]::ParameterValue, 'Roll every worker over to a new one (like SIGHUP) and wait for the outcome')
+            [CompletionResult]::new('scale', 'scale', [CompletionResultType]::ParameterValue, 'Change the number of workers and wait until the new ones are ready')
+            [CompletionResult]::new('stop', 'stop', [CompletionResultType]::ParameterValue, 'Stop gracefully (like SIGTERM) and wait until multinode has exited')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script to stdout')
             [CompletionResult]::new('__generate', '__generate', [CompletionResultType]::ParameterValue, 'Write the man pages and completion scripts under DIR (for packagers and the repository)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
         'multinode;serve' {
+            [CompletionResult]::new('-c', '-c', [CompletionResultType]::ParameterName, 'Read options from this TOML file; options given on the command line win')
+            [CompletionResult]::new('--config', '--config', [CompletionResultType]::ParameterName, 'Read options from this TOML file; options given on the command line win')
+            [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'Name of this service: picks its control socket [default: the program''s file name]')
+            [CompletionResult]::new('--control', '--control', [CompletionResultType]::ParameterName, 'Path of the control socket [default: /run/multinode/NAME/control.sock as root, else $XDG_RUNTIME_DIR/multinode/NAME/control.sock]')
+            [CompletionResult]::new('--workdir', '--workdir', [CompletionResultType]::ParameterName, 'Working directory of the workers [default: multinode''s]')
+            [CompletionResult]::new('-e', '-e', [CompletionResultType]::ParameterName, 'Set an environment variable for the workers; repeatable')
+            [CompletionResult]::new('--env', '--env', [CompletionResultType]::ParameterName, 'Set an environment variable for the workers; repeatable')
             [CompletionResult]::new('-w', '-w', [CompletionResultType]::ParameterName, 'Number of worker processes [default: the number of CPUs]')
             [CompletionResult]::new('--workers', '--workers', [CompletionResultType]::ParameterName, 'Number of worker processes [default: the number of CPUs]')
             [CompletionResult]::new('-l', '-l', [CompletionResultType]::ParameterName, 'Address to listen on; repeat for several sockets, passed in this order')
@@ -66,6 +78,90 @@ Register-ArgumentCompleter -Native -CommandName 'multinode' -ScriptBlock {
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
         }
+        'multinode;check' {
+            [CompletionResult]::new('-c', '-c', [CompletionResultType]::ParameterName, 'Read options from this TOML file; options given on the command line win')
+            [CompletionResult]::new('--config', '--config', [CompletionResultType]::ParameterName, 'Read options from this TOML file; options given on the command line win')
+            [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'Name of this service: picks its control socket [default: the program''s file name]')
+            [CompletionResult]::new('--control', '--control', [CompletionResultType]::ParameterName, 'Path of the control socket [default: /run/multinode/NAME/control.sock as root, else $XDG_RUNTIME_DIR/multinode/NAME/control.sock]')
+            [CompletionResult]::new('--workdir', '--workdir', [CompletionResultType]::ParameterName, 'Working directory of the workers [default: multinode''s]')
+            [CompletionResult]::new('-e', '-e', [CompletionResultType]::ParameterName, 'Set an environment variable for the workers; repeatable')
+            [CompletionResult]::new('--env', '--env', [CompletionResultType]::ParameterName, 'Set an environment variable for the workers; repeatable')
+            [CompletionResult]::new('-w', '-w', [CompletionResultType]::ParameterName, 'Number of worker processes [default: the number of CPUs]')
+            [CompletionResult]::new('--workers', '--workers', [CompletionResultType]::ParameterName, 'Number of worker processes [default: the number of CPUs]')
+            [CompletionResult]::new('-l', '-l', [CompletionResultType]::ParameterName, 'Address to listen on; repeat for several sockets, passed in this order')
+            [CompletionResult]::new('--listen', '--listen', [CompletionResultType]::ParameterName, 'Address to listen on; repeat for several sockets, passed in this order')
+            [CompletionResult]::new('--backlog', '--backlog', [CompletionResultType]::ParameterName, 'Length of each socket''s accept queue (the kernel caps it at net.core.somaxconn)')
+            [CompletionResult]::new('-u', '-u', [CompletionResultType]::ParameterName, 'User to run as after binding, when started as root [default: nobody]')
+            [CompletionResult]::new('--user', '--user', [CompletionResultType]::ParameterName, 'User to run as after binding, when started as root [default: nobody]')
+            [CompletionResult]::new('-g', '-g', [CompletionResultType]::ParameterName, 'Group to run as [default: the user''s primary group]')
+            [CompletionResult]::new('--group', '--group', [CompletionResultType]::ParameterName, 'Group to run as [default: the user''s primary group]')
+            [CompletionResult]::new('--socket-mode', '--socket-mode', [CompletionResultType]::ParameterName, 'Permissions of Unix socket files (octal); their owner is the user multinode runs as')
+            [CompletionResult]::new('--balance', '--balance', [CompletionResultType]::ParameterName, 'How connections reach workers when not routed: `shared` (every worker accepts on the same sockets; the kernel balances) or `reuseport` (one SO_REUSEPORT socket per worker slot, kept by multinode across restarts and reloads of that slot)')
+            [CompletionResult]::new('--route', '--route', [CompletionResultType]::ParameterName, 'Accept connections in multinode and hand each to a worker chosen by POLICY, over a Unix channel (SCM_RIGHTS). Workers read it with the multinode-worker SDK (or the documented wire format); the channel replaces each listening socket at its fd, under its name')
+            [CompletionResult]::new('--restart', '--restart', [CompletionResultType]::ParameterName, 'What to do when a worker exits')
+            [CompletionResult]::new('--backoff-max', '--backoff-max', [CompletionResultType]::ParameterName, 'Longest wait between restarts of a crashing worker (the wait doubles from 100ms)')
+            [CompletionResult]::new('--min-uptime', '--min-uptime', [CompletionResultType]::ParameterName, 'A worker that stayed up this long counts as healthy: the wait before its next restart starts over at 100ms')
+            [CompletionResult]::new('--max-restarts', '--max-restarts', [CompletionResultType]::ParameterName, 'Give up (stop everything, exit 6) after more than N restarts within --restart-window')
+            [CompletionResult]::new('--restart-window', '--restart-window', [CompletionResultType]::ParameterName, 'The window --max-restarts counts restarts in')
+            [CompletionResult]::new('--stop-signal', '--stop-signal', [CompletionResultType]::ParameterName, 'Signal that asks a worker to finish its work and exit')
+            [CompletionResult]::new('--grace', '--grace', [CompletionResultType]::ParameterName, 'How long a stopping worker may take before it is killed (SIGKILL)')
+            [CompletionResult]::new('--ready', '--ready', [CompletionResultType]::ParameterName, 'When a new worker counts as ready: `notify` (it sent READY=1 to NOTIFY_SOCKET) or `delay:DURATION` (it sent READY=1, or stayed up that long)')
+            [CompletionResult]::new('--ready-timeout', '--ready-timeout', [CompletionResultType]::ParameterName, 'A new worker not ready this long is stopped (and a reload rolled back)')
+            [CompletionResult]::new('--reload-parallel', '--reload-parallel', [CompletionResultType]::ParameterName, 'How many workers a rolling reload replaces at once')
+            [CompletionResult]::new('--watch', '--watch', [CompletionResultType]::ParameterName, 'Reload when this file or directory (recursively) changes; repeatable')
+            [CompletionResult]::new('--watch-ignore', '--watch-ignore', [CompletionResultType]::ParameterName, 'Ignore changes to paths matching this glob (`*`, `?`, `**`); repeatable. `**/.git/**` and `**/target/**` are always ignored')
+            [CompletionResult]::new('--watch-debounce', '--watch-debounce', [CompletionResultType]::ParameterName, 'Reload once the watched files have been quiet this long')
+            [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'Colour the output')
+            [CompletionResult]::new('--log-format', '--log-format', [CompletionResultType]::ParameterName, 'Output format of supervisor events and worker output')
+            [CompletionResult]::new('--proxy-protocol', '--proxy-protocol', [CompletionResultType]::ParameterName, 'With --route: read a PROXY protocol header (v1 or v2) first on every connection and route by the client address it names; connections without a valid one are closed')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'multinode;status' {
+            [CompletionResult]::new('-n', '-n', [CompletionResultType]::ParameterName, 'The --name it was started with [default: the only one running]')
+            [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'The --name it was started with [default: the only one running]')
+            [CompletionResult]::new('--control', '--control', [CompletionResultType]::ParameterName, 'Its control socket, when started with --control')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON, for scripts')
+            [CompletionResult]::new('--check', '--check', [CompletionResultType]::ParameterName, 'Print nothing; exit 0 only if every worker slot is ready (a health probe)')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'multinode;reload' {
+            [CompletionResult]::new('-n', '-n', [CompletionResultType]::ParameterName, 'The --name it was started with [default: the only one running]')
+            [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'The --name it was started with [default: the only one running]')
+            [CompletionResult]::new('--control', '--control', [CompletionResultType]::ParameterName, 'Its control socket, when started with --control')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'multinode;scale' {
+            [CompletionResult]::new('-n', '-n', [CompletionResultType]::ParameterName, 'The --name it was started with [default: the only one running]')
+            [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'The --name it was started with [default: the only one running]')
+            [CompletionResult]::new('--control', '--control', [CompletionResultType]::ParameterName, 'Its control socket, when started with --control')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'multinode;stop' {
+            [CompletionResult]::new('-n', '-n', [CompletionResultType]::ParameterName, 'The --name it was started with [default: the only one running]')
+            [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'The --name it was started with [default: the only one running]')
+            [CompletionResult]::new('--control', '--control', [CompletionResultType]::ParameterName, 'Its control socket, when started with --control')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
         'multinode;completions' {
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
@@ -82,12 +178,32 @@ Register-ArgumentCompleter -Native -CommandName 'multinode' -ScriptBlock {
         }
         'multinode;help' {
             [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Bind the sockets and run the workers until stopped')
+            [CompletionResult]::new('check', 'check', [CompletionResultType]::ParameterValue, 'Check a configuration (file and options) without starting anything')
+            [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Show the workers of a running multinode')
+            [CompletionResult]::new('reload', 'reload', [CompletionResultType]::ParameterValue, 'Roll every worker over to a new one (like SIGHUP) and wait for the outcome')
+            [CompletionResult]::new('scale', 'scale', [CompletionResultType]::ParameterValue, 'Change the number of workers and wait until the new ones are ready')
+            [CompletionResult]::new('stop', 'stop', [CompletionResultType]::ParameterValue, 'Stop gracefully (like SIGTERM) and wait until multinode has exited')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script to stdout')
             [CompletionResult]::new('__generate', '__generate', [CompletionResultType]::ParameterValue, 'Write the man pages and completion scripts under DIR (for packagers and the repository)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
         'multinode;help;serve' {
+            break
+        }
+        'multinode;help;check' {
+            break
+        }
+        'multinode;help;status' {
+            break
+        }
+        'multinode;help;reload' {
+            break
+        }
+        'multinode;help;scale' {
+            break
+        }
+        'multinode;help;stop' {
             break
         }
         'multinode;help;completions' {

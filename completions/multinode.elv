@@ -23,11 +23,23 @@ set edit:completion:arg-completer[multinode] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
             cand serve 'Bind the sockets and run the workers until stopped'
+            cand check 'Check a configuration (file and options) without starting anything'
+            cand status 'Show the workers of a running multinode'
+            cand reload 'Roll every worker over to a new one (like SIGHUP) and wait for the outcome'
+            cand scale 'Change the number of workers and wait until the new ones are ready'
+            cand stop 'Stop gracefully (like SIGTERM) and wait until multinode has exited'
             cand completions 'Print a shell completion script to stdout'
             cand __generate 'Write the man pages and completion scripts under DIR (for packagers and the repository)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'multinode;serve'= {
+            cand -c 'Read options from this TOML file; options given on the command line win'
+            cand --config 'Read options from this TOML file; options given on the command line win'
+            cand --name 'Name of this service: picks its control socket [default: the program''s file name]'
+            cand --control 'Path of the control socket [default: /run/multinode/NAME/control.sock as root, else $XDG_RUNTIME_DIR/multinode/NAME/control.sock]'
+            cand --workdir 'Working directory of the workers [default: multinode''s]'
+            cand -e 'Set an environment variable for the workers; repeatable'
+            cand --env 'Set an environment variable for the workers; repeatable'
             cand -w 'Number of worker processes [default: the number of CPUs]'
             cand --workers 'Number of worker processes [default: the number of CPUs]'
             cand -l 'Address to listen on; repeat for several sockets, passed in this order'
@@ -61,6 +73,85 @@ set edit:completion:arg-completer[multinode] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
         }
+        &'multinode;check'= {
+            cand -c 'Read options from this TOML file; options given on the command line win'
+            cand --config 'Read options from this TOML file; options given on the command line win'
+            cand --name 'Name of this service: picks its control socket [default: the program''s file name]'
+            cand --control 'Path of the control socket [default: /run/multinode/NAME/control.sock as root, else $XDG_RUNTIME_DIR/multinode/NAME/control.sock]'
+            cand --workdir 'Working directory of the workers [default: multinode''s]'
+            cand -e 'Set an environment variable for the workers; repeatable'
+            cand --env 'Set an environment variable for the workers; repeatable'
+            cand -w 'Number of worker processes [default: the number of CPUs]'
+            cand --workers 'Number of worker processes [default: the number of CPUs]'
+            cand -l 'Address to listen on; repeat for several sockets, passed in this order'
+            cand --listen 'Address to listen on; repeat for several sockets, passed in this order'
+            cand --backlog 'Length of each socket''s accept queue (the kernel caps it at net.core.somaxconn)'
+            cand -u 'User to run as after binding, when started as root [default: nobody]'
+            cand --user 'User to run as after binding, when started as root [default: nobody]'
+            cand -g 'Group to run as [default: the user''s primary group]'
+            cand --group 'Group to run as [default: the user''s primary group]'
+            cand --socket-mode 'Permissions of Unix socket files (octal); their owner is the user multinode runs as'
+            cand --balance 'How connections reach workers when not routed: `shared` (every worker accepts on the same sockets; the kernel balances) or `reuseport` (one SO_REUSEPORT socket per worker slot, kept by multinode across restarts and reloads of that slot)'
+            cand --route 'Accept connections in multinode and hand each to a worker chosen by POLICY, over a Unix channel (SCM_RIGHTS). Workers read it with the multinode-worker SDK (or the documented wire format); the channel replaces each listening socket at its fd, under its name'
+            cand --restart 'What to do when a worker exits'
+            cand --backoff-max 'Longest wait between restarts of a crashing worker (the wait doubles from 100ms)'
+            cand --min-uptime 'A worker that stayed up this long counts as healthy: the wait before its next restart starts over at 100ms'
+            cand --max-restarts 'Give up (stop everything, exit 6) after more than N restarts within --restart-window'
+            cand --restart-window 'The window --max-restarts counts restarts in'
+            cand --stop-signal 'Signal that asks a worker to finish its work and exit'
+            cand --grace 'How long a stopping worker may take before it is killed (SIGKILL)'
+            cand --ready 'When a new worker counts as ready: `notify` (it sent READY=1 to NOTIFY_SOCKET) or `delay:DURATION` (it sent READY=1, or stayed up that long)'
+            cand --ready-timeout 'A new worker not ready this long is stopped (and a reload rolled back)'
+            cand --reload-parallel 'How many workers a rolling reload replaces at once'
+            cand --watch 'Reload when this file or directory (recursively) changes; repeatable'
+            cand --watch-ignore 'Ignore changes to paths matching this glob (`*`, `?`, `**`); repeatable. `**/.git/**` and `**/target/**` are always ignored'
+            cand --watch-debounce 'Reload once the watched files have been quiet this long'
+            cand --color 'Colour the output'
+            cand --log-format 'Output format of supervisor events and worker output'
+            cand --proxy-protocol 'With --route: read a PROXY protocol header (v1 or v2) first on every connection and route by the client address it names; connections without a valid one are closed'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'multinode;status'= {
+            cand -n 'The --name it was started with [default: the only one running]'
+            cand --name 'The --name it was started with [default: the only one running]'
+            cand --control 'Its control socket, when started with --control'
+            cand --json 'Print JSON, for scripts'
+            cand --check 'Print nothing; exit 0 only if every worker slot is ready (a health probe)'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'multinode;reload'= {
+            cand -n 'The --name it was started with [default: the only one running]'
+            cand --name 'The --name it was started with [default: the only one running]'
+            cand --control 'Its control socket, when started with --control'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'multinode;scale'= {
+            cand -n 'The --name it was started with [default: the only one running]'
+            cand --name 'The --name it was started with [default: the only one running]'
+            cand --control 'Its control socket, when started with --control'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'multinode;stop'= {
+            cand -n 'The --name it was started with [default: the only one running]'
+            cand --name 'The --name it was started with [default: the only one running]'
+            cand --control 'Its control socket, when started with --control'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
         &'multinode;completions'= {
             cand -h 'Print help'
             cand --help 'Print help'
@@ -75,11 +166,26 @@ set edit:completion:arg-completer[multinode] = {|@words|
         }
         &'multinode;help'= {
             cand serve 'Bind the sockets and run the workers until stopped'
+            cand check 'Check a configuration (file and options) without starting anything'
+            cand status 'Show the workers of a running multinode'
+            cand reload 'Roll every worker over to a new one (like SIGHUP) and wait for the outcome'
+            cand scale 'Change the number of workers and wait until the new ones are ready'
+            cand stop 'Stop gracefully (like SIGTERM) and wait until multinode has exited'
             cand completions 'Print a shell completion script to stdout'
             cand __generate 'Write the man pages and completion scripts under DIR (for packagers and the repository)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'multinode;help;serve'= {
+        }
+        &'multinode;help;check'= {
+        }
+        &'multinode;help;status'= {
+        }
+        &'multinode;help;reload'= {
+        }
+        &'multinode;help;scale'= {
+        }
+        &'multinode;help;stop'= {
         }
         &'multinode;help;completions'= {
         }

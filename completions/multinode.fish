@@ -27,9 +27,19 @@ end
 complete -c multinode -n "__fish_multinode_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c multinode -n "__fish_multinode_needs_command" -s V -l version -d 'Print version'
 complete -c multinode -n "__fish_multinode_needs_command" -f -a "serve" -d 'Bind the sockets and run the workers until stopped'
+complete -c multinode -n "__fish_multinode_needs_command" -f -a "check" -d 'Check a configuration (file and options) without starting anything'
+complete -c multinode -n "__fish_multinode_needs_command" -f -a "status" -d 'Show the workers of a running multinode'
+complete -c multinode -n "__fish_multinode_needs_command" -f -a "reload" -d 'Roll every worker over to a new one (like SIGHUP) and wait for the outcome'
+complete -c multinode -n "__fish_multinode_needs_command" -f -a "scale" -d 'Change the number of workers and wait until the new ones are ready'
+complete -c multinode -n "__fish_multinode_needs_command" -f -a "stop" -d 'Stop gracefully (like SIGTERM) and wait until multinode has exited'
 complete -c multinode -n "__fish_multinode_needs_command" -f -a "completions" -d 'Print a shell completion script to stdout'
 complete -c multinode -n "__fish_multinode_needs_command" -f -a "__generate" -d 'Write the man pages and completion scripts under DIR (for packagers and the repository)'
 complete -c multinode -n "__fish_multinode_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -s c -l config -d 'Read options from this TOML file; options given on the command line win' -r -F
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l name -d 'Name of this service: picks its control socket [default: the program\'s file name]' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l control -d 'Path of the control socket [default: /run/multinode/NAME/control.sock as root, else $XDG_RUNTIME_DIR/multinode/NAME/control.sock]' -r -F
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l workdir -d 'Working directory of the workers [default: multinode\'s]' -r -F
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -s e -l env -d 'Set an environment variable for the workers; repeatable' -r
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -s w -l workers -d 'Number of worker processes [default: the number of CPUs]' -r
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -s l -l listen -d 'Address to listen on; repeat for several sockets, passed in this order' -r
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l backlog -d 'Length of each socket\'s accept queue (the kernel caps it at net.core.somaxconn)' -r
@@ -64,11 +74,73 @@ json\t'One JSON object per line, for log collectors'"
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l proxy-protocol -d 'With --route: read a PROXY protocol header (v1 or v2) first on every connection and route by the client address it names; connections without a valid one are closed'
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -s V -l version -d 'Print version'
+complete -c multinode -n "__fish_multinode_using_subcommand check" -s c -l config -d 'Read options from this TOML file; options given on the command line win' -r -F
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l name -d 'Name of this service: picks its control socket [default: the program\'s file name]' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l control -d 'Path of the control socket [default: /run/multinode/NAME/control.sock as root, else $XDG_RUNTIME_DIR/multinode/NAME/control.sock]' -r -F
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l workdir -d 'Working directory of the workers [default: multinode\'s]' -r -F
+complete -c multinode -n "__fish_multinode_using_subcommand check" -s e -l env -d 'Set an environment variable for the workers; repeatable' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -s w -l workers -d 'Number of worker processes [default: the number of CPUs]' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -s l -l listen -d 'Address to listen on; repeat for several sockets, passed in this order' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l backlog -d 'Length of each socket\'s accept queue (the kernel caps it at net.core.somaxconn)' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -s u -l user -d 'User to run as after binding, when started as root [default: nobody]' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -s g -l group -d 'Group to run as [default: the user\'s primary group]' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l socket-mode -d 'Permissions of Unix socket files (octal); their owner is the user multinode runs as' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l balance -d 'How connections reach workers when not routed: `shared` (every worker accepts on the same sockets; the kernel balances) or `reuseport` (one SO_REUSEPORT socket per worker slot, kept by multinode across restarts and reloads of that slot)' -r -f -a "shared\t'All workers accept on the same sockets'
+reuseport\t'One SO_REUSEPORT socket per worker slot'"
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l route -d 'Accept connections in multinode and hand each to a worker chosen by POLICY, over a Unix channel (SCM_RIGHTS). Workers read it with the multinode-worker SDK (or the documented wire format); the channel replaces each listening socket at its fd, under its name' -r -f -a "ip-hash\t'The same client address always goes to the same slot (rendezvous hashing)'
+round-robin\t'Each worker in turn'
+least-conn\t'The worker holding the fewest open routed connections'"
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l restart -d 'What to do when a worker exits' -r -f -a "always\t'Restart a worker whatever way it exited'
+on-failure\t'Restart a worker unless it exited with status 0'
+never\t'Never restart; multinode exits when the last worker has'"
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l backoff-max -d 'Longest wait between restarts of a crashing worker (the wait doubles from 100ms)' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l min-uptime -d 'A worker that stayed up this long counts as healthy: the wait before its next restart starts over at 100ms' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l max-restarts -d 'Give up (stop everything, exit 6) after more than N restarts within --restart-window' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l restart-window -d 'The window --max-restarts counts restarts in' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l stop-signal -d 'Signal that asks a worker to finish its work and exit' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l grace -d 'How long a stopping worker may take before it is killed (SIGKILL)' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l ready -d 'When a new worker counts as ready: `notify` (it sent READY=1 to NOTIFY_SOCKET) or `delay:DURATION` (it sent READY=1, or stayed up that long)' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l ready-timeout -d 'A new worker not ready this long is stopped (and a reload rolled back)' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l reload-parallel -d 'How many workers a rolling reload replaces at once' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l watch -d 'Reload when this file or directory (recursively) changes; repeatable' -r -F
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l watch-ignore -d 'Ignore changes to paths matching this glob (`*`, `?`, `**`); repeatable. `**/.git/**` and `**/target/**` are always ignored' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l watch-debounce -d 'Reload once the watched files have been quiet this long' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l color -d 'Colour the output' -r -f -a "auto\t'Colour when the output is a terminal and NO_COLOR is not set'
+always\t''
+never\t''"
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l log-format -d 'Output format of supervisor events and worker output' -r -f -a "text\t'Prefixed lines: `worker.2[1234] | text` and `multinode | event`'
+json\t'One JSON object per line, for log collectors'"
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l proxy-protocol -d 'With --route: read a PROXY protocol header (v1 or v2) first on every connection and route by the client address it names; connections without a valid one are closed'
+complete -c multinode -n "__fish_multinode_using_subcommand check" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c multinode -n "__fish_multinode_using_subcommand check" -s V -l version -d 'Print version'
+complete -c multinode -n "__fish_multinode_using_subcommand status" -s n -l name -d 'The --name it was started with [default: the only one running]' -r
+complete -c multinode -n "__fish_multinode_using_subcommand status" -l control -d 'Its control socket, when started with --control' -r -F
+complete -c multinode -n "__fish_multinode_using_subcommand status" -l json -d 'Print JSON, for scripts'
+complete -c multinode -n "__fish_multinode_using_subcommand status" -l check -d 'Print nothing; exit 0 only if every worker slot is ready (a health probe)'
+complete -c multinode -n "__fish_multinode_using_subcommand status" -s h -l help -d 'Print help'
+complete -c multinode -n "__fish_multinode_using_subcommand status" -s V -l version -d 'Print version'
+complete -c multinode -n "__fish_multinode_using_subcommand reload" -s n -l name -d 'The --name it was started with [default: the only one running]' -r
+complete -c multinode -n "__fish_multinode_using_subcommand reload" -l control -d 'Its control socket, when started with --control' -r -F
+complete -c multinode -n "__fish_multinode_using_subcommand reload" -s h -l help -d 'Print help'
+complete -c multinode -n "__fish_multinode_using_subcommand reload" -s V -l version -d 'Print version'
+complete -c multinode -n "__fish_multinode_using_subcommand scale" -s n -l name -d 'The --name it was started with [default: the only one running]' -r
+complete -c multinode -n "__fish_multinode_using_subcommand scale" -l control -d 'Its control socket, when started with --control' -r -F
+complete -c multinode -n "__fish_multinode_using_subcommand scale" -s h -l help -d 'Print help'
+complete -c multinode -n "__fish_multinode_using_subcommand scale" -s V -l version -d 'Print version'
+complete -c multinode -n "__fish_multinode_using_subcommand stop" -s n -l name -d 'The --name it was started with [default: the only one running]' -r
+complete -c multinode -n "__fish_multinode_using_subcommand stop" -l control -d 'Its control socket, when started with --control' -r -F
+complete -c multinode -n "__fish_multinode_using_subcommand stop" -s h -l help -d 'Print help'
+complete -c multinode -n "__fish_multinode_using_subcommand stop" -s V -l version -d 'Print version'
 complete -c multinode -n "__fish_multinode_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c multinode -n "__fish_multinode_using_subcommand completions" -s V -l version -d 'Print version'
 complete -c multinode -n "__fish_multinode_using_subcommand __generate" -s h -l help -d 'Print help'
 complete -c multinode -n "__fish_multinode_using_subcommand __generate" -s V -l version -d 'Print version'
-complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve completions __generate help" -f -a "serve" -d 'Bind the sockets and run the workers until stopped'
-complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve completions __generate help" -f -a "completions" -d 'Print a shell completion script to stdout'
-complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve completions __generate help" -f -a "__generate" -d 'Write the man pages and completion scripts under DIR (for packagers and the repository)'
-complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve completions __generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve check status reload scale stop completions __generate help" -f -a "serve" -d 'Bind the sockets and run the workers until stopped'
+complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve check status reload scale stop completions __generate help" -f -a "check" -d 'Check a configuration (file and options) without starting anything'
+complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve check status reload scale stop completions __generate help" -f -a "status" -d 'Show the workers of a running multinode'
+complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve check status reload scale stop completions __generate help" -f -a "reload" -d 'Roll every worker over to a new one (like SIGHUP) and wait for the outcome'
+complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve check status reload scale stop completions __generate help" -f -a "scale" -d 'Change the number of workers and wait until the new ones are ready'
+complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve check status reload scale stop completions __generate help" -f -a "stop" -d 'Stop gracefully (like SIGTERM) and wait until multinode has exited'
+complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve check status reload scale stop completions __generate help" -f -a "completions" -d 'Print a shell completion script to stdout'
+complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve check status reload scale stop completions __generate help" -f -a "__generate" -d 'Write the man pages and completion scripts under DIR (for packagers and the repository)'
+complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve check status reload scale stop completions __generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -34,6 +34,42 @@ pub enum Command {
     )]
     Serve(Box<ServeArgs>),
 
+    /// Check a configuration (file and options) without starting anything
+    #[command(override_usage = "multinode check [OPTIONS] [-- <COMMAND> [ARGS]...]")]
+    Check(Box<ServeArgs>),
+
+    /// Show the workers of a running multinode
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON, for scripts
+        #[arg(long)]
+        json: bool,
+        /// Print nothing; exit 0 only if every worker slot is ready (a health probe)
+        #[arg(long)]
+        check: bool,
+    },
+
+    /// Roll every worker over to a new one (like SIGHUP) and wait for the outcome
+    Reload {
+        #[command(flatten)]
+        target: Target,
+    },
+
+    /// Change the number of workers and wait until the new ones are ready
+    Scale {
+        #[command(flatten)]
+        target: Target,
+        /// The number of workers wanted
+        workers: u32,
+    },
+
+    /// Stop gracefully (like SIGTERM) and wait until multinode has exited
+    Stop {
+        #[command(flatten)]
+        target: Target,
+    },
+
     /// Print a shell completion script to stdout
     #[command(after_help = COMPLETIONS_AFTER_HELP)]
     Completions {
@@ -68,8 +104,40 @@ Examples:
   multinode serve --workers 4 --listen 127.0.0.1:8080 -- ./target/release/hello
   sudo multinode serve -w 8 -l :80 -l admin=unix:/run/app.sock -- ./app --flag";
 
-#[derive(Debug, Args)]
+/// Which running multinode a control command talks to.
+#[derive(Debug, Args, Clone)]
+pub struct Target {
+    /// The --name it was started with [default: the only one running]
+    #[arg(short, long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Its control socket, when started with --control
+    #[arg(long, value_name = "PATH", conflicts_with = "name")]
+    pub control: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
 pub struct ServeArgs {
+    /// Read options from this TOML file; options given on the command line win
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Name of this service: picks its control socket [default: the program's file name]
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Path of the control socket [default: /run/multinode/NAME/control.sock as root,
+    /// else $XDG_RUNTIME_DIR/multinode/NAME/control.sock]
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+
+    /// Working directory of the workers [default: multinode's]
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+
+    /// Set an environment variable for the workers; repeatable
+    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+
     /// Number of worker processes [default: the number of CPUs]
     #[arg(short, long, value_name = "N")]
     pub workers: Option<u32>,
@@ -193,7 +261,8 @@ pub struct ServeArgs {
     pub command: Vec<OsString>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
     /// Restart a worker whatever way it exited
     Always,
@@ -203,7 +272,8 @@ pub enum RestartPolicy {
     Never,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Balance {
     /// All workers accept on the same sockets
     Shared,
@@ -211,7 +281,8 @@ pub enum Balance {
     Reuseport,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum RoutePolicy {
     /// The same client address always goes to the same slot (rendezvous hashing)
     IpHash,
@@ -221,7 +292,8 @@ pub enum RoutePolicy {
     LeastConn,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ColorChoice {
     /// Colour when the output is a terminal and NO_COLOR is not set
     Auto,
@@ -229,7 +301,8 @@ pub enum ColorChoice {
     Never,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum LogFormat {
     /// Prefixed lines: `worker.2[1234] | text` and `multinode | event`
     Text,
@@ -237,7 +310,16 @@ pub enum LogFormat {
     Json,
 }
 
-fn parse_mode(s: &str) -> Result<u32, String> {
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => {
+            Ok((k.to_string(), v.to_string()))
+        }
+        _ => Err(format!("'{s}' is not KEY=VALUE")),
+    }
+}
+
+pub fn parse_mode(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s.trim_start_matches("0o"), 8)
         .ok()
         .filter(|m| *m <= 0o777)

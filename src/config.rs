@@ -1,4 +1,5 @@
-//! The validated configuration of one `multinode serve`, built from the command line.
+//! The validated configuration of one `multinode serve`, built from the command line and, under
+//! it, the `--config` file (see config_file.rs).
 //!
 //! Value parsers for durations and signals live here too, so that clap reports a bad value
 //! with the flag's name, and the checks that need more than one flag (or the file system) run
@@ -16,6 +17,13 @@ use crate::socket::ListenSpec;
 
 #[derive(Debug)]
 pub struct Config {
+    /// The service's name (control socket, status).
+    pub name: String,
+    /// `--control`, when given.
+    pub control: Option<PathBuf>,
+    pub workdir: Option<PathBuf>,
+    /// Extra environment for the workers.
+    pub env: Vec<(String, String)>,
     pub workers: u32,
     pub listen: Vec<ListenSpec>,
     pub backlog: u32,
@@ -40,6 +48,15 @@ pub struct Config {
     pub watch_debounce: Duration,
     pub color: bool,
     pub log_format: LogFormat,
+    /// What the config was built from, to build it again on a reload.
+    pub source: Source,
+}
+
+/// The command line as given and which options it set, plus the config file named.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub args: ServeArgs,
+    pub explicit: Vec<String>,
 }
 
 /// How connections reach the workers.
@@ -67,7 +84,17 @@ pub struct Program {
 }
 
 impl Config {
-    pub fn from_args(args: ServeArgs) -> Result<Config> {
+    /// Builds the config: the file's values (if `--config`) under the command line's, then
+    /// every check that needs more than one option or the file system.
+    pub fn from_args(cli: ServeArgs, explicit: Vec<String>) -> Result<Config> {
+        let source = Source {
+            args: cli.clone(),
+            explicit,
+        };
+        let mut args = cli;
+        if let Some(path) = args.config.clone() {
+            crate::config_file::apply(&path, &mut args, &source.explicit)?;
+        }
         let workers = match args.workers {
             Some(0) => {
                 return Err(Error::usage(
@@ -99,8 +126,39 @@ impl Config {
             }
         }
         check_listen_names(&listen)?;
+        if args.proxy_protocol && args.route.is_none() {
+            return Err(Error::usage(
+                "proxy-protocol needs route: the PROXY header is read by multinode's own accept",
+            ));
+        }
+        if let Some(dir) = &args.workdir {
+            if !dir.is_dir() {
+                return Err(Error::usage(format!(
+                    "--workdir {}: not a directory",
+                    dir.display()
+                )));
+            }
+        }
         let program = resolve_program(&args.command)?;
+        let name = match args.name {
+            Some(n) if valid_name(&n) => n,
+            Some(n) => {
+                return Err(Error::usage(format!(
+                    "--name {n:?}: use letters, digits, '_', '-' or '.' (it becomes a file name)"
+                )));
+            }
+            None => program
+                .path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .filter(|n| valid_name(n))
+                .unwrap_or_else(|| "multinode".into()),
+        };
         Ok(Config {
+            name,
+            control: args.control,
+            workdir: args.workdir,
+            env: args.env,
             workers,
             listen,
             backlog: args.backlog,
@@ -128,8 +186,18 @@ impl Config {
             watch_debounce: args.watch_debounce,
             color: crate::log::use_color(args.color),
             log_format: args.log_format,
+            source,
         })
     }
+}
+
+/// A name usable as a file name: letters, digits, `_`, `-`, `.`, not starting with `.`.
+pub fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && !n.starts_with('.')
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
 }
 
 fn check_listen_names(specs: &[ListenSpec]) -> Result<()> {

@@ -12,7 +12,8 @@ pub enum Exit {
     /// Stopped cleanly: every worker exited by itself.
     Ok = 0,
     /// Stopped, but a worker had to be killed (it outlived `--grace`, or a fast stop was asked),
-    /// or every worker exited for good and at least one of them failed.
+    /// or every worker exited for good and at least one of them failed; for control commands,
+    /// the command failed (a reload rolled back, `status --check` found a slot not ready).
     Unclean = 1,
     /// Invalid command line or configuration.
     Usage = 2,
@@ -24,6 +25,8 @@ pub enum Exit {
     Program = 5,
     /// Gave up: workers crashed more than `--max-restarts` times within `--restart-window`.
     GaveUp = 6,
+    /// A control command found no running multinode to talk to.
+    Unreachable = 7,
     /// A system call the supervisor itself depends on failed.
     Internal = 70,
 }
@@ -33,12 +36,14 @@ pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0   stopped cleanly: every worker exited by itself
   1   stopped, but a worker had to be killed after --grace (or on a fast stop),
-      or all workers exited for good and one of them failed
+      or all workers exited for good and one of them failed;
+      status/reload/scale/stop: the command failed (reload rolled back, not ready)
   2   invalid command line or configuration
   3   a listening socket could not be set up (in use, permission, path)
   4   user, group or privilege problem
   5   the worker program cannot be run
   6   gave up: more than --max-restarts crashes within --restart-window
+  7   status/reload/scale/stop: no running multinode to talk to
   70  internal error: a system call multinode needs failed";
 
 /// A failure with the exit class it maps to.

@@ -4,7 +4,10 @@
 //! one place that does (see `error::Exit` for the table).
 
 mod cli;
+mod client;
 mod config;
+mod config_file;
+mod control;
 mod docs;
 mod error;
 mod log;
@@ -16,11 +19,12 @@ mod serve;
 mod socket;
 mod spawn;
 mod supervisor;
+mod systemd;
 mod watch;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use crate::cli::{Cli, Command};
 use crate::error::{Error, Exit};
@@ -37,8 +41,8 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<Exit, Error> {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
         Err(e) if !e.use_stderr() => {
             // --help and --version.
             let _ = e.print();
@@ -46,8 +50,30 @@ fn run() -> Result<Exit, Error> {
         }
         Err(e) => return Err(Error::usage(one_line(&e))),
     };
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| Error::usage(one_line(&e)))?;
+    // Which options the command line set, so that a config file fills in only the rest.
+    let explicit = |name: &str| -> Vec<String> {
+        let Some(sub) = matches.subcommand_matches(name) else {
+            return Vec::new();
+        };
+        sub.ids()
+            .filter(|id| {
+                sub.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine)
+            })
+            .map(|id| id.as_str().to_string())
+            .collect()
+    };
     match cli.command {
-        Command::Serve(args) => serve::serve(*args),
+        Command::Serve(args) => serve::serve(*args, explicit("serve")),
+        Command::Check(args) => serve::check(*args, explicit("check")),
+        Command::Status {
+            target,
+            json,
+            check,
+        } => client::status(&target, json, check),
+        Command::Reload { target } => client::reload(&target),
+        Command::Scale { target, workers } => client::scale(&target, workers),
+        Command::Stop { target } => client::stop(&target),
         Command::Completions { shell } => {
             docs::completions(shell, &mut std::io::stdout());
             Ok(Exit::Ok)

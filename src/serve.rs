@@ -1,30 +1,70 @@
-//! `multinode serve`: the start-up sequence, in the order the security model needs.
+//! `multinode serve` and `multinode check`: the start-up sequence, in the order the security
+//! model needs.
 //!
 //! validate everything (config, program, user) → block signals → start the file watcher →
-//! bind every socket (as root if started so) → drop privileges for good → become a subreaper
-//! → the notify socket → run the event loop → remove our socket files. A failure before the loop leaves no socket file behind: bound
-//! sockets are closed and their files removed while we still have the rights to.
+//! take systemd's sockets or bind every socket (as root if started so) → bind the control
+//! socket → drop privileges for good → become a subreaper → the notify socket → run the event
+//! loop → remove our socket files. A failure before the loop leaves no socket file behind:
+//! bound sockets are closed and their files removed while we still have the rights to.
 
 use std::ffi::OsString;
 
 use crate::cli::ServeArgs;
 use crate::config::{Config, Mode};
+use crate::control::{self, ControlServer};
 use crate::error::{Error, Exit, Result};
 use crate::log::{Event, Output};
 use crate::notify::NotifyServer;
+use crate::privilege::{self, Target};
 use crate::supervisor::{self, Parts, Supervisor};
+use crate::systemd::{self, Notifier};
 use crate::watch::Watch;
-use crate::{privilege, socket, spawn};
+use crate::{socket, spawn};
 
-pub fn serve(args: ServeArgs) -> Result<Exit> {
-    let cfg = Config::from_args(args)?;
+/// Everything that can be checked without binding or starting anything.
+fn prepare(args: ServeArgs, explicit: Vec<String>) -> Result<(Config, Option<Target>)> {
+    let cfg = Config::from_args(args, explicit)?;
     let target = privilege::resolve(cfg.user.as_deref(), cfg.group.as_deref())?;
     if let Some(t) = &target {
         privilege::check_executable_as(t, &cfg.program.path)?;
     }
+    Ok((cfg, target))
+}
+
+/// `multinode check`: validates the configuration and says what `serve` would run.
+pub fn check(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
+    let (cfg, target) = prepare(args, explicit)?;
+    let listen: Vec<&str> = cfg.listen.iter().map(|l| l.text.as_str()).collect();
+    let user = target.as_ref().map_or_else(
+        || "the current user".to_string(),
+        |t| format!("user {}", t.user),
+    );
+    println!(
+        "configuration ok: {} worker(s) of {} on {} as {user}; control socket {}",
+        cfg.workers,
+        cfg.program.path.display(),
+        listen.join(", "),
+        cfg.control
+            .clone()
+            .unwrap_or_else(|| control::default_path(&cfg.name))
+            .display()
+    );
+    Ok(Exit::Ok)
+}
+
+pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
+    let listen_given = explicit.iter().any(|e| e == "listen");
+    let (cfg, target) = prepare(args, explicit)?;
+    let inherited = systemd::inherited(cfg.backlog)?;
+    if inherited.is_some() && listen_given {
+        return Err(Error::usage(
+            "--listen given, but systemd passed sockets (LISTEN_FDS): configure them in the .socket unit and leave out --listen",
+        ));
+    }
+    let systemd = Notifier::from_env();
 
     // Before any thread exists, so that every thread inherits the mask and the signals reach
-    // only the signalfd. The sockets are bound right after it, so they take the lowest fds.
+    // only the signalfd.
     let signals = supervisor::block_signals()?;
     // The watcher's inotify watches are made with our current rights; its thread inherits the
     // blocked signals and, through glibc's setuid broadcast, the privilege drop below.
@@ -35,7 +75,11 @@ pub fn serve(args: ServeArgs) -> Result<Exit> {
     };
     let owner = target.as_ref().map(|t| (t.uid, t.gid));
     let reuseport = cfg.mode == Mode::ReusePort;
-    let sockets = socket::bind_all(&cfg.listen, cfg.backlog, cfg.socket_mode, owner, reuseport)?;
+    let from_systemd = inherited.is_some();
+    let sockets = match inherited {
+        Some(s) => s,
+        None => socket::bind_all(&cfg.listen, cfg.backlog, cfg.socket_mode, owner, reuseport)?,
+    };
     // reuseport: every slot gets its own sockets, bound now while we may still be root.
     let mut slot_fds = Vec::new();
     if reuseport {
@@ -47,30 +91,38 @@ pub fn serve(args: ServeArgs) -> Result<Exit> {
             slot_fds.push(set);
         }
     }
+    let control_path = cfg
+        .control
+        .clone()
+        .unwrap_or_else(|| control::default_path(&cfg.name));
+    let control = ControlServer::bind(&control_path, owner)?;
     if let Some(t) = &target {
         privilege::drop_to(t)?;
     }
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|e| Error::sys("becoming a child subreaper (PR_SET_CHILD_SUBREAPER)", e))?;
 
-    let mut overrides: Vec<(&str, OsString)> = match &target {
+    let mut overrides: Vec<(String, OsString)> = match &target {
         Some(t) => vec![
-            ("USER", t.user.clone().into()),
-            ("LOGNAME", t.user.clone().into()),
-            ("HOME", t.home.clone().into()),
+            ("USER".into(), t.user.clone().into()),
+            ("LOGNAME".into(), t.user.clone().into()),
+            ("HOME".into(), t.home.clone().into()),
         ],
         None => Vec::new(),
     };
     let notify = NotifyServer::bind()?;
-    overrides.push(("NOTIFY_SOCKET", notify.path().as_os_str().to_owned()));
-    let spawner = spawn::Spawner::new(&cfg.program, &overrides)
+    overrides.push(("NOTIFY_SOCKET".into(), notify.path().as_os_str().to_owned()));
+    let mut env = overrides.clone();
+    env.extend(cfg.env.iter().map(|(k, v)| (k.clone(), v.into())));
+    let spawner = spawn::Spawner::new(&cfg.program, &env, cfg.workdir.as_deref())
         .map_err(|e| Error::usage(format!("worker command: {e}")))?;
 
     let mut out = Output::start(cfg.log_format, cfg.color);
     for (i, s) in sockets.iter().enumerate() {
+        let origin = if from_systemd { ", from systemd" } else { "" };
         out.event(Event::info(
             "listening",
-            format!("listening on {} {} (fd {})", s.name, s.local, 3 + i),
+            format!("listening on {} {} (fd {}{origin})", s.name, s.local, 3 + i),
         ));
     }
     if let Some(t) = &target {
@@ -82,6 +134,10 @@ pub fn serve(args: ServeArgs) -> Result<Exit> {
             ),
         ));
     }
+    out.event(Event::info(
+        "control",
+        format!("control socket {}", control.path.display()),
+    ));
     let parts = Parts {
         sockets,
         slot_fds,
@@ -90,26 +146,39 @@ pub fn serve(args: ServeArgs) -> Result<Exit> {
         signals,
         notify,
         watch,
+        control: Some(control),
+        systemd,
+        overrides,
     };
     let (exit, parts) = Supervisor::new(cfg, parts).run();
     let Parts {
         mut sockets,
         mut out,
+        control,
         ..
     } = parts;
+    let mut leftovers: Vec<(std::path::PathBuf, std::io::Error)> = Vec::new();
     for s in &mut sockets {
         if let Some(file) = &mut s.file {
             if let Err(e) = file.remove() {
-                out.event(Event::warn(
-                    "socket-file",
-                    format!(
-                        "left {} in place: {} (the next start replaces it)",
-                        file.path.display(),
-                        crate::config::io_reason(&e)
-                    ),
-                ));
+                leftovers.push((file.path.clone(), e));
             }
         }
+    }
+    if let Some(c) = &control {
+        if let Err(e) = c.remove() {
+            leftovers.push((c.path.clone(), e));
+        }
+    }
+    for (path, e) in leftovers {
+        out.event(Event::warn(
+            "socket-file",
+            format!(
+                "left {} in place: {} (the next start replaces it)",
+                path.display(),
+                crate::config::io_reason(&e)
+            ),
+        ));
     }
     out.event(Event::info(
         "exit",

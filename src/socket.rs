@@ -130,6 +130,26 @@ pub struct Bound {
     backlog: u32,
 }
 
+impl Bound {
+    /// A socket that was bound by someone else (systemd) and handed to us.
+    pub fn adopted(
+        name: String,
+        local: String,
+        fd: OwnedFd,
+        tcp: Option<(SocketAddr, bool)>,
+        backlog: u32,
+    ) -> Bound {
+        Bound {
+            name,
+            local,
+            fd,
+            file: None,
+            tcp,
+            backlog,
+        }
+    }
+}
+
 impl AsFd for Bound {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()

@@ -38,6 +38,7 @@ const PID_PREFIX: &[u8] = b"LISTEN_PID=";
 
 /// What stays the same for every worker: the program, and the environment less per-worker values.
 pub struct Spawner {
+    workdir: Option<std::path::PathBuf>,
     path: CString,
     argv: Vec<CString>,
     base_env: Vec<CString>,
@@ -52,8 +53,13 @@ pub struct Spawned {
 }
 
 impl Spawner {
-    /// `overrides` replace inherited variables (USER, HOME, ... after a privilege drop).
-    pub fn new(program: &Program, overrides: &[(&str, OsString)]) -> io::Result<Spawner> {
+    /// `overrides` replace inherited variables (USER, HOME, ... after a privilege drop; then
+    /// the configured `env`); workers start in `workdir`.
+    pub fn new(
+        program: &Program,
+        overrides: &[(String, OsString)],
+        workdir: Option<&std::path::Path>,
+    ) -> io::Result<Spawner> {
         let cstr = |b: &[u8]| {
             CString::new(b).map_err(|_| {
                 io::Error::other("NUL byte in a command-line argument or environment variable")
@@ -76,10 +82,14 @@ impl Spawner {
             }
             base_env.push(env_entry(k.as_bytes(), v.as_bytes()));
         }
-        for (k, v) in overrides {
-            base_env.push(env_entry(k.as_bytes(), v.as_bytes()));
+        // A later override of the same variable wins.
+        for (i, (k, v)) in overrides.iter().enumerate() {
+            if !overrides[i + 1..].iter().any(|(later, _)| later == k) {
+                base_env.push(env_entry(k.as_bytes(), v.as_bytes()));
+            }
         }
         Ok(Spawner {
+            workdir: workdir.map(|w| w.to_path_buf()),
             path,
             argv,
             base_env,
@@ -133,6 +143,9 @@ impl Spawner {
             .collect::<io::Result<Vec<_>>>()?;
 
         let mut cmd = Command::new(std::ffi::OsStr::from_bytes(self.path.as_bytes()));
+        if let Some(dir) = &self.workdir {
+            cmd.current_dir(dir);
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

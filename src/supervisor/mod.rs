@@ -4,6 +4,7 @@
 //! and stop deadlines, so an idle supervisor sleeps in `poll` with no timeout at all.
 
 mod backoff;
+mod control;
 mod reload;
 mod routing;
 mod worker;
@@ -21,16 +22,19 @@ use nix::unistd::Pid;
 
 use crate::cli::RestartPolicy;
 use crate::config::{Config, Mode, ReadyMode};
+use crate::control::ControlServer;
 use crate::error::{Error, Exit, Result};
 use crate::log::{Event, Output};
 use crate::notify::NotifyServer;
 use crate::route::{Channel, Router};
 use crate::socket::Bound;
 use crate::spawn::Spawner;
+use crate::systemd::Notifier;
 use crate::watch::Watch;
 use backoff::{Backoff, Budget, Jitter};
 use reload::Reload;
-use worker::{Worker, describe_exit, human};
+pub use worker::human;
+use worker::{Worker, describe_exit};
 
 /// The signals the supervisor handles; they are blocked in every thread and read from a
 /// signalfd by the loop. Workers get a clean mask (see spawn.rs).
@@ -71,6 +75,10 @@ struct Slot {
     last_error: Option<String>,
     /// Whether the slot's last worker ended well (exit 0, or by our stop signal).
     last_ok: bool,
+    /// Workers of this slot that ended unasked (crashes and exits), for `status`.
+    restarts: u32,
+    /// How the last of those ended, for `status`.
+    last_exit: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -92,6 +100,12 @@ pub struct Parts {
     pub signals: SignalFd,
     pub notify: NotifyServer,
     pub watch: Option<Watch>,
+    pub control: Option<ControlServer>,
+    /// systemd's NOTIFY_SOCKET, when it started us.
+    pub systemd: Option<Notifier>,
+    /// Environment every worker gets on top of ours (USER, HOME, NOTIFY_SOCKET, ...), before
+    /// the configured `env`: what a reload needs to build a new spawner.
+    pub overrides: Vec<(String, std::ffi::OsString)>,
 }
 
 pub struct Supervisor {
@@ -112,6 +126,10 @@ pub struct Supervisor {
     router: Option<Router>,
     budget: Budget,
     jitter: Jitter,
+    waiters: control::Waiters,
+    /// The last STATUS= sent to systemd, and whether READY=1 was.
+    sd_status: String,
+    sd_ready: bool,
     /// Whether any worker of the service ever started: a program that cannot start at all is a
     /// start-up error, not something to retry forever.
     any_started: bool,
@@ -126,6 +144,8 @@ enum Wake {
     Listener(usize),
     Pending(u64),
     Channel(Pid, usize),
+    Control,
+    ControlClient(usize),
 }
 
 impl Supervisor {
@@ -149,6 +169,9 @@ impl Supervisor {
             phase: Phase::Running,
             router,
             jitter: Jitter::new(),
+            waiters: control::Waiters::default(),
+            sd_status: String::new(),
+            sd_ready: false,
             any_started: false,
             exit: Exit::Ok,
         }
@@ -197,6 +220,8 @@ impl Supervisor {
                     Wake::Listener(i) => self.on_listener(i),
                     Wake::Pending(id) => self.on_pending(id),
                     Wake::Channel(pid, i) => self.on_channel(pid, i),
+                    Wake::Control => self.on_control(),
+                    Wake::ControlClient(i) => self.on_control_client(i),
                 }
             }
             let now = Instant::now();
@@ -204,6 +229,7 @@ impl Supervisor {
             self.settle(now);
             self.advance_reload(now);
             self.flush_channels();
+            self.housekeeping(now);
         }
         if self.phase == Phase::Running
             && self.exit == Exit::Ok
@@ -239,6 +265,14 @@ impl Supervisor {
         if let Some(w) = &self.p.watch {
             keys.push(Wake::Watch);
             fds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
+        }
+        if let Some(c) = &self.p.control {
+            keys.push(Wake::Control);
+            fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
+        }
+        for (i, fd) in self.waiters.client_fds() {
+            keys.push(Wake::ControlClient(i));
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
         for w in &self.workers {
             for (idx, fd) in w.pipe_fds() {
@@ -303,6 +337,7 @@ impl Supervisor {
             .chain(stop)
             .chain(self.watch_reload_at)
             .chain(self.next_pending_deadline())
+            .chain(self.waiters.deadlines())
             .min()
     }
 
@@ -314,7 +349,7 @@ impl Supervisor {
             match sig {
                 Signal::SIGCHLD => self.reap(),
                 Signal::SIGTERM | Signal::SIGINT => match self.phase {
-                    Phase::Running => self.stop(sig),
+                    Phase::Running => self.stop(sig.as_str()),
                     _ => {
                         self.p.out.event(Event::warn(
                             "kill",
@@ -331,8 +366,8 @@ impl Supervisor {
                     self.kill_all();
                 }
                 Signal::SIGHUP => self.begin_reload("SIGHUP".into()),
-                Signal::SIGTTIN => self.scale_up(),
-                Signal::SIGTTOU => self.scale_down(),
+                Signal::SIGTTIN => self.scale_up("SIGTTIN"),
+                Signal::SIGTTOU => self.scale_down("SIGTTOU"),
                 _ => {}
             }
         }
@@ -437,6 +472,10 @@ impl Supervisor {
             if !w.retired || self.phase != Phase::Running {
                 slot.last_ok = ok;
             }
+            if !w.retired {
+                slot.restarts += 1;
+                slot.last_exit = Some(describe_exit(&status));
+            }
         }
         if self.reload.as_ref().is_some_and(|r| r.is_in_flight(w.pid)) {
             self.p.out.event(ev(Event::error("exited", what.clone())));
@@ -539,10 +578,11 @@ impl Supervisor {
             }
         };
         let named: Vec<(&str, BorrowedFd)> = names.iter().copied().zip(fds).collect();
-        let spawned = self
-            .p
-            .spawner
-            .spawn(&named, slot, self.cfg.workers, generation);
+        let spawner = match &self.reload {
+            Some(r) if r.generation == generation => r.spawner.as_ref().unwrap_or(&self.p.spawner),
+            _ => &self.p.spawner,
+        };
+        let spawned = spawner.spawn(&named, slot, self.cfg.workers, generation);
         drop(named);
         drop(theirs);
         match spawned {
@@ -700,13 +740,15 @@ impl Supervisor {
 
     /// Graceful stop: no more restarts or reloads, the stop signal to every worker's group,
     /// SIGKILL at the --grace deadline.
-    fn stop(&mut self, why: Signal) {
+    fn stop(&mut self, why: &str) {
+        if let Some(n) = &self.p.systemd {
+            n.send("STOPPING=1\nSTATUS=stopping");
+        }
         let n = self.workers.len();
         self.p.out.event(Event::info(
             "stopping",
             format!(
-                "{}: stopping {n} worker(s) with {} (grace {})",
-                why.as_str(),
+                "{why}: stopping {n} worker(s) with {} (grace {})",
                 self.cfg.stop_signal.as_str(),
                 human(self.cfg.grace)
             ),
@@ -748,7 +790,7 @@ impl Supervisor {
     }
 
     /// SIGTTIN: one more slot, started at once.
-    fn scale_up(&mut self) {
+    fn scale_up(&mut self, why: &str) {
         if self.phase != Phase::Running {
             return;
         }
@@ -762,7 +804,7 @@ impl Supervisor {
             match fds {
                 Ok(fds) => self.p.slot_fds.push(fds),
                 Err(e) => {
-                    let msg = format!("SIGTTIN: cannot add a slot: {e}");
+                    let msg = format!("{why}: cannot add a slot: {e}");
                     self.p.out.event(Event::error("scale", msg));
                     return;
                 }
@@ -773,7 +815,7 @@ impl Supervisor {
         let slot = self.cfg.workers - 1;
         self.p.out.event(Event::info(
             "scale",
-            format!("SIGTTIN: scaling up to {} worker(s)", self.cfg.workers),
+            format!("{why}: scaling up to {} worker(s)", self.cfg.workers),
         ));
         let generation = self
             .reload
@@ -783,14 +825,14 @@ impl Supervisor {
     }
 
     /// SIGTTOU: the highest slot goes; its worker drains within --grace.
-    fn scale_down(&mut self) {
+    fn scale_down(&mut self, why: &str) {
         if self.phase != Phase::Running {
             return;
         }
         if self.cfg.workers <= 1 {
             self.p.out.event(Event::warn(
                 "scale",
-                "SIGTTOU ignored: one worker is the minimum",
+                format!("{why}: not scaling down: one worker is the minimum"),
             ));
             return;
         }
@@ -804,7 +846,7 @@ impl Supervisor {
         let slot = self.cfg.workers;
         self.p.out.event(Event::info(
             "scale",
-            format!("SIGTTOU: scaling down to {} worker(s)", self.cfg.workers),
+            format!("{why}: scaling down to {} worker(s)", self.cfg.workers),
         ));
         let deadline = Instant::now() + self.cfg.grace;
         for w in self.workers.iter_mut().filter(|w| w.slot == slot) {

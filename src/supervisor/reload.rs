@@ -14,10 +14,14 @@ use std::time::Instant;
 use nix::unistd::Pid;
 
 use super::{Phase, Supervisor};
+use crate::config::Config;
 use crate::log::Event;
+use crate::spawn::Spawner;
 
 pub struct Reload {
     pub generation: u64,
+    /// The new generation's program and environment, when a re-read config changed them.
+    pub spawner: Option<Spawner>,
     why: String,
     /// Slots still to replace.
     queue: VecDeque<u32>,
@@ -47,6 +51,21 @@ impl Supervisor {
             ));
             self.cancel_in_flight(&old);
         }
+        let spawner = match self.reread_config() {
+            Ok(s) => s,
+            Err(e) => {
+                let msg = format!("{why}: not reloading: {e}; the workers keep running");
+                self.p.out.event(Event::error("reload-failed", msg));
+                self.reload_finished(Err(e.to_string()));
+                return;
+            }
+        };
+        if let Some(n) = &self.p.systemd {
+            n.send(&format!(
+                "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading",
+                crate::systemd::monotonic_usec()
+            ));
+        }
         self.newest += 1;
         let generation = self.newest;
         self.p.out.event(Event::info(
@@ -62,6 +81,7 @@ impl Supervisor {
             queue: (0..self.cfg.workers).collect(),
             in_flight: Vec::new(),
             replaced: 0,
+            spawner,
         });
         self.advance_reload(Instant::now());
     }
@@ -127,6 +147,9 @@ impl Supervisor {
         }
         if r.queue.is_empty() && r.in_flight.is_empty() {
             self.generation = r.generation;
+            if let Some(sp) = r.spawner.take() {
+                self.p.spawner = sp;
+            }
             self.p.out.event(Event::info(
                 "reloaded",
                 format!(
@@ -134,6 +157,7 @@ impl Supervisor {
                     r.why, r.replaced, r.generation
                 ),
             ));
+            self.reload_finished(Ok(r.generation));
         } else {
             self.reload = Some(r);
         }
@@ -144,13 +168,91 @@ impl Supervisor {
         let Some(r) = self.reload.take() else { return };
         self.cancel_in_flight(&r);
         let kept = self.cfg.workers.saturating_sub(r.replaced);
-        self.p.out.event(Event::error(
-            "reload-failed",
-            format!(
-                "reload to generation {} failed: {reason}; {kept} worker(s) keep serving the previous generation, {} run the new one",
-                r.generation, r.replaced
+        let msg = format!(
+            "reload to generation {} failed: {reason}; {kept} worker(s) keep serving the previous generation, {} run the new one",
+            r.generation, r.replaced
+        );
+        self.p.out.event(Event::error("reload-failed", msg.clone()));
+        self.reload_finished(Err(msg));
+    }
+
+    /// With `--config`, reads the file again: the settings that can change at run time take
+    /// effect now, the worker count is scaled to, and a changed program or environment gives
+    /// the new generation its own spawner. `Ok(None)`: nothing for the spawner changed.
+    fn reread_config(&mut self) -> crate::error::Result<Option<Spawner>> {
+        if self.cfg.source.args.config.is_none() {
+            return Ok(None);
+        }
+        let src = self.cfg.source.clone();
+        let new = Config::from_args(src.args, src.explicit)?;
+        let fixed = [
+            ("listen", new.listen != self.cfg.listen),
+            ("user", new.user != self.cfg.user),
+            ("group", new.group != self.cfg.group),
+            ("backlog", new.backlog != self.cfg.backlog),
+            ("socket-mode", new.socket_mode != self.cfg.socket_mode),
+            ("balance/route", new.mode != self.cfg.mode),
+            (
+                "proxy-protocol",
+                new.proxy_protocol != self.cfg.proxy_protocol,
             ),
-        ));
+            ("name", new.name != self.cfg.name),
+            ("control", new.control != self.cfg.control),
+            (
+                "watch",
+                new.watch != self.cfg.watch || new.watch_ignore != self.cfg.watch_ignore,
+            ),
+        ];
+        let changed: Vec<&str> = fixed.iter().filter(|(_, c)| *c).map(|(k, _)| *k).collect();
+        if !changed.is_empty() {
+            self.p.out.event(Event::warn(
+                "reload",
+                format!(
+                    "{} changed in the config file: restart multinode to apply that",
+                    changed.join(", ")
+                ),
+            ));
+        }
+        let spawner_changed = new.program.argv != self.cfg.program.argv
+            || new.program.path != self.cfg.program.path
+            || new.env != self.cfg.env
+            || new.workdir != self.cfg.workdir;
+        let spawner = if spawner_changed {
+            let mut env = self.p.overrides.clone();
+            env.extend(new.env.iter().map(|(k, v)| (k.clone(), v.into())));
+            let sp = Spawner::new(&new.program, &env, new.workdir.as_deref())
+                .map_err(|e| crate::error::Error::usage(format!("worker command: {e}")))?;
+            Some(sp)
+        } else {
+            None
+        };
+        let workers = new.workers;
+        let c = &mut self.cfg;
+        c.program = new.program;
+        c.env = new.env;
+        c.workdir = new.workdir;
+        c.restart = new.restart;
+        c.backoff_max = new.backoff_max;
+        c.min_uptime = new.min_uptime;
+        c.max_restarts = new.max_restarts;
+        c.stop_signal = new.stop_signal;
+        c.grace = new.grace;
+        c.ready = new.ready;
+        c.ready_timeout = new.ready_timeout;
+        c.reload_parallel = new.reload_parallel;
+        c.watch_debounce = new.watch_debounce;
+        self.budget = super::backoff::Budget::new(c.max_restarts);
+        while self.cfg.workers > workers {
+            self.scale_down("config reload");
+        }
+        while self.cfg.workers < workers {
+            let before = self.cfg.workers;
+            self.scale_up("config reload");
+            if self.cfg.workers == before {
+                break;
+            }
+        }
+        Ok(spawner)
     }
 
     /// Stops the new workers of a roll that is abandoned; slots that had no old worker (it had

@@ -115,10 +115,16 @@ pub struct Multinode {
 }
 
 impl Multinode {
-    /// `multinode serve <args>` with output captured.
+    /// `multinode serve <args>` with output captured. Unless the args name the service or
+    /// its control socket (or a config file does), each run gets a unique `--name`: tests run
+    /// in parallel, and two supervisors may not share a control socket.
     pub fn serve(args: &[&str]) -> Multinode {
         let mut cmd = Command::new(multinode_bin());
-        cmd.arg("serve").args(args);
+        cmd.arg("serve");
+        if !args.iter().any(|a| ["--name", "--control", "--config", "-c"].contains(a)) {
+            cmd.args(["--name", &unique_name()]);
+        }
+        cmd.args(args);
         Self::spawn(cmd)
     }
 
@@ -273,7 +279,22 @@ impl Drop for Multinode {
             // SAFETY: kill has no memory preconditions. The group may be gone already.
             unsafe { libc::kill(-pid, libc::SIGKILL) };
         }
+        // The control socket's directory (empty once the supervisor removed its socket).
+        if let Some(line) = self.lines().iter().find(|l| l.contains("control socket ")) {
+            let path = line.rsplit("control socket ").next().unwrap_or_default();
+            if let Some(dir) = Path::new(path.trim()).parent() {
+                let _ = std::fs::remove_file(Path::new(path.trim()));
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
     }
+}
+
+/// A service name no other test uses.
+pub fn unique_name() -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("mn-test-{}-{n}", std::process::id())
 }
 
 /// The pid in `worker.N[PID]`.
