@@ -99,6 +99,13 @@ impl Supervisor {
         let running = self.phase == Phase::Running;
         match req["cmd"].as_str() {
             Some("status") => answer(&s, &self.status_json()),
+            Some("stop") => {
+                answer(&s, &json!({"ok": true, "stopping": true}));
+                self.waiters.stop.push(s);
+                if running {
+                    self.stop("multinode stop");
+                }
+            }
             Some(_) if !running => {
                 answer(&s, &json!({"ok": false, "error": "multinode is stopping"}))
             }
@@ -132,11 +139,6 @@ impl Supervisor {
                     &json!({"ok": false, "error": "scale needs a worker count from 1 to 4096"}),
                 ),
             },
-            Some("stop") => {
-                answer(&s, &json!({"ok": true, "stopping": true}));
-                self.waiters.stop.push(s);
-                self.stop("multinode stop");
-            }
             _ => answer(&s, &json!({"ok": false, "error": "unknown command"})),
         }
     }
