@@ -539,7 +539,7 @@ pub(crate) fn sockopt_int(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int
 }
 
 /// Succeeds for a connected socket (getpeername).
-fn peer_name(fd: RawFd) -> io::Result<()> {
+pub(crate) fn peer_name(fd: RawFd) -> io::Result<()> {
     // SAFETY: an all-zero sockaddr_storage is a valid value.
     let mut ss: libc::sockaddr_storage = unsafe { mem::zeroed() };
     let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;

@@ -90,7 +90,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawF
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use crate::activation::{socket_family, sockopt_int};
+use crate::activation::{peer_name, socket_family, sockopt_int};
 use crate::listener::{Accepted, Connection, PeerAddr};
 use crate::stop::{self, Stop};
 
@@ -196,7 +196,8 @@ impl RouteChannel {
         let ty = sockopt_int(raw, libc::SO_TYPE)?;
         let family = socket_family(raw)?;
         let listening = sockopt_int(raw, libc::SO_ACCEPTCONN)?;
-        if family != libc::AF_UNIX || ty != libc::SOCK_SEQPACKET || listening != 0 {
+        let connected = peer_name(raw).is_ok();
+        if family != libc::AF_UNIX || ty != libc::SOCK_SEQPACKET || listening != 0 || !connected {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "a route channel is a connected Unix SOCK_SEQPACKET socket",
@@ -1165,6 +1166,14 @@ pub(crate) mod tests {
     fn rejects_other_sockets() {
         let (a, _b) = UnixStream::pair().unwrap();
         let e = RouteChannel::new(a.into()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        // SAFETY: plain socket(2) call; the result is checked and owned.
+        let raw =
+            unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+        assert!(raw >= 0);
+        // SAFETY: `raw` is a new fd owned only here.
+        let unconnected = unsafe { OwnedFd::from_raw_fd(raw) };
+        let e = RouteChannel::new(unconnected).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
     }
 
