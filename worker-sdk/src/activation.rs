@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::Error;
 use crate::listener::Listener;
+use crate::route::{self, RouteChannel};
 
 /// The first inherited descriptor (`SD_LISTEN_FDS_START`).
 pub(crate) const LISTEN_FDS_START: RawFd = 3;
@@ -35,11 +36,14 @@ static TAKEN: AtomicBool = AtomicBool::new(false);
 ///   every socket is named `"unknown"`, as systemd does; an empty name is
 ///   also `"unknown"`.
 ///
-/// Every fd must be a *listening* stream socket, TCP (IPv4 or IPv6) or Unix;
-/// anything else (not open, a pipe, a file, a UDP socket, a connected TCP
-/// socket, …) is an [`Error`] naming the fd and what it is. No fd is taken
-/// over (or closed) unless all of them pass. They are marked close-on-exec,
-/// so programs this worker runs do not inherit them.
+/// Every fd must be a *listening* stream socket, TCP (IPv4 or IPv6) or Unix,
+/// or a multinode route channel (a connected Unix `SOCK_SEQPACKET` socket,
+/// what a worker gets instead of the listening socket under
+/// `multinode serve --route …`; it becomes a [`Listener::Routed`], see
+/// [`route`](crate::route)). Anything else (not open, a pipe, a file, a UDP
+/// socket, a connected TCP socket, …) is an [`Error`] naming the fd and what
+/// it is. No fd is taken over (or closed) unless all of them pass. They are
+/// marked close-on-exec, so programs this worker runs do not inherit them.
 ///
 /// Whatever the outcome, the three variables are removed from the
 /// environment, so child processes do not mistake them for their own.
@@ -97,24 +101,39 @@ pub fn listeners() -> Result<Listeners, Error> {
         })?;
         found.push((fd, name.to_owned(), kind));
     }
-    for (fd, name, _) in &found {
+    // What a route channel needs besides its fd, made before any fd is
+    // wrapped, for the same reason.
+    let mut wakes = Vec::new();
+    for (fd, name, kind) in &found {
         set_cloexec(*fd).map_err(|e| Error::BadFd {
             fd: *fd,
             name: name.clone(),
             problem: format!("cannot be marked close-on-exec: {e}"),
         })?;
+        if *kind == Kind::Route {
+            wakes.push(route::new_wake().map_err(|e| Error::BadFd {
+                fd: *fd,
+                name: name.clone(),
+                problem: format!("is a route channel, but its eventfd cannot be made: {e}"),
+            })?);
+        }
     }
+    let mut wakes = wakes.into_iter();
     let items = found
         .into_iter()
         .map(|(fd, name, kind)| {
-            // SAFETY: `fd` is open (fstat succeeded) and is a listening socket
-            // of `kind`. The protocol hands it to this process, and the TAKEN
+            // SAFETY: `fd` is open (fstat succeeded) and is a socket of
+            // `kind`. The protocol hands it to this process, and the TAKEN
             // flag guarantees this is the only place that wraps it, so the
             // new owner is its only owner.
             let owned = unsafe { OwnedFd::from_raw_fd(fd) };
             let listener = match kind {
                 Kind::Tcp => Listener::Tcp(TcpListener::from(owned)),
                 Kind::Unix => Listener::Unix(UnixListener::from(owned)),
+                Kind::Route => {
+                    let wake = wakes.next().expect("one eventfd per route channel");
+                    Listener::Routed(RouteChannel::with_wake(owned, wake))
+                }
             };
             (name, listener)
         })
@@ -161,7 +180,8 @@ impl Listeners {
         self.items.iter().map(|(name, _)| name.as_str())
     }
 
-    /// Takes the first socket named `name`, TCP or Unix.
+    /// Takes the first socket named `name`, of any kind (TCP, Unix, route
+    /// channel).
     pub fn take(&mut self, name: &str) -> Option<Listener> {
         let i = self.items.iter().position(|(n, _)| n == name)?;
         Some(self.items.remove(i).1)
@@ -191,6 +211,48 @@ impl Listeners {
             Listener::Unix(l) => Some(l),
             _ => unreachable!("position() matched a Unix listener"),
         }
+    }
+
+    /// Takes the first route channel named `name` (the worker runs under
+    /// `multinode serve --route …`). Sockets of that name are left in place.
+    pub fn take_routed(&mut self, name: &str) -> Option<RouteChannel> {
+        let i = self
+            .items
+            .iter()
+            .position(|(n, l)| n == name && matches!(l, Listener::Routed(_)))?;
+        match self.items.remove(i).1 {
+            Listener::Routed(c) => Some(c),
+            _ => unreachable!("position() matched a route channel"),
+        }
+    }
+
+    /// Like [`tcp_or_bind`](Self::tcp_or_bind), but a route channel will do
+    /// as well as a TCP socket: what a TCP server wants when it should also
+    /// run in multinode's route mode. In order:
+    ///
+    /// 1. the first TCP socket or route channel named `name`;
+    /// 2. otherwise the first TCP socket or route channel left;
+    /// 3. otherwise, if the process was socket-activated, an error of kind
+    ///    `NotFound`;
+    /// 4. otherwise (standalone) `TcpListener::bind(addr)`.
+    pub fn listener_or_bind(
+        &mut self,
+        name: &str,
+        addr: impl ToSocketAddrs,
+    ) -> io::Result<Listener> {
+        let usable = |l: &Listener| matches!(l, Listener::Tcp(_) | Listener::Routed(_));
+        let i = self
+            .items
+            .iter()
+            .position(|(n, l)| n == name && usable(l))
+            .or_else(|| self.items.iter().position(|(_, l)| usable(l)));
+        if let Some(i) = i {
+            return Ok(self.items.remove(i).1);
+        }
+        if self.activated {
+            return Err(self.none_left(name, "TCP socket or route channel"));
+        }
+        TcpListener::bind(addr).map(Listener::Tcp)
     }
 
     /// An inherited TCP socket, or one bound to `addr` when running standalone,
@@ -226,16 +288,31 @@ impl Listeners {
             }
         }
         if self.activated {
-            let left: Vec<&str> = self.names().collect();
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!(
-                    "no inherited TCP socket left for {name:?} (sockets left: {left:?}); \
-                     not binding one of our own because this process was socket-activated"
-                ),
-            ));
+            return Err(self.none_left(name, "TCP socket"));
         }
         TcpListener::bind(addr)
+    }
+
+    /// The `NotFound` error of the `…_or_bind` methods.
+    fn none_left(&self, name: &str, what: &str) -> io::Error {
+        let left: Vec<&str> = self.names().collect();
+        let routed = if self
+            .items
+            .iter()
+            .any(|(_, l)| matches!(l, Listener::Routed(_)))
+        {
+            " (a route channel is left: the supervisor runs in route mode; \
+             use listener_or_bind or take_routed)"
+        } else {
+            ""
+        };
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "no inherited {what} left for {name:?} (sockets left: {left:?}){routed}; \
+                 not binding one of our own because this process was socket-activated"
+            ),
+        )
     }
 }
 
@@ -347,10 +424,12 @@ fn decimal(s: &str) -> Result<u64, Decimal> {
 pub(crate) enum Kind {
     Tcp,
     Unix,
+    /// A route channel: a connected Unix SOCK_SEQPACKET socket.
+    Route,
 }
 
-/// Checks that `fd` is a listening TCP or Unix stream socket, without taking
-/// it over. `Err` says what it is instead, as a phrase that follows
+/// Checks that `fd` is a listening TCP or Unix stream socket, or a route
+/// channel, without taking it over. `Err` says what it is instead, as a phrase that follows
 /// "fd N …", e.g. "is a pipe or FIFO, not a socket".
 pub(crate) fn check_fd(fd: RawFd) -> Result<Kind, String> {
     // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
@@ -384,15 +463,31 @@ pub(crate) fn check_fd(fd: RawFd) -> Result<Kind, String> {
     let kind = match (family, ty) {
         (libc::AF_INET | libc::AF_INET6, libc::SOCK_STREAM) => Kind::Tcp,
         (libc::AF_UNIX, libc::SOCK_STREAM) => Kind::Unix,
+        (libc::AF_UNIX, libc::SOCK_SEQPACKET) => Kind::Route,
         _ => {
             return Err(format!(
-                "is {}, not a TCP or Unix stream socket",
+                "is {}, not a TCP or Unix stream socket or a route channel",
                 describe(family, ty)
             ));
         }
     };
     let listening =
         sockopt_int(fd, libc::SO_ACCEPTCONN).map_err(|e| inspect("state (SO_ACCEPTCONN)", e))?;
+    if kind == Kind::Route {
+        // A route channel is one end of a connected pair, never listening.
+        if listening != 0 {
+            return Err("is a listening Unix seqpacket socket, not a route channel \
+                 (multinode passes one end of a connected pair)"
+                .to_owned());
+        }
+        if let Err(e) = peer_name(fd) {
+            return Err(format!(
+                "is a Unix seqpacket socket that is not connected, not a route channel \
+                 (getpeername: {e})"
+            ));
+        }
+        return Ok(kind);
+    }
     if listening != 1 {
         return Err(format!(
             "is {} that is not listening (connected, or listen() was never called)",
@@ -430,7 +525,7 @@ fn describe(family: libc::c_int, ty: libc::c_int) -> String {
     }
 }
 
-fn sockopt_int(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
+pub(crate) fn sockopt_int(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
     let mut value: libc::c_int = 0;
     let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `value` and `len` are valid for writes and `len` is its size.
@@ -443,8 +538,20 @@ fn sockopt_int(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// Succeeds for a connected socket (getpeername).
+pub(crate) fn peer_name(fd: RawFd) -> io::Result<()> {
+    // SAFETY: an all-zero sockaddr_storage is a valid value.
+    let mut ss: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `ss` is valid for `len` bytes of writes.
+    if unsafe { libc::getpeername(fd, (&raw mut ss).cast(), &mut len) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The address family, from getsockname (works for unbound sockets too).
-fn socket_family(fd: RawFd) -> io::Result<libc::c_int> {
+pub(crate) fn socket_family(fd: RawFd) -> io::Result<libc::c_int> {
     // SAFETY: an all-zero sockaddr_storage is a valid value.
     let mut ss: libc::sockaddr_storage = unsafe { mem::zeroed() };
     let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -649,12 +756,12 @@ mod tests {
         let udp = high(UdpSocket::bind("127.0.0.1:0").unwrap());
         assert_eq!(
             problem(&udp),
-            "is a UDP socket (IPv4), not a TCP or Unix stream socket"
+            "is a UDP socket (IPv4), not a TCP or Unix stream socket or a route channel"
         );
         let unix = high(UnixDatagram::unbound().unwrap());
         assert_eq!(
             problem(&unix),
-            "is a Unix datagram socket, not a TCP or Unix stream socket"
+            "is a Unix datagram socket, not a TCP or Unix stream socket or a route channel"
         );
     }
 
@@ -677,18 +784,72 @@ mod tests {
         assert!(problem(&unbound).contains("not listening"));
     }
 
-    #[test]
-    fn seqpacket_is_rejected() {
+    fn seqpacket() -> OwnedFd {
         // SAFETY: plain socket(2) call; the result is checked and owned below.
         let raw =
             unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
         assert!(raw >= 0);
         // SAFETY: `raw` is a new fd owned only here.
-        let fd = high(unsafe { OwnedFd::from_raw_fd(raw) });
-        assert_eq!(
-            problem(&fd),
-            "is a Unix seqpacket socket, not a TCP or Unix stream socket"
+        high(unsafe { OwnedFd::from_raw_fd(raw) })
+    }
+
+    #[test]
+    fn connected_seqpacket_is_a_route_channel() {
+        let mut fds = [-1; 2];
+        // SAFETY: socketpair writes two new fds into the array.
+        let r = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        assert_eq!(r, 0);
+        // SAFETY: both fds were just created and are owned here only.
+        let (ours, theirs) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let theirs = high(theirs);
+        assert_eq!(check_fd(theirs.as_raw_fd()), Ok(Kind::Route));
+        // Still one after the supervisor's end is gone (it then reads EOF).
+        drop(ours);
+        assert_eq!(check_fd(theirs.as_raw_fd()), Ok(Kind::Route));
+    }
+
+    #[test]
+    fn other_seqpacket_sockets_are_rejected() {
+        assert!(
+            problem(&seqpacket()).starts_with("is a Unix seqpacket socket that is not connected"),
+            "{}",
+            problem(&seqpacket())
         );
+        let dir = TempDir::new("seqpacket");
+        let path = dir.0.join("s");
+        let l = seqpacket();
+        let (sun, len) = sockaddr_un(&path);
+        // SAFETY: bind and listen on a socket owned here, with an address
+        // built above.
+        unsafe {
+            assert_eq!(libc::bind(l.as_raw_fd(), (&raw const sun).cast(), len), 0);
+            assert_eq!(libc::listen(l.as_raw_fd(), 1), 0);
+        }
+        assert!(
+            problem(&l).starts_with("is a listening Unix seqpacket socket, not a route channel"),
+            "{}",
+            problem(&l)
+        );
+    }
+
+    fn sockaddr_un(p: &std::path::Path) -> (libc::sockaddr_un, libc::socklen_t) {
+        use std::os::unix::ffi::OsStrExt;
+        // SAFETY: all-zero is a valid sockaddr_un.
+        let mut sun: libc::sockaddr_un = unsafe { mem::zeroed() };
+        sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (d, s) in sun.sun_path.iter_mut().zip(p.as_os_str().as_bytes()) {
+            *d = *s as libc::c_char;
+        }
+        let len = mem::offset_of!(libc::sockaddr_un, sun_path) + p.as_os_str().len() + 1;
+        (sun, len as libc::socklen_t)
     }
 
     #[test]
@@ -752,6 +913,64 @@ mod tests {
         assert!(ls.is_empty() && !ls.activated());
         let l = ls.tcp_or_bind("http", "127.0.0.1:0").unwrap();
         assert!(l.local_addr().unwrap().ip().is_loopback());
+    }
+
+    /// A route channel (the worker's end) and the supervisor's end.
+    fn routed() -> (Listener, OwnedFd) {
+        let mut fds = [-1; 2];
+        // SAFETY: socketpair writes two new fds into the array.
+        let r = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        assert_eq!(r, 0);
+        // SAFETY: both fds were just created and are owned here only.
+        let (ours, theirs) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        (Listener::Routed(RouteChannel::new(theirs).unwrap()), ours)
+    }
+
+    #[test]
+    fn route_channels_by_name_and_as_listeners() {
+        let (r1, _s1) = routed();
+        let (r2, _s2) = routed();
+        let mut ls = listeners_of(vec![("http", r1), ("admin", tcp()), ("api", r2)]);
+        // tcp_or_bind takes only TCP, and says why when a channel is left.
+        assert!(ls.take_tcp("http").is_none());
+        assert!(ls.take_routed("admin").is_none());
+        assert!(
+            ls.tcp_or_bind("http", "127.0.0.1:0").is_ok(),
+            "falls back to admin"
+        );
+        let e = ls.tcp_or_bind("http", "127.0.0.1:0").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert!(e.to_string().contains("route mode"), "{e}");
+        // listener_or_bind takes a channel by name, then any.
+        assert!(matches!(
+            ls.listener_or_bind("api", "127.0.0.1:0"),
+            Ok(Listener::Routed(_))
+        ));
+        assert!(matches!(
+            ls.listener_or_bind("nope", "127.0.0.1:0"),
+            Ok(Listener::Routed(_))
+        ));
+        let e = ls.listener_or_bind("http", "127.0.0.1:0").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert!(!e.to_string().contains("route mode"), "{e}");
+
+        let (r, _s) = routed();
+        let mut ls = listeners_of(vec![("http", r)]);
+        assert!(ls.take_routed("http").is_some());
+        // Standalone: binds.
+        let mut ls = Listeners::default();
+        assert!(matches!(
+            ls.listener_or_bind("http", "127.0.0.1:0"),
+            Ok(Listener::Tcp(_))
+        ));
     }
 
     /// A directory removed on drop, for Unix socket paths.

@@ -23,16 +23,48 @@
 //!   process, at the start of `main`), then pick them by name or take them
 //!   all. [`Listeners::tcp_or_bind`] falls back to binding an address when
 //!   the worker runs standalone.
-//! - [`Listener`]: TCP or Unix; [`accept`](Listener::accept) returns an
-//!   [`Accepted`]: the [`Connection`] (`Read + Write`), its [`PeerAddr`],
-//!   and a sequence number for connections the supervisor routes to the
-//!   worker (route mode), `None` otherwise.
+//! - [`Listener`]: TCP, Unix, or a route channel (below);
+//!   [`accept`](Listener::accept) returns an [`Accepted`]: the
+//!   [`Connection`] (`Read + Write`), its [`PeerAddr`], and a sequence
+//!   number for connections the supervisor routes to the worker (route
+//!   mode), `None` otherwise.
 //! - [`catch_stop_signals`] and [`Listener::accept_until`]: SIGTERM (what
 //!   multinode sends to drain a worker) stops the accept loop instead of
 //!   killing the process, so requests in flight finish.
 //! - [`notify`], [`ready`], [`status`], [`stopping`], [`watchdog`].
 //!
 //! Linux only, like multinode. Dependencies: std and libc.
+//!
+//! # Route mode
+//!
+//! Under `multinode serve --route ip-hash|round-robin|least-conn`, the
+//! supervisor accepts every connection itself and passes each one to the
+//! worker its policy picks. Where the worker would inherit a listening
+//! socket it gets a *route channel* instead: a connected Unix
+//! `SOCK_SEQPACKET` socket at the same fd, under the same name.
+//! [`listeners()`] returns it as [`Listener::Routed`], and the same accept
+//! loop serves both modes:
+//!
+//! - [`accept`](Listener::accept) and [`accept_until`](Listener::accept_until)
+//!   return the connection (a [`Connection::Routed`]: TCP, or Unix for a
+//!   Unix listen socket), the client's address as the supervisor saw it (or
+//!   as its PROXY header named it) in [`Accepted::peer`], and the
+//!   supervisor's sequence number in [`Accepted::seq`].
+//! - Dropping the connection tells the supervisor it closed (this feeds
+//!   `least-conn`).
+//! - After a stop, `accept_until` still returns the connections already in
+//!   the channel (they were sent to this worker alone), then `None`. It
+//!   also returns `None` when the supervisor has closed the channel;
+//!   [`Stop::is_requested`] tells the two apart.
+//! - Connections routed by client address (`ip-hash`) keep coming to the
+//!   same worker, so per-client state in memory works (`examples/affinity`).
+//! - [`Listeners::tcp_or_bind`] takes TCP sockets only; use
+//!   [`Listeners::listener_or_bind`] for a worker that should accept a
+//!   route channel as well.
+//!
+//! The channel's wire format is small and documented in [`route`], for
+//! workers in other languages; `examples/python/routed.py` in the multinode
+//! repository is a complete stdlib-Python worker.
 //!
 //! # Example
 //!
@@ -103,12 +135,14 @@ mod activation;
 mod error;
 mod listener;
 mod notify;
+pub mod route;
 mod stop;
 
 pub use activation::{Listeners, UNKNOWN_NAME, listeners};
 pub use error::Error;
 pub use listener::{Accepted, Connection, Listener, PeerAddr};
 pub use notify::{notify, ready, status, stopping, watchdog};
+pub use route::{CloseNotice, RouteChannel, RoutedConnection};
 pub use stop::{Stop, catch_stop_signals};
 
 /// `MULTINODE_WORKER_ID`: this worker's slot, 0..N-1. Stable across

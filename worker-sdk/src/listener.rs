@@ -13,13 +13,15 @@ use std::os::unix::net::{self as unix, UnixListener, UnixStream};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::route::{RouteChannel, RoutedConnection};
 use crate::stop::{self, Stop};
 
-/// A listening socket: TCP (IPv4 or IPv6) or Unix stream.
+/// A listening socket, TCP (IPv4 or IPv6) or Unix stream, or a route
+/// channel: where the supervisor passes the connections it accepted
+/// (route mode).
 ///
-/// The enum is `#[non_exhaustive]`: a later version adds connections routed
-/// by the supervisor over a Unix `SOCK_SEQPACKET` channel (route mode), so
-/// match with a `_` arm, or better, use the methods, which cover every kind.
+/// The enum is `#[non_exhaustive]`: match with a `_` arm, or better, use
+/// the methods, which cover every kind.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Listener {
@@ -27,6 +29,10 @@ pub enum Listener {
     Tcp(TcpListener),
     /// A Unix stream listener.
     Unix(UnixListener),
+    /// A route channel (`multinode serve --route …`): the supervisor
+    /// accepts, and passes each connection with its client's address and a
+    /// sequence number. See [`route`](crate::route).
+    Routed(RouteChannel),
 }
 
 /// A connection returned by [`Listener::accept`] and
@@ -47,11 +53,13 @@ pub struct Accepted {
     pub seq: Option<u64>,
 }
 
-/// An accepted connection: TCP or Unix stream. Implements [`Read`] and
-/// [`Write`] (also on `&Connection`, so one thread can read while another
-/// writes), [`AsFd`] and [`AsRawFd`].
+/// An accepted connection: TCP or Unix stream, or one of those routed by
+/// the supervisor. Implements [`Read`] and [`Write`] (also on
+/// `&Connection`, so one thread can read while another writes), [`AsFd`]
+/// and [`AsRawFd`].
 ///
-/// `#[non_exhaustive]` for the same reason as [`Listener`].
+/// `#[non_exhaustive]` for the same reason as [`Listener`]: prefer the
+/// methods, which cover every kind, to matching.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Connection {
@@ -59,6 +67,10 @@ pub enum Connection {
     Tcp(TcpStream),
     /// A Unix stream connection.
     Unix(UnixStream),
+    /// A connection from a route channel: a TCP or Unix stream
+    /// ([`RoutedConnection::get_ref`]) that, when dropped, tells the
+    /// supervisor it closed.
+    Routed(RoutedConnection),
 }
 
 /// A socket address of either kind: the peer of a [`Connection`], or the
@@ -93,12 +105,14 @@ impl fmt::Display for PeerAddr {
     }
 }
 
-/// Calls `$body` with `$s` bound to the inner socket of either variant.
+/// Calls `$body` with `$s` bound to the inner socket of a TCP or Unix
+/// variant; for a routed one, `$routed` with `$s` bound to its payload.
 macro_rules! either {
-    ($value:expr, $s:ident => $body:expr) => {
+    ($value:expr, $s:ident => $body:expr, routed => $routed:expr) => {
         match $value {
             Self::Tcp($s) => $body,
             Self::Unix($s) => $body,
+            Self::Routed($s) => $routed,
         }
     };
 }
@@ -109,6 +123,9 @@ impl Listener {
     /// share) it fails with `WouldBlock` when none is pending, and it keeps
     /// waiting through signals. See [`accept_until`](Self::accept_until) for
     /// an accept that a stop request interrupts.
+    ///
+    /// On a route channel, see [`RouteChannel::accept`]: it fails with
+    /// `UnexpectedEof` once the supervisor has closed the channel.
     pub fn accept(&self) -> io::Result<Accepted> {
         Ok(match self {
             Listener::Tcp(l) => {
@@ -127,6 +144,7 @@ impl Listener {
                     seq: None,
                 }
             }
+            Listener::Routed(c) => c.accept()?,
         })
     }
 
@@ -140,7 +158,16 @@ impl Listener {
     /// in the kernel's queue for another worker; a stop never loses one.
     /// A stop that arrives while several connections are pending wins: the
     /// pending ones stay queued for the other workers.
+    ///
+    /// A route channel is different ([`RouteChannel::accept_until`]): the
+    /// connections in it were sent to this worker alone, so after a stop it
+    /// still returns each of them before `Ok(None)`. It also returns
+    /// `Ok(None)` when the supervisor has closed the channel; check
+    /// [`Stop::is_requested`] to tell that apart from a stop.
     pub fn accept_until(&self, stop: &Stop) -> io::Result<Option<Accepted>> {
+        if let Listener::Routed(c) = self {
+            return c.accept_until(stop);
+        }
         let _acceptor = stop::Acceptor::register();
         loop {
             if stop.is_requested() || !stop::wait_readable(self.as_raw_fd())? {
@@ -163,8 +190,12 @@ impl Listener {
         }
     }
 
-    /// One accept4(2) call, without std's retry on EINTR.
+    /// One accept4(2) call, without std's retry on EINTR (on a route
+    /// channel: [`RouteChannel::accept`]).
     pub(crate) fn accept_once(&self) -> io::Result<Accepted> {
+        if let Listener::Routed(c) = self {
+            return c.accept();
+        }
         // SAFETY: an all-zero sockaddr_storage is a valid value.
         let mut ss: libc::sockaddr_storage = unsafe { mem::zeroed() };
         let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -193,28 +224,36 @@ impl Listener {
                 peer: PeerAddr::Unix(unix_addr(&ss, len)?),
                 seq: None,
             },
+            Listener::Routed(_) => unreachable!("handled above"),
         })
     }
 
-    /// The address it listens on.
+    /// The address it listens on. A route channel is an unnamed Unix
+    /// socket (`unix:(unnamed)`): the address clients connected to is the
+    /// local address of each connection ([`Connection::local_addr`]).
     pub fn local_addr(&self) -> io::Result<PeerAddr> {
         Ok(match self {
             Listener::Tcp(l) => PeerAddr::Tcp(l.local_addr()?),
             Listener::Unix(l) => PeerAddr::Unix(l.local_addr()?),
+            Listener::Routed(c) => PeerAddr::Unix(sock_name(c.as_raw_fd())?),
         })
     }
 
-    /// Sets `O_NONBLOCK`. Beware: the flag is shared with the supervisor and
-    /// every other worker holding the same socket.
+    /// Sets `O_NONBLOCK`. Beware: on a listening socket, the flag is shared
+    /// with the supervisor and every other worker holding the same socket
+    /// (a route channel is this worker's alone).
     pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
-        either!(self, l => l.set_nonblocking(nonblocking))
+        either!(self, l => l.set_nonblocking(nonblocking), routed => l.set_nonblocking(nonblocking))
     }
 
-    /// A second handle to the same socket (for accepting on several threads).
+    /// A second handle to the same socket (for accepting on several
+    /// threads). For a route channel, a handle sharing its buffer
+    /// ([`RouteChannel::try_clone`]).
     pub fn try_clone(&self) -> io::Result<Listener> {
         Ok(match self {
             Listener::Tcp(l) => Listener::Tcp(l.try_clone()?),
             Listener::Unix(l) => Listener::Unix(l.try_clone()?),
+            Listener::Routed(c) => Listener::Routed(c.try_clone()?),
         })
     }
 }
@@ -231,39 +270,53 @@ impl From<UnixListener> for Listener {
     }
 }
 
+impl From<RouteChannel> for Listener {
+    fn from(c: RouteChannel) -> Listener {
+        Listener::Routed(c)
+    }
+}
+
 impl AsFd for Listener {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        either!(self, l => l.as_fd())
+        either!(self, l => l.as_fd(), routed => l.as_fd())
     }
 }
 
 impl AsRawFd for Listener {
     fn as_raw_fd(&self) -> RawFd {
-        either!(self, l => l.as_raw_fd())
+        either!(self, l => l.as_raw_fd(), routed => l.as_raw_fd())
     }
 }
 
 impl IntoRawFd for Listener {
+    /// The socket's fd. For a route channel, as `OwnedFd::from` a
+    /// [`RouteChannel`]: connections still buffered in it are closed (and
+    /// reported closed) when it is the last handle, and it can panic.
     fn into_raw_fd(self) -> RawFd {
-        either!(self, l => l.into_raw_fd())
+        either!(self, l => l.into_raw_fd(), routed => l.into_raw_fd())
     }
 }
 
 impl From<Listener> for OwnedFd {
+    /// As [`IntoRawFd::into_raw_fd`].
     fn from(l: Listener) -> OwnedFd {
         match l {
             Listener::Tcp(l) => l.into(),
             Listener::Unix(l) => l.into(),
+            Listener::Routed(c) => c.into(),
         }
     }
 }
 
 impl Connection {
-    /// The peer's address.
+    /// The peer's address: the socket's, from getpeername. For a routed
+    /// connection with `--proxy-protocol`, [`Accepted::peer`] is the client
+    /// the PROXY header named instead.
     pub fn peer_addr(&self) -> io::Result<PeerAddr> {
         Ok(match self {
             Connection::Tcp(s) => PeerAddr::Tcp(s.peer_addr()?),
             Connection::Unix(s) => PeerAddr::Unix(s.peer_addr()?),
+            Connection::Routed(r) => r.get_ref().peer_addr()?,
         })
     }
 
@@ -272,44 +325,57 @@ impl Connection {
         Ok(match self {
             Connection::Tcp(s) => PeerAddr::Tcp(s.local_addr()?),
             Connection::Unix(s) => PeerAddr::Unix(s.local_addr()?),
+            Connection::Routed(r) => r.get_ref().local_addr()?,
         })
+    }
+
+    /// The supervisor's sequence number of a routed connection, `None` for
+    /// others (the same as [`Accepted::seq`]).
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            Connection::Routed(r) => Some(r.seq()),
+            _ => None,
+        }
     }
 
     /// Shuts down the read half, the write half or both (shutdown(2)).
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        either!(self, s => s.shutdown(how))
+        either!(self, s => s.shutdown(how), routed => s.get_ref().shutdown(how))
     }
 
-    /// A second handle to the same connection.
+    /// A second handle to the same connection. For a routed connection,
+    /// the plain stream ([`Connection::Tcp`] or [`Connection::Unix`]): the
+    /// close notice goes when the original is dropped.
     pub fn try_clone(&self) -> io::Result<Connection> {
         Ok(match self {
             Connection::Tcp(s) => Connection::Tcp(s.try_clone()?),
             Connection::Unix(s) => Connection::Unix(s.try_clone()?),
+            Connection::Routed(r) => r.get_ref().try_clone()?,
         })
     }
 
     /// Sets the read timeout (`None`: block forever).
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        either!(self, s => s.set_read_timeout(timeout))
+        either!(self, s => s.set_read_timeout(timeout), routed => s.get_ref().set_read_timeout(timeout))
     }
 
     /// Sets the write timeout (`None`: block forever).
     pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        either!(self, s => s.set_write_timeout(timeout))
+        either!(self, s => s.set_write_timeout(timeout), routed => s.get_ref().set_write_timeout(timeout))
     }
 
     /// Sets `O_NONBLOCK` on this connection (not shared with anyone).
     pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
-        either!(self, s => s.set_nonblocking(nonblocking))
+        either!(self, s => s.set_nonblocking(nonblocking), routed => s.get_ref().set_nonblocking(nonblocking))
     }
 }
 
 impl Read for Connection {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        either!(self, s => s.read(buf))
+        either!(self, s => s.read(buf), routed => s.get_mut().read(buf))
     }
     fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
-        either!(self, s => s.read_vectored(bufs))
+        either!(self, s => s.read_vectored(bufs), routed => s.get_mut().read_vectored(bufs))
     }
 }
 
@@ -318,25 +384,27 @@ impl Read for &Connection {
         match *self {
             Connection::Tcp(s) => (&*s).read(buf),
             Connection::Unix(s) => (&*s).read(buf),
+            Connection::Routed(r) => r.get_ref().read(buf),
         }
     }
     fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
         match *self {
             Connection::Tcp(s) => (&*s).read_vectored(bufs),
             Connection::Unix(s) => (&*s).read_vectored(bufs),
+            Connection::Routed(r) => r.get_ref().read_vectored(bufs),
         }
     }
 }
 
 impl Write for Connection {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        either!(self, s => s.write(buf))
+        either!(self, s => s.write(buf), routed => s.get_mut().write(buf))
     }
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        either!(self, s => s.write_vectored(bufs))
+        either!(self, s => s.write_vectored(bufs), routed => s.get_mut().write_vectored(bufs))
     }
     fn flush(&mut self) -> io::Result<()> {
-        either!(self, s => s.flush())
+        either!(self, s => s.flush(), routed => s.get_mut().flush())
     }
 }
 
@@ -345,18 +413,21 @@ impl Write for &Connection {
         match *self {
             Connection::Tcp(s) => (&*s).write(buf),
             Connection::Unix(s) => (&*s).write(buf),
+            Connection::Routed(r) => r.get_ref().write(buf),
         }
     }
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match *self {
             Connection::Tcp(s) => (&*s).write_vectored(bufs),
             Connection::Unix(s) => (&*s).write_vectored(bufs),
+            Connection::Routed(r) => r.get_ref().write_vectored(bufs),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         match *self {
             Connection::Tcp(s) => (&*s).flush(),
             Connection::Unix(s) => (&*s).flush(),
+            Connection::Routed(r) => r.get_ref().flush(),
         }
     }
 }
@@ -373,29 +444,40 @@ impl From<UnixStream> for Connection {
     }
 }
 
+impl From<RoutedConnection> for Connection {
+    fn from(r: RoutedConnection) -> Connection {
+        Connection::Routed(r)
+    }
+}
+
 impl AsFd for Connection {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        either!(self, s => s.as_fd())
+        either!(self, s => s.as_fd(), routed => s.get_ref().as_fd())
     }
 }
 
 impl AsRawFd for Connection {
     fn as_raw_fd(&self) -> RawFd {
-        either!(self, s => s.as_raw_fd())
+        either!(self, s => s.as_raw_fd(), routed => s.get_ref().as_raw_fd())
     }
 }
 
 impl IntoRawFd for Connection {
+    /// The socket's fd. A routed connection's close notice is sent now:
+    /// the SDK no longer sees when it closes (use
+    /// [`RoutedConnection::into_parts`] to send it later).
     fn into_raw_fd(self) -> RawFd {
-        either!(self, s => s.into_raw_fd())
+        OwnedFd::from(self).into_raw_fd()
     }
 }
 
 impl From<Connection> for OwnedFd {
+    /// As [`IntoRawFd::into_raw_fd`].
     fn from(c: Connection) -> OwnedFd {
         match c {
             Connection::Tcp(s) => s.into(),
             Connection::Unix(s) => s.into(),
+            Connection::Routed(r) => r.into_parts().0.into(),
         }
     }
 }
@@ -449,6 +531,18 @@ fn unix_addr(ss: &libc::sockaddr_storage, len: libc::socklen_t) -> io::Result<un
             unix::SocketAddr::from_pathname(std::ffi::OsStr::from_bytes(&path[..end]))
         }
     }
+}
+
+/// The address a Unix socket is bound to (getsockname).
+fn sock_name(fd: RawFd) -> io::Result<unix::SocketAddr> {
+    // SAFETY: an all-zero sockaddr_storage is a valid value.
+    let mut ss: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `ss` is valid for `len` bytes of writes.
+    if unsafe { libc::getsockname(fd, (&raw mut ss).cast(), &mut len) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    unix_addr(&ss, len)
 }
 
 /// std has no constructor for an unnamed Unix address; an unbound socket's

@@ -215,26 +215,45 @@ impl Drop for Acceptor {
 /// Waits until `fd` is readable (true) or a stop is requested (false).
 /// `fd` -1 waits for the stop only. Retries EINTR.
 pub(crate) fn wait_readable(fd: RawFd) -> io::Result<bool> {
-    let pipe = PIPE_READ.load(Ordering::SeqCst);
+    wait_any(&[fd], true)
+}
+
+/// Waits until one of `fds` (at most three) is readable, or has hung up or
+/// failed (true), or, with `until_stop`, until a stop is requested (false).
+/// Negative fds are ignored. Retries EINTR.
+pub(crate) fn wait_any(fds: &[RawFd], until_stop: bool) -> io::Result<bool> {
+    let pipe = if until_stop {
+        PIPE_READ.load(Ordering::SeqCst)
+    } else {
+        -1
+    };
+    let unused = libc::pollfd {
+        fd: -1,
+        events: 0,
+        revents: 0,
+    };
+    let mut polled = [unused; 4];
+    assert!(fds.len() < polled.len(), "wait_any takes at most three fds");
     loop {
-        if REQUESTED.load(Ordering::SeqCst) {
+        if until_stop && REQUESTED.load(Ordering::SeqCst) {
             return Ok(false);
         }
-        let mut fds = [
-            libc::pollfd {
-                fd: pipe,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
+        polled[0] = libc::pollfd {
+            fd: pipe,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        for (p, &fd) in polled[1..].iter_mut().zip(fds) {
+            *p = libc::pollfd {
                 fd,
                 events: libc::POLLIN,
                 revents: 0,
-            },
-        ];
+            };
+        }
+        let polled = &mut polled[..=fds.len()];
         // poll ignores entries with a negative fd.
-        // SAFETY: `fds` is valid for its length.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        // SAFETY: `polled` is valid for its length.
+        let r = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, -1) };
         if r == -1 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -242,13 +261,13 @@ pub(crate) fn wait_readable(fd: RawFd) -> io::Result<bool> {
             }
             return Err(e);
         }
-        if fds[0].revents != 0 {
+        if polled[0].revents != 0 {
             continue; // the stop: the flag is set, checked at the top
         }
-        if fds[1].revents & libc::POLLNVAL != 0 {
+        if polled[1..].iter().any(|p| p.revents & libc::POLLNVAL != 0) {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         }
-        if fds[1].revents != 0 {
+        if polled[1..].iter().any(|p| p.revents != 0) {
             return Ok(true);
         }
     }
@@ -262,7 +281,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Listener;
+    use crate::{Listener, route};
+    use std::io::Read;
     use std::net::{TcpListener, TcpStream};
     use std::sync::mpsc;
 
@@ -314,6 +334,30 @@ mod tests {
                 }
             }
         });
+        // An idle acceptor on a route channel waits in poll.
+        let (_idle_sup, idle_ch) = route::tests::pair();
+        let idle_routed = {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                Listener::Routed(idle_ch)
+                    .accept_until(&stop)
+                    .unwrap()
+                    .is_none()
+            })
+        };
+        // A route channel with connections queued: a stop must not lose them.
+        let (sup, ch) = route::tests::pair();
+        let routed = Listener::Routed(ch);
+        let (pass, mut kept) = route::tests::streams(3);
+        let fds = route::tests::raw(&pass);
+        let one = route::tests::message(&[route::tests::record(1, None)]);
+        route::tests::send(&sup, &one, &fds[..1]);
+        assert_eq!(routed.accept_until(&stop).unwrap().unwrap().seq, Some(1));
+        let two =
+            route::tests::message(&[route::tests::record(2, None), route::tests::record(3, None)]);
+        route::tests::send(&sup, &two, &fds[1..]);
+        drop(pass);
+
         for _ in 0..3 {
             rx.recv().unwrap();
         }
@@ -330,6 +374,25 @@ mod tests {
             assert!(t.join().unwrap(), "accept_until returned None");
         }
         assert!(stuck.join().unwrap());
+        assert!(
+            idle_routed.join().unwrap(),
+            "route accept_until returned None"
+        );
+        // The route channel: what was queued (seq 2 and 3, one message)
+        // comes out after the stop, then None.
+        let mut drained = Vec::new();
+        while let Some(a) = routed.accept_until(&stop).unwrap() {
+            drained.push(a);
+        }
+        assert_eq!(
+            drained.iter().map(|a| a.seq).collect::<Vec<_>>(),
+            [Some(2), Some(3)]
+        );
+        drop(drained);
+        assert!(kept.iter_mut().all(|k| matches!(k.read(&mut [0]), Ok(0))));
+        let mut seqs = route::tests::notices(&sup);
+        seqs.sort_unstable();
+        assert_eq!(seqs, [1, 2, 3], "seq 1 was dropped at once");
         // After a stop, pending connections stay queued for other workers.
         let _c2 = TcpStream::connect(addr).unwrap();
         assert!(l.accept_until(&stop).unwrap().is_none());

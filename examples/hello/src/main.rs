@@ -14,7 +14,10 @@
 //! ```
 //!
 //! where n counts this process's requests from 1 (like worker.js of the
-//! 2010 Yahoo article on multi-core Node servers). Except:
+//! 2010 Yahoo article on multi-core Node servers). In route mode
+//! (`multinode serve --route …`, the supervisor accepts and passes each
+//! connection over) the line ends with `; seq=<s>`, the supervisor's
+//! sequence number of the connection. Except:
 //!
 //! - `/sleep/<ms>` (any method) answers the same way after sleeping `<ms>`
 //!   milliseconds: a request that is in flight for as long as a test needs.
@@ -180,7 +183,15 @@ impl Server {
                         self.untrack(id);
                     }
                 }
-                Ok(None) => return,
+                Ok(None) => {
+                    if !self.stop.is_requested() {
+                        // Only a route channel ends without a stop: the
+                        // supervisor closed it, nothing more will come.
+                        eprintln!("hello: the supervisor closed the route channel; stopping");
+                        self.stop.request();
+                    }
+                    return;
+                }
                 Err(e) if failures < ACCEPT_RETRIES => {
                     // Most likely out of fds or memory for a moment: wait
                     // for connections to close.
@@ -366,13 +377,13 @@ impl Server {
         let (status, body) = match sleep_ms(&req.target) {
             Some(Ok(ms)) => {
                 thread::sleep(Duration::from_millis(ms));
-                (200, self.body(reqno))
+                (200, self.body(reqno, input.conn.seq()))
             }
             Some(Err(())) => (
                 400,
                 "bad /sleep/<ms>: <ms> must be a decimal number\n".into(),
             ),
-            None => (200, self.body(reqno)),
+            None => (200, self.body(reqno, input.conn.seq())),
         };
         // A request with both Content-Length and Transfer-Encoding may be a
         // smuggling attempt: answer it, then close (RFC 9112, 6.1).
@@ -392,9 +403,11 @@ impl Server {
         Ok(if keep { Next::KeepAlive } else { Next::Close })
     }
 
-    fn body(&self, reqno: u64) -> String {
+    /// The answer; `seq` is the routed connection's sequence number.
+    fn body(&self, reqno: u64, seq: Option<u64>) -> String {
+        let routed = seq.map_or_else(String::new, |s| format!("; seq={s}"));
         format!(
-            "process={}; worker={}; reqno={reqno}\n",
+            "process={}; worker={}; reqno={reqno}{routed}\n",
             self.pid, self.worker
         )
     }
