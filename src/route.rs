@@ -60,7 +60,13 @@ pub struct Channel {
     pub outstanding: u64,
     /// The worker closed its end: nothing more goes here, and it is not polled.
     pub closed: bool,
+    /// A send failed for want of a kernel resource (ETOOMANYREFS, ENOBUFS, ENOMEM): the
+    /// queue waits until then instead of polling a socket that stays writable.
+    pub retry_at: Option<std::time::Instant>,
 }
+
+/// How long a channel waits after a send failed for want of a kernel resource.
+pub const RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The channel's peer is gone (the worker exited or closed it).
 #[derive(Debug)]
@@ -73,6 +79,7 @@ impl Channel {
             queue: VecDeque::new(),
             outstanding: 0,
             closed: false,
+            retry_at: None,
         }
     }
 
@@ -83,6 +90,11 @@ impl Channel {
 
     pub fn has_queue(&self) -> bool {
         !self.queue.is_empty()
+    }
+
+    /// Whether poll should wait for the socket to take more (a queue, and no retry pending).
+    pub fn wants_write(&self) -> bool {
+        self.has_queue() && self.retry_at.is_none()
     }
 
     pub fn push(&mut self, c: Conn) {
@@ -97,7 +109,11 @@ impl Channel {
     }
 
     /// Sends queued connections in batches until the queue is empty or the socket is full.
-    pub fn flush(&mut self) -> Result<(), Gone> {
+    pub fn flush(&mut self, now: std::time::Instant) -> Result<(), Gone> {
+        if self.retry_at.is_some_and(|t| t > now) {
+            return Ok(());
+        }
+        self.retry_at = None;
         while !self.queue.is_empty() {
             let n = self.queue.len().min(MAX_BATCH);
             let batch: Vec<&Conn> = self.queue.iter().take(n).collect();
@@ -116,6 +132,12 @@ impl Channel {
                 Ok(_) => drop(self.queue.drain(..n)),
                 Err(Errno::EAGAIN) => return Ok(()),
                 Err(Errno::EINTR) => continue,
+                // Too many fds in flight for this user (RLIMIT_NOFILE), or no kernel memory:
+                // the worker is fine, the kernel is not ready; try again shortly.
+                Err(Errno::ETOOMANYREFS | Errno::ENOBUFS | Errno::ENOMEM) => {
+                    self.retry_at = Some(now + RETRY);
+                    return Ok(());
+                }
                 Err(_) => {
                     self.closed = true;
                     return Err(Gone);
@@ -352,7 +374,13 @@ pub struct Router {
     pub backlog: VecDeque<Conn>,
     pub proxy_log: RateLimit,
     pub drop_log: RateLimit,
+    /// Out of fds: listening sockets are not polled until then (they would stay readable and
+    /// spin the loop); connections wait in the kernel's accept queue meanwhile.
+    pub accept_paused_until: Option<std::time::Instant>,
 }
+
+/// How long accepting pauses when the supervisor is out of fds.
+pub const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Router {
     pub fn new(policy: crate::cli::RoutePolicy, proxy: bool) -> Self {
@@ -366,6 +394,7 @@ impl Router {
             backlog: VecDeque::new(),
             proxy_log: RateLimit::new(),
             drop_log: RateLimit::new(),
+            accept_paused_until: None,
         }
     }
 

@@ -62,6 +62,9 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
         ));
     }
     let systemd = Notifier::from_env();
+    if matches!(cfg.mode, Mode::Route(_)) {
+        spawn::raise_nofile_limit().map_err(|e| Error::sys("raising RLIMIT_NOFILE", e))?;
+    }
 
     // Before any thread exists, so that every thread inherits the mask and the signals reach
     // only the signalfd.

@@ -32,6 +32,36 @@ const STRIPPED: &[&str] = &[
     "WATCHDOG_USEC",
 ];
 
+/// The open-files limit multinode started with, when it raised its own (see
+/// [`raise_nofile_limit`]); workers get this one back.
+static WORKER_NOFILE: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock::new();
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit for the supervisor itself — in route mode
+/// it holds every connection between accept and hand-over — while workers keep the limit
+/// they would have had. Returns the new soft limit.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let _ = WORKER_NOFILE.set(lim);
+    }
+    Ok(lim.rlim_max)
+}
+
 /// `LISTEN_PID=` plus room for any pid and the terminating NUL.
 const PID_SLOT_LEN: usize = 32;
 const PID_PREFIX: &[u8] = b"LISTEN_PID=";
@@ -197,6 +227,8 @@ struct ExecImage {
     pid_slot: *mut u8,
     first_unused_fd: c_int,
     supervisor: Pid,
+    /// The open-files limit to give back to the worker, if the supervisor raised its own.
+    nofile: Option<libc::rlimit>,
 }
 
 // SAFETY: the raw pointers point into buffers the image owns (CString heaps and the boxed pid
@@ -230,6 +262,7 @@ impl ExecImage {
             pid_slot,
             first_unused_fd,
             supervisor,
+            nofile: WORKER_NOFILE.get().copied(),
         }
     }
 
@@ -266,6 +299,9 @@ impl ExecImage {
                 if sig != libc::SIGKILL && sig != libc::SIGSTOP {
                     libc::signal(sig, libc::SIG_DFL);
                 }
+            }
+            if let Some(lim) = &self.nofile {
+                libc::setrlimit(libc::RLIMIT_NOFILE, lim);
             }
             // Die with the supervisor. Then close the race where it died before the prctl.
             libc::prctl(

@@ -281,15 +281,23 @@ impl Supervisor {
             }
             for (idx, ch) in w.channels.iter().enumerate().filter(|(_, c)| !c.closed) {
                 let mut ev = PollFlags::POLLIN;
-                if ch.has_queue() {
+                if ch.wants_write() {
                     ev |= PollFlags::POLLOUT;
                 }
                 keys.push(Wake::Channel(w.pid, idx));
                 fds.push(PollFd::new(ch.as_fd(), ev));
             }
         }
+        if let Some(router) = &mut self.router {
+            if router
+                .accept_paused_until
+                .is_some_and(|t| t <= Instant::now())
+            {
+                router.accept_paused_until = None;
+            }
+        }
         if let Some(router) = &self.router {
-            if self.phase == Phase::Running {
+            if self.phase == Phase::Running && router.accept_paused_until.is_none() {
                 for (i, b) in self.p.sockets.iter().enumerate() {
                     keys.push(Wake::Listener(i));
                     fds.push(PollFd::new(b.fd.as_fd(), PollFlags::POLLIN));
@@ -336,7 +344,7 @@ impl Supervisor {
             .chain(per_worker.flatten())
             .chain(stop)
             .chain(self.watch_reload_at)
-            .chain(self.next_pending_deadline())
+            .chain(self.next_route_deadline())
             .chain(self.waiters.deadlines())
             .min()
     }

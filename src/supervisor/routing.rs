@@ -13,7 +13,9 @@ use nix::unistd::Pid;
 use super::Supervisor;
 use crate::cli::RoutePolicy;
 use crate::log::Event;
-use crate::route::{Conn, MAX_BACKLOG, MAX_PENDING, Pending, Progress, peer_of, score};
+use crate::route::{
+    ACCEPT_PAUSE, Conn, MAX_BACKLOG, MAX_PENDING, Pending, Progress, peer_of, score,
+};
 
 /// Connections accepted from one listening socket per wake-up, so one busy socket cannot
 /// starve the rest of the loop.
@@ -31,6 +33,9 @@ impl Supervisor {
                 Ok(fd) => fd,
                 Err(Errno::EINTR) | Err(Errno::ECONNABORTED) => continue,
                 Err(Errno::EMFILE) | Err(Errno::ENFILE) => {
+                    if let Some(r) = self.router.as_mut() {
+                        r.accept_paused_until = Some(now + ACCEPT_PAUSE);
+                    }
                     self.route_warn(
                         "accept",
                         "out of file descriptors; connections wait in the accept queue".into(),
@@ -110,13 +115,16 @@ impl Supervisor {
         }
     }
 
-    pub(super) fn next_pending_deadline(&self) -> Option<Instant> {
-        self.router
-            .as_ref()?
-            .pending
+    /// The next PROXY header deadline or channel retry.
+    pub(super) fn next_route_deadline(&self) -> Option<Instant> {
+        let router = self.router.as_ref()?;
+        let pending = router.pending.iter().map(|p| p.deadline);
+        let pending = pending.chain(router.accept_paused_until);
+        let retries = self
+            .workers
             .iter()
-            .map(|p| p.deadline)
-            .min()
+            .flat_map(|w| w.channels.iter().filter_map(|c| c.retry_at));
+        pending.chain(retries).min()
     }
 
     fn proxy_warn(&mut self, why: &str, peer: Option<SocketAddr>) {
@@ -231,10 +239,17 @@ impl Supervisor {
         for c in waiting {
             self.dispatch(c);
         }
+        let now = Instant::now();
         let mut homeless = Vec::new();
         for w in &mut self.workers {
+            let serving = w.serving();
             for ch in &mut w.channels {
-                if ch.has_queue() && ch.flush().is_err() {
+                if !ch.has_queue() {
+                    continue;
+                }
+                // A worker asked to stop drains only what it already has: what is still
+                // queued here goes to the others.
+                if !serving || ch.flush(now).is_err() {
                     homeless.extend(ch.take_queue());
                 }
             }
