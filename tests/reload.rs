@@ -1,0 +1,374 @@
+//! Zero-downtime operations (issue 4), against the real binary: rolling reloads on SIGHUP under
+//! continuous load, a reload to a program that cannot start, reloads on file change (debounced,
+//! ignore globs), SIGTTIN/SIGTTOU scaling, readiness through NOTIFY_SOCKET, and the graceful
+//! drain of the bundled hello example.
+//!
+//! Orderings are checked only between lines multinode prints on stderr (its events, and what
+//! workers print on stderr): its stdout and stderr are read by two threads, so the order
+//! between the two streams is not kept.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// SIGHUP reloads per load test.
+const RELOADS: u64 = 10;
+/// Workers, and client threads, of a load test.
+const LOAD_WORKERS: usize = 3;
+const CLIENTS: usize = 3;
+/// Bounds on the load: requests per client and how long a client runs at most.
+const MAX_REQUESTS_PER_CLIENT: u64 = 50_000;
+const MAX_LOAD_TIME: Duration = Duration::from_secs(240);
+/// A client's pause between two requests (paces the load on a shared 2-core machine).
+const PACE: Duration = Duration::from_millis(2);
+
+/// `multinode serve -w N -l 127.0.0.1:0 --ready notify <extra> -- <command>`, once all N
+/// workers are ready; returns it and the address it listens on.
+fn serve_ready(workers: usize, extra: &[&str], command: &[&str]) -> (Multinode, SocketAddr) {
+    let n = workers.to_string();
+    let mut args = vec!["-w", &n, "-l", "127.0.0.1:0", "--ready", "notify"];
+    args.extend_from_slice(extra);
+    args.push("--");
+    args.extend_from_slice(command);
+    let mn = Multinode::serve(&args);
+    let addr = mn.tcp_addr("listen0");
+    mn.wait_count("workers ready", workers, is_ready_line);
+    (mn, addr)
+}
+
+fn hello() -> String {
+    worker_bin("hello").display().to_string()
+}
+
+/// `multinode | worker.N[PID] ready (...)`
+fn is_ready_line(l: &str) -> bool {
+    l.starts_with("multinode |") && l.contains("] ready (")
+}
+
+/// The pid serving each slot: the last one the supervisor reported starting for it.
+fn slot_pids(mn: &Multinode) -> BTreeMap<u32, i32> {
+    let mut map = BTreeMap::new();
+    for l in mn.lines().iter().filter(|l| l.contains("] started")) {
+        if let (Some(slot), Some(pid)) = (worker_slot(l), worker_pid(l)) {
+            map.insert(slot, pid);
+        }
+    }
+    map
+}
+
+/// The pids started for generation `generation` (2 and up: reloads).
+fn generation_pids(mn: &Multinode, generation: u64) -> HashSet<i32> {
+    let tail = format!("] started (generation {generation})");
+    mn.lines()
+        .iter()
+        .filter(|l| l.ends_with(&tail))
+        .filter_map(|l| worker_pid(l))
+        .collect()
+}
+
+/// Waits for the end of the reload to `generation` and asserts it succeeded.
+fn wait_reload_done(mn: &Multinode, generation: u64) -> String {
+    let done_tail = format!(" on generation {generation}");
+    let failed = format!("reload to generation {generation} failed");
+    let line = mn.wait_line(
+        &format!("the end of the reload to generation {generation}"),
+        |l| (l.contains(") done: ") && l.ends_with(&done_tail)) || l.contains(&failed),
+    );
+    assert!(
+        !line.contains(&failed),
+        "reload to generation {generation} failed: {line}\noutput:\n{}",
+        mn.output()
+    );
+    line
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load
+
+#[derive(Default)]
+struct ClientStats {
+    ok: u64,
+    /// Kept-alive connections the server ended in a response (`Connection: close`).
+    closed_in_response: u64,
+    /// Every pid that answered this client.
+    pids: HashSet<i32>,
+    failures: Vec<String>,
+}
+
+/// Client threads making requests continuously until told to stop (or the bounds run out).
+struct Load {
+    stop: Arc<AtomicBool>,
+    stats: Vec<Arc<Mutex<ClientStats>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, keep_alive: bool) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut stats = Vec::new();
+        let mut threads = Vec::new();
+        for _ in 0..CLIENTS {
+            let s = Arc::new(Mutex::new(ClientStats::default()));
+            let (stop, s2) = (stop.clone(), s.clone());
+            threads.push(std::thread::spawn(move || {
+                if keep_alive {
+                    keep_alive_client(addr, &stop, &s2)
+                } else {
+                    fresh_connection_client(addr, &stop, &s2)
+                }
+            }));
+            stats.push(s);
+        }
+        Load {
+            stop,
+            stats,
+            threads,
+        }
+    }
+
+    /// Waits until every client has been answered by one of `pids`.
+    fn wait_served_by(&self, pids: &HashSet<i32>, what: &str) {
+        let all = eventually(DEADLINE, || {
+            self.stats
+                .iter()
+                .all(|s| !s.lock().unwrap().pids.is_disjoint(pids))
+        });
+        assert!(
+            all,
+            "not every client was answered by {what} ({pids:?}); pids seen per client: {:?}",
+            self.stats
+                .iter()
+                .map(|s| s.lock().unwrap().pids.len())
+                .collect::<Vec<_>>()
+        );
+    }
+
+    /// Stops the clients and returns what each saw.
+    fn finish(mut self) -> Vec<ClientStats> {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            t.join().expect("client thread");
+        }
+        self.stats
+            .iter()
+            .map(|s| std::mem::take(&mut *s.lock().unwrap()))
+            .collect()
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        // On a failed test: the clients end after their current request.
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn keep_going(stop: &AtomicBool, n: u64, start: Instant) -> bool {
+    !stop.load(Ordering::SeqCst) && n < MAX_REQUESTS_PER_CLIENT && start.elapsed() < MAX_LOAD_TIME
+}
+
+/// `GET /` on a new connection, written in one piece (with Nagle's algorithm on, a request
+/// written in pieces waits for the server's delayed ACK between them: 40 ms a request); reads
+/// the response to the end of the connection.
+fn get_on_new_connection(addr: SocketAddr) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response {resp:?}")))?;
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Ok((status, body))
+}
+
+/// One request per new connection.
+fn fresh_connection_client(addr: SocketAddr, stop: &AtomicBool, stats: &Mutex<ClientStats>) {
+    let start = Instant::now();
+    let mut n = 0;
+    while keep_going(stop, n, start) {
+        n += 1;
+        let res = get_on_new_connection(addr);
+        let mut s = stats.lock().unwrap();
+        match res {
+            Ok((200, body)) => match body_pid(&body) {
+                Some(pid) => {
+                    s.ok += 1;
+                    s.pids.insert(pid);
+                }
+                None => s.failures.push(format!("request {n}: no pid in {body:?}")),
+            },
+            Ok((status, body)) => s.failures.push(format!("request {n}: {status} {body:?}")),
+            Err(e) => s
+                .failures
+                .push(format!("request {n} at {:?}: {e}", start.elapsed())),
+        }
+        drop(s);
+        std::thread::sleep(PACE);
+    }
+}
+
+/// Requests on a kept-alive connection; a new one after a response with `Connection: close`.
+///
+/// Two kinds of failure: a request that gets no response (the connection is closed or reset
+/// after it was sent), and a kept-alive connection the server closes while it is idle, with no
+/// `Connection: close`: the client checks before each reuse (as a pooled HTTP client does),
+/// so that case is told apart, and no request is sent on it.
+fn keep_alive_client(addr: SocketAddr, stop: &AtomicBool, stats: &Mutex<ClientStats>) {
+    let start = Instant::now();
+    let mut n = 0;
+    // The connection, the pid serving it, and how many responses it carried.
+    let mut conn: Option<(KeepAlive, Option<i32>, u64)> = None;
+    while keep_going(stop, n, start) {
+        if let Some((c, served_by, answered)) = &conn {
+            if c.closed_by_server() {
+                stats.lock().unwrap().failures.push(format!(
+                    "at {:?}, pid {served_by:?} closed an idle kept-alive connection after \
+                     {answered} response(s), none with `Connection: close`",
+                    start.elapsed()
+                ));
+                conn = None;
+            }
+        }
+        if conn.is_none() {
+            match KeepAlive::connect(addr).and_then(|c| c.set_nodelay().map(|()| c)) {
+                Ok(c) => conn = Some((c, None, 0)),
+                Err(e) => {
+                    let at = start.elapsed();
+                    stats
+                        .lock()
+                        .unwrap()
+                        .failures
+                        .push(format!("connect at {at:?}: {e}"));
+                    std::thread::sleep(PACE);
+                    continue;
+                }
+            }
+        }
+        n += 1;
+        let (c, served_by, answered) = conn.as_mut().unwrap();
+        let res = c.get("/");
+        let mut s = stats.lock().unwrap();
+        match res {
+            Ok((200, body, close)) => match body_pid(&body) {
+                Some(pid) => {
+                    s.ok += 1;
+                    s.pids.insert(pid);
+                    *served_by = Some(pid);
+                    *answered += 1;
+                    if close {
+                        s.closed_in_response += 1;
+                        conn = None;
+                    }
+                }
+                None => {
+                    s.failures.push(format!("request {n}: no pid in {body:?}"));
+                    conn = None;
+                }
+            },
+            Ok((status, body, _)) => {
+                s.failures.push(format!("request {n}: {status} {body:?}"));
+                conn = None;
+            }
+            Err(e) => {
+                s.failures.push(format!(
+                    "at {:?}, request {n} got no response on a kept-alive connection to pid \
+                     {served_by:?} that had carried {answered} response(s): {e}",
+                    start.elapsed()
+                ));
+                conn = None;
+            }
+        }
+        drop(s);
+        std::thread::sleep(PACE);
+    }
+}
+
+/// 10 SIGHUP reloads of 3 hello workers while 3 clients make requests continuously; each
+/// reload starts once every client has been answered by the previous one's new workers.
+fn reloads_under_load(keep_alive: bool) {
+    let (mn, addr) = serve_ready(LOAD_WORKERS, &[], &[&hello()]);
+    let initial = slot_pids(&mn);
+    assert_eq!(initial.len(), LOAD_WORKERS, "{}", mn.output());
+    let load = Load::start(addr, keep_alive);
+    load.wait_served_by(&initial.values().copied().collect(), "generation 1");
+    for generation in 2..2 + RELOADS {
+        mn.signal(libc::SIGHUP);
+        wait_reload_done(&mn, generation);
+        let new = generation_pids(&mn, generation);
+        assert_eq!(new.len(), LOAD_WORKERS, "{}", mn.output());
+        load.wait_served_by(&new, &format!("generation {generation}"));
+    }
+    let stats = load.finish();
+
+    let failures: Vec<&String> = stats.iter().flat_map(|s| &s.failures).collect();
+    let ok: u64 = stats.iter().map(|s| s.ok).sum();
+    let in_response: u64 = stats.iter().map(|s| s.closed_in_response).sum();
+    assert!(
+        failures.is_empty(),
+        "{} failure(s) (and {ok} requests answered) across {RELOADS} reloads; the first ones:\n{}\n\
+         output:\n{}",
+        failures.len(),
+        failures
+            .iter()
+            .take(10)
+            .map(|f| f.as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        mn.output()
+    );
+    eprintln!(
+        "{RELOADS} reloads: {ok} requests answered, none failed; kept-alive connections closed \
+         in a response: {in_response}"
+    );
+
+    // Every slot has a new pid, and the old workers are gone.
+    let last = slot_pids(&mn);
+    assert_eq!(
+        last.keys().collect::<Vec<_>>(),
+        initial.keys().collect::<Vec<_>>()
+    );
+    for (slot, pid) in &last {
+        assert_ne!(initial[slot], *pid, "slot {slot} kept its pid");
+    }
+    let last_set: HashSet<i32> = last.values().copied().collect();
+    assert_eq!(last_set, generation_pids(&mn, RELOADS + 1));
+    let settled = eventually(DEADLINE, || {
+        children_of(mn.pid).into_iter().collect::<HashSet<_>>() == last_set
+    });
+    assert!(
+        settled,
+        "the supervisor's children are {:?}, not the last generation {last_set:?}",
+        children_of(mn.pid)
+    );
+    // Every replaced worker drained and exited by itself (no SIGKILL after --grace).
+    assert!(
+        !mn.output().contains("SIGKILL"),
+        "a worker had to be killed:\n{}",
+        mn.output()
+    );
+}
+
+#[test]
+fn sighup_reloads_under_keep_alive_load_fail_no_request() {
+    reloads_under_load(true);
+}
+
+#[test]
+fn sighup_reloads_under_new_connection_load_fail_no_request() {
+    reloads_under_load(false);
+}
