@@ -11,6 +11,8 @@ mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -371,4 +373,117 @@ fn sighup_reloads_under_keep_alive_load_fail_no_request() {
 #[test]
 fn sighup_reloads_under_new_connection_load_fail_no_request() {
     reloads_under_load(false);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A broken deploy
+
+/// Writes an executable script atomically (write a temporary file, rename it over), so a
+/// worker starting meanwhile sees either the old or the new content, never half of it.
+fn write_script(path: &Path, content: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn reload_to_a_program_that_exits_at_start_keeps_the_old_workers_serving() {
+    let scratch = Scratch::new("broken-deploy");
+    let app = scratch.path("app.sh");
+    write_script(&app, &format!("#!/bin/sh\nexec {} \"$@\"\n", hello()));
+    let (mn, addr) = serve_ready(2, &[], &[&app.display().to_string()]);
+    let old: HashSet<i32> = slot_pids(&mn).values().copied().collect();
+
+    // The new version cannot even start.
+    write_script(
+        &app,
+        "#!/bin/sh\necho 'app.sh: broken deploy' >&2\nexit 1\n",
+    );
+    mn.signal(libc::SIGHUP);
+    let failed = mn.wait_line("the reload failure", |l| {
+        l.contains("reload to generation 2 failed")
+    });
+    assert!(
+        failed.contains("exited with code 1") && failed.contains("2 worker(s) keep serving"),
+        "{failed}"
+    );
+    let out = mn.output();
+    assert!(out.contains("app.sh: broken deploy"), "{out}");
+    assert!(!out.contains(") done: "), "{out}");
+    assert!(!out.contains("draining"), "{out}");
+
+    // The old workers keep answering, both of them, and only them.
+    let mut seen = HashSet::new();
+    let mut n = 0;
+    while seen != old && n < 2000 {
+        n += 1;
+        let (status, body) = http_get(addr, "/").expect("a request after the failed reload");
+        assert_eq!(status, 200, "{body}");
+        let pid = body_pid(&body).expect("a pid in the body");
+        assert!(
+            old.contains(&pid),
+            "answered by {pid}, not an old worker {old:?}"
+        );
+        seen.insert(pid);
+    }
+    assert_eq!(seen, old, "not every old worker answered in {n} requests");
+    // Nothing restarts the broken program behind the scenes.
+    assert_eq!(
+        children_of(mn.pid).into_iter().collect::<HashSet<_>>(),
+        old,
+        "{}",
+        mn.output()
+    );
+
+    // A fixed deploy rolls out as usual.
+    write_script(&app, &format!("#!/bin/sh\nexec {} \"$@\"\n", hello()));
+    mn.signal(libc::SIGHUP);
+    wait_reload_done(&mn, 3);
+    let new = generation_pids(&mn, 3);
+    assert_eq!(new.len(), 2);
+    assert!(new.is_disjoint(&old));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Graceful drain of the examples
+
+#[test]
+fn a_request_in_flight_across_a_reload_completes() {
+    let (mn, addr) = serve_ready(1, &[], &[&hello()]);
+    let old = slot_pids(&mn)[&0];
+    let slow = std::thread::spawn(move || http_get(addr, "/sleep/1500"));
+    // The slow request is in flight once the worker has counted it: hello numbers the requests
+    // it reads, and ours are the only other ones.
+    let mut counted = false;
+    for mine in 1..=200u64 {
+        let (status, body) = http_get(addr, "/").unwrap();
+        assert_eq!(status, 200);
+        let reqno: u64 = body
+            .split("reqno=")
+            .nth(1)
+            .and_then(|r| r.trim().parse().ok())
+            .unwrap();
+        if reqno > mine {
+            counted = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(counted, "hello never read the slow request");
+
+    mn.signal(libc::SIGHUP);
+    mn.wait_line("the old worker draining", |l| {
+        l.contains(&format!("worker.0[{old}] replaced by")) && l.ends_with("draining")
+    });
+    assert!(
+        !slow.is_finished(),
+        "inconclusive: the slow request ended before its worker was asked to drain"
+    );
+    let (status, body) = slow.join().unwrap().expect("the slow request's response");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body_pid(&body), Some(old), "{body}");
+    mn.wait_line("the old worker's exit", |l| {
+        l.contains(&format!("worker.0[{old}] exited with code 0"))
+    });
 }
