@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
 
@@ -486,4 +486,121 @@ fn a_request_in_flight_across_a_reload_completes() {
     mn.wait_line("the old worker's exit", |l| {
         l.contains(&format!("worker.0[{old}] exited with code 0"))
     });
+}
+// ---------------------------------------------------------------------------------------------
+// --watch
+
+/// The supervisor's `...: rolling N worker(s) over to generation G` lines, in order.
+fn rolling_lines(mn: &Multinode) -> Vec<String> {
+    mn.lines()
+        .into_iter()
+        .filter(|l| l.contains(": rolling ") && l.contains(" over to generation "))
+        .collect()
+}
+
+/// `touch`: sets the modification time (an attribute change, no content change).
+fn touch(path: &Path) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(SystemTime::now()))
+        .unwrap_or_else(|e| panic!("touch {}: {e}", path.display()));
+}
+
+/// Asserts that the reloads so far were caused by changes to `paths`, in this order.
+fn assert_reload_causes(mn: &Multinode, paths: &[&Path]) {
+    let lines = rolling_lines(mn);
+    let causes: Vec<String> = paths
+        .iter()
+        .map(|p| format!("change in {}: rolling", p.display()))
+        .collect();
+    let ok = lines.len() == causes.len() && lines.iter().zip(&causes).all(|(l, c)| l.contains(c));
+    assert!(
+        ok,
+        "expected reloads caused by {causes:#?}, got {lines:#?}\noutput:\n{}",
+        mn.output()
+    );
+}
+
+#[test]
+fn watched_file_touched_20_times_or_saved_by_rename_reloads_once_each() {
+    let scratch = Scratch::new("watch-file");
+    let conf = scratch.path("app.conf");
+    let marker = scratch.path("marker");
+    std::fs::write(&conf, "version 1\n").unwrap();
+    std::fs::write(&marker, "").unwrap();
+    let (conf_s, marker_s) = (conf.display().to_string(), marker.display().to_string());
+    let (mn, _) = serve_ready(1, &["--watch", &conf_s, "--watch", &marker_s], &[&hello()]);
+
+    // A burst: 20 touches within about 60 ms, well inside the default 300 ms debounce.
+    for _ in 0..20 {
+        touch(&conf);
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    wait_reload_done(&mn, 2);
+    // The positive control: a change to the other watched file, seen through the same inotify
+    // queue after every event of the burst. Had the burst left a second reload behind, it
+    // would show up before this one, or as its cause.
+    touch(&marker);
+    wait_reload_done(&mn, 3);
+    assert_reload_causes(&mn, &[&conf, &marker]);
+
+    // An editor's save: write a temporary file beside it, rename it over.
+    let tmp = scratch.path("app.conf.tmp");
+    std::fs::write(&tmp, "version 2\n").unwrap();
+    std::fs::rename(&tmp, &conf).unwrap();
+    wait_reload_done(&mn, 4);
+    touch(&marker);
+    wait_reload_done(&mn, 5);
+    assert_reload_causes(&mn, &[&conf, &marker, &conf, &marker]);
+}
+
+#[test]
+fn watched_directory_reloads_on_a_change_inside_and_not_on_ignored_paths() {
+    let scratch = Scratch::new("watch-dir");
+    let dir = scratch.path("app");
+    for d in ["sub", "target"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let (a, b) = (dir.join("sub/a.txt"), dir.join("b.txt"));
+    std::fs::write(&a, "1").unwrap();
+    let dir_s = dir.display().to_string();
+    let (mn, _) = serve_ready(
+        1,
+        &["--watch", &dir_s, "--watch-ignore", "*.swp"],
+        &[&hello()],
+    );
+
+    // A file in a subdirectory changes.
+    std::fs::write(&a, "2").unwrap();
+    wait_reload_done(&mn, 2);
+    assert_reload_causes(&mn, &[&a]);
+
+    // Changes under target/ (ignored by default) and to a swap file (--watch-ignore)...
+    std::fs::write(dir.join("target/x"), "build output").unwrap();
+    std::fs::write(dir.join("sub/.a.txt.swp"), "swap").unwrap();
+    // ...then the positive control, behind them in the same inotify queue: had they counted,
+    // they would have caused a reload of their own, or be named as this one's cause.
+    std::fs::write(&b, "1").unwrap();
+    wait_reload_done(&mn, 3);
+    assert_reload_causes(&mn, &[&a, &b]);
+}
+
+/// `target/` is ignored by default, so creating it (the first `cargo build` of a watched
+/// project) or removing it (`cargo clean`) is no reason to reload either.
+#[test]
+fn creating_an_ignored_directory_does_not_reload() {
+    let scratch = Scratch::new("watch-target");
+    let dir = scratch.path("app");
+    std::fs::create_dir_all(&dir).unwrap();
+    let b = dir.join("b.txt");
+    let dir_s = dir.display().to_string();
+    let (mn, _) = serve_ready(1, &["--watch", &dir_s], &[&hello()]);
+
+    std::fs::create_dir(dir.join("target")).unwrap();
+    std::fs::write(dir.join("target/x"), "build output").unwrap();
+    // The positive control, behind them in the same inotify queue.
+    std::fs::write(&b, "1").unwrap();
+    wait_reload_done(&mn, 2);
+    assert_reload_causes(&mn, &[&b]);
 }
