@@ -604,3 +604,59 @@ fn creating_an_ignored_directory_does_not_reload() {
     wait_reload_done(&mn, 2);
     assert_reload_causes(&mn, &[&b]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Scaling
+
+/// Makes requests on new connections until the pids answering are exactly `want` (each seen
+/// at least once, no other); panics on another pid, or when not all answered in time.
+fn wait_answering(addr: SocketAddr, want: &HashSet<i32>) {
+    let mut seen = HashSet::new();
+    let end = Instant::now() + DEADLINE;
+    let mut n = 0;
+    while &seen != want {
+        assert!(
+            Instant::now() < end && n < 5000,
+            "after {n} requests, answered by {seen:?}, want {want:?}"
+        );
+        n += 1;
+        let (status, body) = http_get(addr, "/").expect("a request");
+        assert_eq!(status, 200, "{body}");
+        let pid = body_pid(&body).expect("a pid in the body");
+        assert!(want.contains(&pid), "answered by {pid}, want only {want:?}");
+        seen.insert(pid);
+    }
+}
+
+#[test]
+fn sigttin_and_sigttou_change_the_number_of_pids_answering() {
+    let (mn, addr) = serve_ready(2, &[], &[&hello()]);
+    let two: HashSet<i32> = slot_pids(&mn).values().copied().collect();
+    wait_answering(addr, &two);
+
+    mn.signal(libc::SIGTTIN);
+    mn.wait_line("scale up", |l| l.contains("scaling up to 3 worker(s)"));
+    mn.wait_count("3 workers ready", 3, is_ready_line);
+    let three: HashSet<i32> = slot_pids(&mn).values().copied().collect();
+    assert_eq!(three.len(), 3);
+    assert!(three.is_superset(&two));
+    wait_answering(addr, &three);
+
+    // Two signals sent at once may merge into one: wait for each.
+    mn.signal(libc::SIGTTOU);
+    mn.wait_line("scale down", |l| l.contains("scaling down to 2 worker(s)"));
+    mn.signal(libc::SIGTTOU);
+    mn.wait_line("scale down", |l| l.contains("scaling down to 1 worker(s)"));
+    let slots = slot_pids(&mn);
+    for slot in [1, 2] {
+        let pid = slots[&slot];
+        let gone = eventually(DEADLINE, || !alive(pid));
+        assert!(gone, "worker.{slot}[{pid}] still runs\n{}", mn.output());
+    }
+    // Every connection now goes to the one worker left.
+    for _ in 0..50 {
+        let (status, body) = http_get(addr, "/").expect("a request");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body_pid(&body), Some(slots[&0]), "{body}");
+    }
+}
