@@ -660,3 +660,104 @@ fn sigttin_and_sigttou_change_the_number_of_pids_answering() {
         assert_eq!(body_pid(&body), Some(slots[&0]), "{body}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Readiness
+
+/// Index of the first line satisfying `pred`; panics with the output if there is none.
+fn index_of(lines: &[String], what: &str, pred: impl Fn(&str) -> bool) -> usize {
+    lines
+        .iter()
+        .position(|l| pred(l))
+        .unwrap_or_else(|| panic!("no line for {what}; output:\n{}", lines.join("\n")))
+}
+
+/// `worker.N[PID] | mn-notify pid=PID sending READY=1`
+fn sending_ready(pid: i32) -> impl Fn(&str) -> bool {
+    move |l: &str| l.contains(&format!("[{pid}] | mn-notify pid={pid} sending READY=1"))
+}
+
+fn ready_of(pid: i32) -> impl Fn(&str) -> bool {
+    move |l: &str| is_ready_line(l) && l.contains(&format!("[{pid}] ready"))
+}
+
+#[test]
+fn a_worker_that_sends_ready_after_1s_is_not_ready_before() {
+    let notify = worker_bin("mn-notify").display().to_string();
+    let (mn, _) = serve_ready(1, &[], &[&notify, "1000"]);
+    let first = slot_pids(&mn)[&0];
+    let lines = mn.lines();
+    let sent = index_of(
+        &lines,
+        "the first worker sending READY=1",
+        sending_ready(first),
+    );
+    let ready = index_of(&lines, "the first worker's ready event", ready_of(first));
+    assert!(sent < ready, "ready before READY=1:\n{}", lines.join("\n"));
+
+    // A reload: the old worker drains only once the new one is ready.
+    mn.signal(libc::SIGHUP);
+    wait_reload_done(&mn, 2);
+    let second = slot_pids(&mn)[&0];
+    let lines = mn.lines();
+    let sent = index_of(
+        &lines,
+        "the new worker sending READY=1",
+        sending_ready(second),
+    );
+    let ready = index_of(&lines, "the new worker's ready event", ready_of(second));
+    let draining = index_of(&lines, "the old worker draining", |l| {
+        l.contains(&format!(
+            "worker.0[{first}] replaced by worker.0[{second}]; draining"
+        ))
+    });
+    assert!(
+        sent < ready && ready < draining,
+        "want: new worker sends READY=1, is ready, then the old one drains:\n{}",
+        lines.join("\n")
+    );
+}
+
+#[test]
+fn ready_from_a_foreign_process_is_ignored_and_the_reload_times_out() {
+    let notify = worker_bin("mn-notify").display().to_string();
+    // Generation 1 is ready at once; from generation 2 on, it never sends READY=1.
+    let (mn, _) = serve_ready(1, &["--ready-timeout", "2s"], &[&notify, "0", "2"]);
+    let old = slot_pids(&mn)[&0];
+
+    mn.signal(libc::SIGHUP);
+    let never = mn.wait_line("the new worker", |l| {
+        l.contains("mn-notify pid=") && l.ends_with("will never send READY=1")
+    });
+    let new = worker_pid(&never).unwrap();
+    let start_line = mn.wait_line("the new worker's NOTIFY_SOCKET", |l| {
+        l.contains(&format!("mn-notify pid={new} generation=2 notify="))
+    });
+    let path = start_line.split("notify=").nth(1).unwrap().to_string();
+    // This test runs as root and is no worker: its READY=1 must not count for anyone.
+    let sock = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    sock.send_to(b"READY=1", &path)
+        .unwrap_or_else(|e| panic!("send READY=1 to {path}: {e}"));
+    assert!(
+        !mn.output().contains("reload to generation 2 failed"),
+        "inconclusive: the foreign READY=1 was sent after the ready timeout\n{}",
+        mn.output()
+    );
+
+    let failed = mn.wait_line("the reload failure", |l| {
+        l.contains("reload to generation 2 failed")
+    });
+    assert!(
+        failed.contains(&format!(
+            "worker.0[{new}] not ready within --ready-timeout 2s"
+        )),
+        "{failed}"
+    );
+    let out = mn.output();
+    assert!(
+        !mn.lines().iter().any(|l| ready_of(new)(l)),
+        "the foreign READY=1 made worker {new} ready:\n{out}"
+    );
+    assert!(!out.contains("draining"), "{out}");
+    assert!(alive(old), "the old worker {old} is gone:\n{out}");
+}
