@@ -75,17 +75,34 @@ fn generation_pids(mn: &Multinode, generation: u64) -> HashSet<i32> {
         .collect()
 }
 
-/// Waits for the end of the reload to `generation` and asserts it succeeded.
-fn wait_reload_done(mn: &Multinode, generation: u64) -> String {
+/// Waits for the end of the reload to `generation`: (whether it succeeded, the line saying so).
+fn wait_reload_end(mn: &Multinode, generation: u64) -> (bool, String) {
     let done_tail = format!(" on generation {generation}");
     let failed = format!("reload to generation {generation} failed");
     let line = mn.wait_line(
         &format!("the end of the reload to generation {generation}"),
         |l| (l.contains(") done: ") && l.ends_with(&done_tail)) || l.contains(&failed),
     );
+    (!line.contains(&failed), line)
+}
+
+/// Waits for the end of the reload to `generation` and asserts it succeeded.
+fn wait_reload_done(mn: &Multinode, generation: u64) -> String {
+    let (done, line) = wait_reload_end(mn, generation);
     assert!(
-        !line.contains(&failed),
+        done,
         "reload to generation {generation} failed: {line}\noutput:\n{}",
+        mn.output()
+    );
+    line
+}
+
+/// Waits for the end of the reload to `generation` and asserts it failed.
+fn wait_reload_failed(mn: &Multinode, generation: u64) -> String {
+    let (done, line) = wait_reload_end(mn, generation);
+    assert!(
+        !done,
+        "reload to generation {generation} succeeded: {line}\noutput:\n{}",
         mn.output()
     );
     line
@@ -401,9 +418,7 @@ fn reload_to_a_program_that_exits_at_start_keeps_the_old_workers_serving() {
         "#!/bin/sh\necho 'app.sh: broken deploy' >&2\nexit 1\n",
     );
     mn.signal(libc::SIGHUP);
-    let failed = mn.wait_line("the reload failure", |l| {
-        l.contains("reload to generation 2 failed")
-    });
+    let failed = wait_reload_failed(&mn, 2);
     assert!(
         failed.contains("exited with code 1") && failed.contains("2 worker(s) keep serving"),
         "{failed}"
@@ -476,13 +491,17 @@ fn a_request_in_flight_across_a_reload_completes() {
     mn.wait_line("the old worker draining", |l| {
         l.contains(&format!("worker.0[{old}] replaced by")) && l.ends_with("draining")
     });
-    assert!(
-        !slow.is_finished(),
-        "inconclusive: the slow request ended before its worker was asked to drain"
-    );
-    let (status, body) = slow.join().unwrap().expect("the slow request's response");
+    let ended_before = slow.is_finished();
+    let (status, body) = slow
+        .join()
+        .unwrap()
+        .expect("the response to the request in flight");
     assert_eq!(status, 200, "{body}");
     assert_eq!(body_pid(&body), Some(old), "{body}");
+    assert!(
+        !ended_before,
+        "inconclusive: the slow request was answered before its worker was asked to drain"
+    );
     mn.wait_line("the old worker's exit", |l| {
         l.contains(&format!("worker.0[{old}] exited with code 0"))
     });
@@ -686,6 +705,7 @@ fn a_worker_that_sends_ready_after_1s_is_not_ready_before() {
     let notify = worker_bin("mn-notify").display().to_string();
     let (mn, _) = serve_ready(1, &[], &[&notify, "1000"]);
     let first = slot_pids(&mn)[&0];
+    mn.wait_line("the first worker sending READY=1", sending_ready(first));
     let lines = mn.lines();
     let sent = index_of(
         &lines,
@@ -699,6 +719,7 @@ fn a_worker_that_sends_ready_after_1s_is_not_ready_before() {
     mn.signal(libc::SIGHUP);
     wait_reload_done(&mn, 2);
     let second = slot_pids(&mn)[&0];
+    mn.wait_line("the new worker sending READY=1", sending_ready(second));
     let lines = mn.lines();
     let sent = index_of(
         &lines,
@@ -744,9 +765,7 @@ fn ready_from_a_foreign_process_is_ignored_and_the_reload_times_out() {
         mn.output()
     );
 
-    let failed = mn.wait_line("the reload failure", |l| {
-        l.contains("reload to generation 2 failed")
-    });
+    let failed = wait_reload_failed(&mn, 2);
     assert!(
         failed.contains(&format!(
             "worker.0[{new}] not ready within --ready-timeout 2s"
