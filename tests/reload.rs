@@ -605,8 +605,9 @@ fn watched_directory_reloads_on_a_change_inside_and_not_on_ignored_paths() {
     assert_reload_causes(&mn, &[&a, &b]);
 }
 
-/// `target/` is ignored by default, so creating it (the first `cargo build` of a watched
-/// project) or removing it (`cargo clean`) is no reason to reload either.
+/// `target/` is ignored by default, so creating the directory itself (the first `cargo build`
+/// of a watched project) is no reason to reload either. (Removing it, `cargo clean`, is the
+/// same case: the event names `.../target`, which `**/target/**` does not match.)
 #[test]
 fn creating_an_ignored_directory_does_not_reload() {
     let scratch = Scratch::new("watch-target");
