@@ -484,3 +484,30 @@ pub fn free_low_port() -> u16 {
     }
     panic!("no free port below 1024");
 }
+
+impl KeepAlive {
+    /// Whether the server has already closed (or reset) this idle connection: it is readable
+    /// with no request outstanding, which for HTTP/1.1 means end of file or an error. An HTTP
+    /// client checks this before reusing a pooled connection, and opens a new one instead.
+    pub fn closed_by_server(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        if !self.r.buffer().is_empty() {
+            return true;
+        }
+        let mut pfd = libc::pollfd {
+            fd: self.w.as_raw_fd(),
+            events: libc::POLLIN | libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        n > 0 && pfd.revents != 0
+    }
+
+    /// Turns Nagle's algorithm off. `get` writes a request in several pieces, and with Nagle
+    /// on, each piece after the first waits for the server's (delayed) ACK of the one before:
+    /// up to 40 ms per request on loopback. A load test wants the requests back to back.
+    pub fn set_nodelay(&self) -> std::io::Result<()> {
+        self.w.set_nodelay(true)
+    }
+}
