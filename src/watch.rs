@@ -155,6 +155,9 @@ fn matches(p: &[u8], t: &[u8]) -> bool {
     match (p.first(), t.first()) {
         (None, None) => true,
         (None, Some(_)) => false,
+        // A trailing `/**` matches the directory itself too: `**/target/**` ignores the
+        // creation of `target` as well as everything in it.
+        (Some(b'/'), None) if p == b"/**" => true,
         (Some(b'*'), _) if p.get(1) == Some(&b'*') => {
             let rest = &p[2..];
             (0..=t.len()).any(|i| matches(rest, &t[i..]))
@@ -177,6 +180,8 @@ mod tests {
     fn globs() {
         assert!(glob_match("**/.git/**", "/src/app/.git/index"));
         assert!(glob_match("**/target/**", "/src/app/target/debug/app"));
+        assert!(glob_match("**/target/**", "/src/app/target"));
+        assert!(glob_match("**/.git/**", "/src/app/.git"));
         assert!(!glob_match("**/target/**", "/src/app/targets.rs"));
         assert!(glob_match("*.swp", "/src/app/.main.rs.swp"));
         assert!(!glob_match("*.swp", "/src/app/main.rs"));

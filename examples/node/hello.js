@@ -14,7 +14,7 @@
 // (n counts this process's requests, as worker.js of the 2010 Yahoo article
 // on multi-core Node servers). `/sleep/<ms>` answers after sleeping.
 // On SIGTERM/SIGINT it stops accepting, finishes the requests in flight,
-// closes idle keep-alive connections and exits.
+// gives idle keep-alive connections 2 s for one last request, and exits.
 //
 // Node's standard library cannot send to a Unix datagram socket, so it does
 // not notify READY=1: multinode counts it ready after its --ready delay.
@@ -22,6 +22,7 @@
 'use strict';
 
 const http = require('node:http');
+const net = require('node:net');
 
 const LISTEN_FDS_START = 3;
 const WORKER = process.env.MULTINODE_WORKER_ID ?? '-';
@@ -91,16 +92,23 @@ for (const server of servers) {
 }
 console.log(`hello.js: worker ${WORKER} pid ${process.pid} serving ${servers.length} socket(s)`);
 
+// While draining, how long an idle keep-alive connection may take to send one
+// more request (a client may have sent it already); it is answered with
+// `Connection: close`.
+const IDLE_GRACE_MS = 2000;
+
 function stop() {
-  // close() stops accepting and waits for open connections;
-  // closeIdleConnections() ends the idle keep-alive ones, and responses sent
-  // from now on say `Connection: close`. The process exits once the event
-  // loop is empty.
+  // close() stops accepting and waits for open connections; responses sent
+  // from now on say `Connection: close`. Connections still idle after the
+  // grace are closed. The process exits once the event loop is empty.
+  if (stopping) return;
   stopping = true;
-  for (const server of servers) {
-    server.close();
-    server.closeIdleConnections();
-  }
+  // http.Server#close (Node 19+) also closes idle connections at once; the
+  // net.Server one only stops accepting.
+  for (const server of servers) net.Server.prototype.close.call(server);
+  setTimeout(() => {
+    for (const server of servers) server.closeIdleConnections();
+  }, IDLE_GRACE_MS).unref();
 }
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);

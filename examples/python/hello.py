@@ -71,10 +71,11 @@ PID = os.getpid()
 lock = threading.Lock()
 reqno = 0
 in_flight = 0  # requests between their head and their response
-fresh = 0  # connections accepted that have not sent a request yet
+idle = 0  # open connections waiting for their next (or first) request
 changed = threading.Condition(lock)
-# While draining, how long a fresh connection may take to send its request.
-FIRST_REQUEST_GRACE = 2.0
+# While draining, how long an idle connection may take to send one more request, which is
+# then answered with `Connection: close` (a client may have sent it already).
+IDLE_GRACE = 2.0
 stopping = threading.Event()
 
 
@@ -82,35 +83,38 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive (HTTP/1.0 requests still close)
 
     def setup(self):
-        global fresh
+        global idle
         super().setup()
-        self.fresh = True
+        self.idle = True
         with lock:
-            fresh += 1
+            idle += 1
 
     def finish(self):
-        global fresh
+        global idle
         super().finish()
         with lock:
-            if self.fresh:
-                fresh -= 1
+            if self.idle:
+                idle -= 1
                 changed.notify_all()
 
     def answer(self):
         # In flight from here (the head has been read) to the response.
-        global reqno, in_flight, fresh
+        global reqno, in_flight, idle
         with lock:
             reqno += 1
             n = reqno
             in_flight += 1
-            if self.fresh:
-                self.fresh = False
-                fresh -= 1
+            if self.idle:
+                self.idle = False
+                idle -= 1
         try:
             self.respond(n)
         finally:
             with lock:
                 in_flight -= 1
+                if not self.close_connection:
+                    self.idle = True
+                    idle += 1
                 changed.notify_all()
 
     def respond(self, n):
@@ -177,13 +181,13 @@ def main():
     notify("STOPPING=1")
     for s in servers:
         s.shutdown()  # stop accepting; waits for serve_forever to return
-    # Finish the requests in flight, and give connections accepted just
-    # before the stop a moment to send theirs (the client has only just
-    # connected). Idle keep-alive connections live in daemon threads and end
+    # Finish the requests in flight, and give idle connections (kept alive, or
+    # accepted just before the stop) a moment to send one more request: it is
+    # answered with `Connection: close`. What is still idle after that ends
     # with the process.
-    deadline = time.monotonic() + FIRST_REQUEST_GRACE
+    deadline = time.monotonic() + IDLE_GRACE
     with lock:
-        while in_flight or (fresh and time.monotonic() < deadline):
+        while in_flight or (idle and time.monotonic() < deadline):
             changed.wait(0.1)
 
 

@@ -159,6 +159,8 @@ struct Tracked {
     /// No request has started on it yet.
     fresh: bool,
     accepted: Instant,
+    /// When it last became idle (its accept, or the end of its last response).
+    idle_since: Instant,
     /// The drain has shut its read side.
     shut: bool,
 }
@@ -228,6 +230,7 @@ impl Server {
                 idle: true,
                 fresh: true,
                 accepted: Instant::now(),
+                idle_since: Instant::now(),
                 shut: false,
             },
         );
@@ -242,12 +245,15 @@ impl Server {
     /// Marks the connection idle; false (close it) once a stop is requested.
     fn set_idle(&self, id: u64, idle: bool) -> bool {
         let mut conns = self.conns();
-        if idle && self.stop.is_requested() {
-            return false;
-        }
         if let Some(t) = conns.open.get_mut(&id) {
+            if idle && !t.idle {
+                t.idle_since = Instant::now();
+            }
             t.idle = idle;
             t.fresh &= idle;
+        }
+        if idle && self.stop.is_requested() {
+            self.closed.notify_all();
         }
         true
     }
@@ -271,8 +277,8 @@ impl Server {
             let now = Instant::now();
             let mut next_deadline: Option<Instant> = None;
             for t in conns.open.values_mut().filter(|t| t.idle && !t.shut) {
-                let deadline = t.accepted + FIRST_REQUEST_GRACE;
-                if t.fresh && deadline > now {
+                let deadline = t.idle_since + FIRST_REQUEST_GRACE;
+                if deadline > now {
                     next_deadline = Some(next_deadline.map_or(deadline, |d| d.min(deadline)));
                     continue;
                 }
