@@ -320,10 +320,9 @@ pub fn worker_slot(line: &str) -> Option<u32> {
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )?;
+    // One write: write! would send the request in pieces, and Nagle would hold the rest.
+    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes())?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     parse_response(&resp)
@@ -369,10 +368,11 @@ impl KeepAlive {
         })
     }
 
-    /// Sends a GET and reads one response; `Ok(None)` body flags `Connection: close` from the
-    /// server (the caller reconnects).
+    /// Sends a GET and reads one response: (status, body, whether the server said
+    /// `Connection: close` — the caller then reconnects).
     pub fn get(&mut self, path: &str) -> std::io::Result<(u16, String, bool)> {
-        write!(self.w, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+        self.w.write_all(req.as_bytes())?;
         let mut status_line = String::new();
         if self.r.read_line(&mut status_line)? == 0 {
             return Err(std::io::Error::new(
