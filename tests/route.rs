@@ -827,3 +827,112 @@ fn python_routed_example_least_conn() {
     // may take any of them.
     assert!(!python_example("least-conn").is_empty());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Back-pressure: a stalled worker
+
+/// A worker that stops reading its channel (SIGSTOP) while connections keep coming must cost
+/// at most the connections waiting for it, never the service. The supervisor runs with a soft
+/// RLIMIT_NOFILE of 128 (as under a systemd default of 1024, just smaller): the kernel then
+/// refuses to put more than 128 fds in flight in Unix sockets for its user (sendmsg fails with
+/// ETOOMANYREFS) until the receiver takes some. That is a temporary condition, like a full
+/// channel. 400 connections, each sending its request, alternate between the two workers;
+/// then the stalled worker is resumed. Every connection must be answered (the route.rs rules
+/// close one only when every worker's queue is full, and worker 0 never stops reading), and
+/// new connections afterwards too.
+#[test]
+fn a_stalled_worker_costs_no_connection() {
+    use std::os::unix::process::CommandExt;
+    // The workers raise their own soft limit back to the hard one, so that a worker taking 200
+    // connections at once is not what fails.
+    let wrapper = "ulimit -Sn \"$(ulimit -Hn)\"; exec /usr/bin/python3 \"$0\"";
+    let py = routed_py();
+    let mut cmd = std::process::Command::new(multinode_bin());
+    cmd.args([
+        "serve",
+        "--route",
+        "round-robin",
+        "--workers",
+        "2",
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "delay:300ms",
+        "--",
+        "/bin/sh",
+        "-c",
+        wrapper,
+        &py,
+    ]);
+    // SAFETY: getrlimit/setrlimit are async-signal-safe and touch only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut l = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            l.rlim_cur = 128;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mn = Multinode::spawn(cmd);
+    wait_ready(&mn, 2);
+    let addr = mn.tcp_addr("listen0");
+    let pids = slot_pids(&mn);
+    assert_eq!(
+        get(addr).unwrap().client.split(':').next(),
+        Some("127.0.0.1")
+    );
+
+    kill(pids[&1], libc::SIGSTOP);
+    let mut held = Vec::new();
+    for i in 0..400 {
+        let mut s = connect(addr).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        s.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        held.push(s);
+    }
+    kill(pids[&1], libc::SIGCONT);
+
+    let mut answered: HashMap<i32, usize> = HashMap::new();
+    let mut failed = Vec::new();
+    for (i, mut s) in held.into_iter().enumerate() {
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut resp = Vec::new();
+        let r = s.read_to_end(&mut resp).map(|_| {
+            let resp = String::from_utf8_lossy(&resp);
+            resp.split_once("\r\n\r\n")
+                .and_then(|(_, b)| parse_reply(b))
+        });
+        match r {
+            Ok(Some(r)) => *answered.entry(r.pid).or_default() += 1,
+            Ok(None) => failed.push(format!("{i}: closed without an answer")),
+            Err(e) => failed.push(format!("{i}: {e}")),
+        }
+    }
+    let fresh: Vec<String> = (0..10)
+        .map(|_| match get(addr) {
+            Ok(r) => format!("pid {}", r.pid),
+            Err(e) => e.to_string(),
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 400 connections failed while worker.1 was stopped (answered: {answered:?}); \
+         first: {:?}; fresh connections afterwards: {fresh:?}\noutput:\n{}",
+        failed.len(),
+        &failed[..failed.len().min(5)],
+        mn.output()
+    );
+    assert_eq!(answered.values().sum::<usize>(), 400);
+    assert!(
+        fresh.iter().all(|f| f.starts_with("pid ")),
+        "fresh connections: {fresh:?}"
+    );
+}
