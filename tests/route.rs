@@ -891,10 +891,7 @@ fn a_stalled_worker_costs_no_connection() {
     wait_ready(&mn, 2);
     let addr = mn.tcp_addr("listen0");
     let pids = slot_pids(&mn);
-    assert_eq!(
-        get(addr).unwrap().client.split(':').next(),
-        Some("127.0.0.1")
-    );
+    get(addr).unwrap();
 
     kill(pids[&1], libc::SIGSTOP);
     let mut held = Vec::new();
