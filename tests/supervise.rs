@@ -466,43 +466,37 @@ exec sleep 1000"#;
     );
 }
 
-#[test]
-fn stop_ends_the_shell_and_the_server_it_runs() {
+/// A worker command in which the shell stays the parent of the real server: `; true` keeps
+/// it from exec'ing. The server then needs LISTEN_PID to name its own pid (sd_listen_fds
+/// ignores fds meant for another process, here the shell): a second shell sets it to its own
+/// pid and execs hello, which keeps that pid. So each worker is `sh` with `hello` as its child.
+fn shell_running_hello() -> Vec<String> {
     let hello = worker_bin("hello");
-    // `; true` keeps the shell as the parent of the server instead of exec'ing it. The server
-    // then needs LISTEN_PID to name its own pid (sd_listen_fds ignores fds meant for another
-    // process, here the shell): a second shell sets it to its own pid and execs hello, which
-    // keeps that pid. So each worker is `sh` with the real server `hello` as its child.
     let script = format!(
         "/bin/sh -c 'export LISTEN_PID=$$; exec {}'; true",
         hello.display()
     );
-    let mut m = Multinode::serve(&[
-        "-w",
-        "2",
-        "-l",
-        "127.0.0.1:0",
-        "--",
-        "/bin/sh",
-        "-c",
-        &script,
-    ]);
+    vec!["/bin/sh".into(), "-c".into(), script]
+}
+
+/// Starts `workers` shell-wrapped hello workers; returns multinode, its address and
+/// shell pid → hello pid.
+fn serve_shells(workers: &str) -> (Multinode, std::net::SocketAddr, BTreeMap<i32, i32>) {
+    let cmd = shell_running_hello();
+    let mut args = vec!["-w", workers, "-l", "127.0.0.1:0", "--"];
+    args.extend(cmd.iter().map(String::as_str));
+    let m = Multinode::serve(&args);
     let addr = m.tcp_addr("listen0");
-    let shells = m.wait_started(2);
+    let shells = m.wait_started(workers.parse().unwrap());
     let mut servers = BTreeMap::new();
     for &sh in &shells {
+        let hello_child = || children_of(sh).into_iter().find(|&c| comm(c) == "hello");
         assert!(
-            eventually(DEADLINE, || {
-                children_of(sh).iter().any(|&c| comm(c) == "hello")
-            }),
+            eventually(DEADLINE, || hello_child().is_some()),
             "shell {sh} never ran hello; output:\n{}",
             m.output()
         );
-        let c: Vec<i32> = children_of(sh)
-            .into_iter()
-            .filter(|&c| comm(c) == "hello")
-            .collect();
-        servers.insert(sh, c[0]);
+        servers.insert(sh, hello_child().unwrap());
     }
     let (status, body) = http_get(addr, "/").expect("served through the shell");
     assert_eq!(status, 200);
@@ -511,6 +505,12 @@ fn stop_ends_the_shell_and_the_server_it_runs() {
         servers.values().any(|&s| s == pid),
         "answered by {pid}, not one of the servers {servers:?}"
     );
+    (m, addr, servers)
+}
+
+#[test]
+fn stop_ends_the_shell_and_the_server_it_runs() {
+    let (mut m, _, servers) = serve_shells("2");
     m.signal(libc::SIGTERM);
     let st = m.wait_exit();
     assert_eq!(st.code(), Some(0), "output:\n{}", m.output());
@@ -520,6 +520,27 @@ fn stop_ends_the_shell_and_the_server_it_runs() {
         assert!(
             !alive(server),
             "hello {server} (child of shell {sh}) survived the stop"
+        );
+    }
+}
+
+#[test]
+fn supervisor_killed_leaves_no_server_under_a_shell() {
+    // The parent-death signal reaches the shell, the process multinode forked; the server the
+    // shell started must not outlive multinode either (it holds the listening socket).
+    let (mut m, addr, servers) = serve_shells("1");
+    m.signal(libc::SIGKILL);
+    m.wait_exit();
+    for (sh, server) in servers {
+        assert!(
+            eventually(DEADLINE, || !alive(sh)),
+            "shell {sh} outlived its supervisor"
+        );
+        assert!(
+            eventually(DEADLINE, || !alive(server)),
+            "hello {server} (child of worker shell {sh}) outlived its supervisor \
+             (still answering on {addr}: {:?})",
+            http_get(addr, "/").map(|r| r.1)
         );
     }
 }
