@@ -1,0 +1,726 @@
+//! Supervision (issue 3): crash restarts with backoff and a restart budget, graceful stop with
+//! a grace period, no orphans and no zombies, and output that stays readable. Every test runs
+//! the real binary with real worker processes and real signals.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+
+/// `250ms`, `1.5s`, `2m05s` (how multinode prints durations).
+fn parse_human(s: &str) -> Duration {
+    if let Some(ms) = s.strip_suffix("ms") {
+        return Duration::from_millis(ms.parse().unwrap_or_else(|_| panic!("duration {s:?}")));
+    }
+    if let Some((m, rest)) = s.split_once('m') {
+        let secs: u64 = rest.trim_end_matches('s').parse().unwrap();
+        return Duration::from_secs(m.parse::<u64>().unwrap() * 60 + secs);
+    }
+    let secs: f64 = s
+        .strip_suffix('s')
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("duration {s:?}"));
+    Duration::from_secs_f64(secs)
+}
+
+/// The `X` of every `restarting in X` line, in order.
+fn restart_delays(lines: &[String]) -> Vec<Duration> {
+    lines
+        .iter()
+        .filter_map(|l| l.split_once("restarting in ").map(|(_, x)| x))
+        .map(|x| parse_human(x.split_whitespace().next().unwrap()))
+        .collect()
+}
+
+/// The pid of the `started` line of `slot` that is not in `old` (a restart of that slot).
+fn new_pid_of_slot(m: &Multinode, slot: u32, old: &BTreeSet<i32>) -> i32 {
+    let line = m.wait_line(&format!("a new worker.{slot}"), |l| {
+        l.contains("] started")
+            && worker_slot(l) == Some(slot)
+            && worker_pid(l).is_some_and(|p| !old.contains(&p))
+    });
+    worker_pid(&line).unwrap()
+}
+
+/// The pid of slot `slot` in the `started` lines.
+fn pid_of_slot(m: &Multinode, slot: u32) -> i32 {
+    new_pid_of_slot(m, slot, &BTreeSet::new())
+}
+
+fn kill(pid: i32, sig: i32) {
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// Whether `pid` has a thread named `name` (hello names a connection's thread `conn`).
+fn has_thread(pid: i32, name: &str) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks
+        .flatten()
+        .any(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name))
+}
+
+fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim_end().to_string())
+        .unwrap_or_default()
+}
+
+/// Whether `pid` ignores signal `sig` (the SigIgn mask of /proc/PID/status).
+fn ignores(pid: i32, sig: i32) -> bool {
+    status_field(pid, "SigIgn")
+        .and_then(|m| u64::from_str_radix(&m, 16).ok())
+        .is_some_and(|m| m & (1 << (sig - 1)) != 0)
+}
+
+/// Whether any entry for `pid` exists in /proc (a zombie counts: it is not reaped yet).
+fn exists(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// SIGKILLs a process the test caused to exist outside the supervisor's process groups (so
+/// the Multinode guard cannot reach it), on drop, if it is still the `comm` it was.
+struct KillOnDrop {
+    pid: i32,
+    comm: String,
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if comm(self.pid) == self.comm {
+            kill(self.pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// A client that keeps making requests on fresh connections until stopped (or a bounded
+/// number of requests), logging the answering pid or the error of each.
+struct Client {
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<Result<i32, String>>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Client {
+    const MAX_REQUESTS: usize = 5000;
+
+    fn start(addr: std::net::SocketAddr) -> Client {
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (s, l) = (stop.clone(), log.clone());
+        let thread = std::thread::spawn(move || {
+            for _ in 0..Self::MAX_REQUESTS {
+                if s.load(Ordering::SeqCst) {
+                    break;
+                }
+                let r = match http_get(addr, "/") {
+                    Ok((200, body)) => body_pid(&body).ok_or(format!("no pid in {body:?}")),
+                    Ok((st, body)) => Err(format!("status {st}: {body:?}")),
+                    Err(e) => Err(e.to_string()),
+                };
+                l.lock().unwrap().push(r);
+            }
+        });
+        Client {
+            stop,
+            log,
+            thread: Some(thread),
+        }
+    }
+
+    fn log(&self) -> Vec<Result<i32, String>> {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn finish(mut self) -> Vec<Result<i32, String>> {
+        self.halt();
+        self.log()
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+#[test]
+fn killed_worker_is_replaced_while_the_service_answers() {
+    let hello = worker_bin("hello");
+    let m = Multinode::serve(&[
+        "-w",
+        "4",
+        "-l",
+        "127.0.0.1:0",
+        "--",
+        hello.to_str().unwrap(),
+    ]);
+    let addr = m.tcp_addr("listen0");
+    let first: BTreeSet<i32> = m.wait_started(4).into_iter().collect();
+    let victim = pid_of_slot(&m, 2);
+
+    let client = Client::start(addr);
+    assert!(
+        eventually(DEADLINE, || client
+            .log()
+            .iter()
+            .filter(|r| r.is_ok())
+            .count()
+            >= 20),
+        "the service does not answer: {:?}",
+        client.log()
+    );
+    kill(victim, libc::SIGKILL);
+    let killed = m.wait_line("the kill reported", |l| {
+        worker_pid(l) == Some(victim) && l.contains("was killed by SIGKILL")
+    });
+    assert!(killed.contains("restarting in"), "{killed}");
+    let replacement = new_pid_of_slot(&m, 2, &first);
+    let mark = client.log().len();
+    // The service keeps answering, and the replacement takes its share of connections.
+    let served = eventually(DEADLINE, || {
+        let log = client.log();
+        let after = &log[mark.min(log.len())..];
+        after.iter().filter(|r| r.is_ok()).count() >= 50 && after.contains(&Ok(replacement))
+    });
+    let log = client.finish();
+    assert!(
+        served,
+        "after the restart: want 50 answers, one from the new worker.2[{replacement}]; got {:?}",
+        &log[mark..]
+    );
+    // One sequential client has one request in flight: the kill can fail that one (accepted
+    // by the killed worker), never a request still queued on the shared socket.
+    let errors: Vec<&String> = log.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        errors.len() <= 1,
+        "{} failed requests of {}: {errors:?}",
+        errors.len(),
+        log.len()
+    );
+    assert!(
+        log.iter().all(|r| r
+            .as_ref()
+            .map_or(true, |p| first.contains(p) || *p == replacement)),
+        "answered by a process that is not a worker: {log:?}"
+    );
+    assert!(!alive(victim), "killed worker {victim} still there");
+}
+
+#[test]
+fn crash_loop_backs_off_without_spinning() {
+    let mut m = Multinode::serve(&[
+        "-w",
+        "1",
+        "-l",
+        "127.0.0.1:0",
+        "--",
+        "/bin/sh",
+        "-c",
+        "exit 3",
+    ]);
+    m.wait_line("a first restart", |l| l.contains("restarting in"));
+    let ticks_before = cpu_ticks(m.pid);
+    // 100ms, 200ms, 400ms, 800ms, 1.6s, 3.2s (each ±25%): seven exits take several seconds.
+    let lines = m.wait_count("seven restarts", 7, |l| l.contains("restarting in"));
+    let ticks = cpu_ticks(m.pid) - ticks_before;
+    for l in &lines {
+        assert!(
+            l.contains("exited with code 3"),
+            "the exit code, as a shell says it: {l}"
+        );
+    }
+    let delays = restart_delays(&lines);
+    assert!(
+        delays.windows(2).all(|w| w[1] >= w[0]),
+        "restart delays must not shrink: {delays:?}"
+    );
+    assert!(
+        *delays.last().unwrap() > delays[0] * 4,
+        "restart delays must grow: {delays:?}"
+    );
+    // A supervisor spinning through those seconds would burn hundreds of ticks.
+    assert!(
+        ticks < 50,
+        "the supervisor used {ticks} clock ticks of CPU over six restarts"
+    );
+    m.signal(libc::SIGTERM);
+    let st = m.wait_exit();
+    assert!(st.code().is_some(), "{st:?}");
+}
+
+#[test]
+fn crash_loop_gives_up_after_max_restarts() {
+    let mut m = Multinode::serve(&[
+        "-w",
+        "1",
+        "-l",
+        "127.0.0.1:0",
+        "--max-restarts",
+        "3",
+        "--restart-window",
+        "60s",
+        "--",
+        "/bin/sh",
+        "-c",
+        "exit 3",
+    ]);
+    let st = m.wait_exit();
+    let out = m.output();
+    assert_eq!(st.code(), Some(6), "documented exit code 6; output:\n{out}");
+    assert!(
+        out.contains("giving up: more than 3 restarts within 1m00s"),
+        "{out}"
+    );
+    let starts = m.worker_pids();
+    assert_eq!(starts.len(), 4, "the first start and 3 restarts:\n{out}");
+    for pid in starts {
+        assert!(!alive(pid), "worker {pid} left running");
+    }
+}
+
+#[test]
+fn sigterm_lets_a_slow_request_finish() {
+    let hello = worker_bin("hello");
+    let mut m = Multinode::serve(&[
+        "-w",
+        "2",
+        "-l",
+        "127.0.0.1:0",
+        "--",
+        hello.to_str().unwrap(),
+    ]);
+    let addr = m.tcp_addr("listen0");
+    let pids = m.wait_started(2);
+    let slow = std::thread::spawn(move || http_get(addr, "/sleep/2000"));
+    // In flight: a worker has accepted it (hello serves each connection on a `conn` thread).
+    assert!(
+        eventually(DEADLINE, || pids.iter().any(|&p| has_thread(p, "conn"))),
+        "no worker accepted the slow request; output:\n{}",
+        m.output()
+    );
+    m.signal(libc::SIGTERM);
+    m.wait_line("the stop", |l| l.contains("SIGTERM: stopping 2 worker(s)"));
+    let (status, body) = slow
+        .join()
+        .unwrap()
+        .expect("the slow request is answered, not cut");
+    assert_eq!(status, 200, "{body}");
+    let st = m.wait_exit();
+    let out = m.output();
+    assert_eq!(st.code(), Some(0), "output:\n{out}");
+    for pid in pids {
+        assert!(
+            out.contains(&format!("[{pid}] exited with code 0")),
+            "worker {pid} should drain and exit 0:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn worker_ignoring_sigterm_is_killed_after_grace() {
+    let mut m = Multinode::serve(&[
+        "-w",
+        "1",
+        "-l",
+        "127.0.0.1:0",
+        "--grace",
+        "1s",
+        "--",
+        "/bin/sh",
+        "-c",
+        "trap '' TERM; sleep 1000",
+    ]);
+    let pid = m.wait_started(1)[0];
+    assert!(
+        eventually(DEADLINE, || ignores(pid, libc::SIGTERM)),
+        "the worker never ignored SIGTERM"
+    );
+    let helpers = children_of(pid);
+    m.signal(libc::SIGTERM);
+    let st = m.wait_exit();
+    let out = m.output();
+    assert_eq!(
+        st.code(),
+        Some(1),
+        "a worker had to be killed; output:\n{out}"
+    );
+    assert!(
+        out.contains("did not stop within --grace 1s; sending SIGKILL"),
+        "{out}"
+    );
+    assert!(out.contains("was killed by SIGKILL"), "{out}");
+    for p in std::iter::once(pid).chain(helpers) {
+        assert!(!alive(p), "process {p} of the worker survived");
+    }
+}
+
+#[test]
+fn supervisor_killed_leaves_no_worker() {
+    let hello = worker_bin("hello");
+    let mut m = Multinode::serve(&[
+        "-w",
+        "3",
+        "-l",
+        "127.0.0.1:0",
+        "--",
+        hello.to_str().unwrap(),
+    ]);
+    let pids = m.wait_started(3);
+    m.wait_count("hello banners", 3, |l| l.contains("| hello: worker"));
+    for &p in &pids {
+        assert!(alive(p), "worker {p} not running");
+    }
+    m.signal(libc::SIGKILL);
+    let st = m.wait_exit();
+    assert!(st.code().is_none(), "killed by a signal: {st:?}");
+    for p in pids {
+        assert!(
+            eventually(DEADLINE, || !alive(p)),
+            "worker {p} outlived its supervisor"
+        );
+    }
+}
+
+#[test]
+fn grandchildren_are_reaped() {
+    // worker.0 starts a helper in its process group and one in a session of its own, then
+    // exits 0 (not restarted: --restart on-failure); worker.1 just keeps the service up.
+    let script = r#"if [ "$MULTINODE_WORKER_ID" = 0 ]; then
+  sleep 1000 & echo "helper $!"
+  setsid sleep 1000 & e=$!
+  # Exit only once it has its own session (field 6 of stat), or the group stop may catch it.
+  while [ "$(cut -d' ' -f6 /proc/$e/stat)" != "$e" ]; do sleep 0.01; done
+  echo "escaped $e"
+  exit 0
+fi
+exec sleep 1000"#;
+    let m = Multinode::serve(&[
+        "-w",
+        "2",
+        "-l",
+        "127.0.0.1:0",
+        "--restart",
+        "on-failure",
+        "--",
+        "/bin/sh",
+        "-c",
+        script,
+    ]);
+    let field = |what: &str| -> i32 {
+        let l = m.wait_line(what, |l| l.contains(&format!("| {what} ")));
+        l.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let helper = field("helper");
+    let escaped = field("escaped");
+    let _guard = KillOnDrop {
+        pid: escaped,
+        comm: "sleep".into(),
+    };
+    m.wait_line("worker.0 exit", |l| {
+        worker_slot(l) == Some(0) && l.contains("exited with code 0")
+    });
+    // The helper left in the worker's group is stopped with it, and reaped.
+    assert!(
+        eventually(DEADLINE, || !exists(helper)),
+        "helper {helper} still exists: {:?}",
+        stat_of(helper)
+    );
+    // The one that left the group is reparented to multinode (a subreaper) ...
+    assert!(
+        eventually(DEADLINE, || stat_of(escaped).is_some_and(|s| s.1 == m.pid)),
+        "escaped grandchild {escaped} not reparented to multinode: {:?}",
+        stat_of(escaped)
+    );
+    // ... and reaped by it when it exits.
+    kill(escaped, libc::SIGKILL);
+    assert!(
+        eventually(DEADLINE, || !exists(escaped)),
+        "escaped grandchild {escaped} left as {:?} under multinode",
+        stat_of(escaped)
+    );
+    let zombies = || {
+        children_of(m.pid)
+            .into_iter()
+            .filter(|&p| stat_of(p).is_some_and(|s| s.0 == 'Z'))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        eventually(DEADLINE, || zombies().is_empty()),
+        "zombies under multinode: {:?}",
+        zombies()
+    );
+}
+
+/// A worker command in which the shell stays the parent of the real server: `; true` keeps
+/// it from exec'ing. The server then needs LISTEN_PID to name its own pid (sd_listen_fds
+/// ignores fds meant for another process, here the shell): a second shell sets it to its own
+/// pid and execs hello, which keeps that pid. So each worker is `sh` with `hello` as its child.
+fn shell_running_hello() -> Vec<String> {
+    let hello = worker_bin("hello");
+    let script = format!(
+        "/bin/sh -c 'export LISTEN_PID=$$; exec {}'; true",
+        hello.display()
+    );
+    vec!["/bin/sh".into(), "-c".into(), script]
+}
+
+/// Starts `workers` shell-wrapped hello workers; returns multinode, its address and
+/// shell pid → hello pid.
+fn serve_shells(workers: &str) -> (Multinode, std::net::SocketAddr, BTreeMap<i32, i32>) {
+    let cmd = shell_running_hello();
+    let mut args = vec!["-w", workers, "-l", "127.0.0.1:0", "--"];
+    args.extend(cmd.iter().map(String::as_str));
+    let m = Multinode::serve(&args);
+    let addr = m.tcp_addr("listen0");
+    let shells = m.wait_started(workers.parse().unwrap());
+    let mut servers = BTreeMap::new();
+    for &sh in &shells {
+        let hello_child = || children_of(sh).into_iter().find(|&c| comm(c) == "hello");
+        assert!(
+            eventually(DEADLINE, || hello_child().is_some()),
+            "shell {sh} never ran hello; output:\n{}",
+            m.output()
+        );
+        servers.insert(sh, hello_child().unwrap());
+    }
+    let (status, body) = http_get(addr, "/").expect("served through the shell");
+    assert_eq!(status, 200);
+    let pid = body_pid(&body).unwrap();
+    assert!(
+        servers.values().any(|&s| s == pid),
+        "answered by {pid}, not one of the servers {servers:?}"
+    );
+    (m, addr, servers)
+}
+
+#[test]
+fn stop_ends_the_shell_and_the_server_it_runs() {
+    let (mut m, _, servers) = serve_shells("2");
+    m.signal(libc::SIGTERM);
+    let st = m.wait_exit();
+    assert_eq!(st.code(), Some(0), "output:\n{}", m.output());
+    // multinode waits for each worker's whole process group before it exits.
+    for (sh, server) in servers {
+        assert!(!alive(sh), "shell {sh} survived the stop");
+        assert!(
+            !alive(server),
+            "hello {server} (child of shell {sh}) survived the stop"
+        );
+    }
+}
+
+#[test]
+fn supervisor_killed_leaves_no_server_under_a_shell() {
+    // The parent-death signal reaches the shell, the process multinode forked; the server the
+    // shell started must not outlive multinode either (it holds the listening socket).
+    let (mut m, addr, servers) = serve_shells("1");
+    m.signal(libc::SIGKILL);
+    m.wait_exit();
+    for (sh, server) in servers {
+        assert!(
+            eventually(DEADLINE, || !alive(sh)),
+            "shell {sh} outlived its supervisor"
+        );
+        assert!(
+            eventually(DEADLINE, || !alive(server)),
+            "hello {server} (child of worker shell {sh}) outlived its supervisor \
+             (still answering on {addr}: {:?})",
+            http_get(addr, "/").map(|r| r.1)
+        );
+    }
+}
+
+#[test]
+fn long_lines_of_two_workers_stay_whole() {
+    // Each worker writes 300 lines, alternately 12000 and 20000 bytes, one write(2) each:
+    // larger than PIPE_BUF and than one read of the supervisor, so lines arrive in pieces.
+    const COUNT: usize = 300;
+    const SHORT: usize = 12_000;
+    const LONG: usize = 20_000;
+    /// multinode's cap (src/log.rs): a longer line may be printed in pieces of at most this.
+    const MAX_LINE: usize = 16 * 1024;
+    let spew = worker_bin("mn-spew");
+    let mut m = Multinode::serve(&[
+        "-w",
+        "2",
+        "-l",
+        "127.0.0.1:0",
+        "--restart",
+        "never",
+        "--",
+        spew.to_str().unwrap(),
+        &COUNT.to_string(),
+        &SHORT.to_string(),
+        &LONG.to_string(),
+    ]);
+    let st = m.wait_exit();
+    let lines = m.lines();
+    let summary = || {
+        lines
+            .iter()
+            .map(|l| l.chars().take(120).collect::<String>())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(st.code(), Some(0), "output:\n{}", summary());
+    let slot_pid: BTreeMap<u32, i32> = lines
+        .iter()
+        .filter(|l| l.contains("] started"))
+        .map(|l| (worker_slot(l).unwrap(), worker_pid(l).unwrap()))
+        .collect();
+    assert_eq!(slot_pid.len(), 2, "{}", summary());
+    let mut whole = BTreeMap::<u32, usize>::new();
+    let mut bytes = BTreeMap::<u32, usize>::new();
+    for l in lines.iter().filter(|l| l.starts_with("worker.")) {
+        let (prefix, text) = l
+            .split_once(" | ")
+            .unwrap_or_else(|| panic!("no ` | ` after the prefix: {:.120}", l));
+        let slot = worker_slot(prefix).unwrap();
+        assert_eq!(
+            Some(&worker_pid(prefix).unwrap()),
+            slot_pid.get(&slot),
+            "prefix {prefix}"
+        );
+        let ch = (b'A' + slot as u8) as char;
+        assert!(!text.is_empty(), "empty line from {prefix}");
+        assert!(
+            text.chars().all(|c| c == ch),
+            "{prefix}: a line mixing other output into worker.{slot}'s {ch}s: {:.200}",
+            text
+        );
+        // Whole lines; a line longer than the cap may also come as the cap and the rest.
+        assert!(
+            [SHORT, LONG, MAX_LINE, LONG - MAX_LINE].contains(&text.len()),
+            "{prefix}: a line of {} bytes",
+            text.len()
+        );
+        if text.len() == SHORT {
+            *whole.entry(slot).or_default() += 1;
+        }
+        *bytes.entry(slot).or_default() += text.len();
+    }
+    for slot in [0, 1] {
+        assert_eq!(
+            whole.get(&slot).copied().unwrap_or(0),
+            COUNT / 2,
+            "worker.{slot}'s {SHORT}-byte lines must each be printed whole"
+        );
+        assert_eq!(
+            bytes.get(&slot).copied().unwrap_or(0),
+            COUNT / 2 * (SHORT + LONG),
+            "worker.{slot}: no byte lost or added"
+        );
+    }
+    assert!(
+        !lines.iter().any(|l| l.contains("dropped")),
+        "output dropped: {}",
+        summary()
+    );
+}
+
+#[test]
+fn partial_last_line_of_a_crashed_worker_is_printed() {
+    let mut m = Multinode::serve(&[
+        "-w",
+        "1",
+        "-l",
+        "127.0.0.1:0",
+        "--restart",
+        "never",
+        "--",
+        "/bin/sh",
+        "-c",
+        r#"printf "last words"; kill -9 $$"#,
+    ]);
+    let st = m.wait_exit();
+    let out = m.output();
+    let pid = m.worker_pids()[0];
+    assert!(
+        m.lines()
+            .iter()
+            .any(|l| *l == format!("worker.0[{pid}] | last words")),
+        "the unfinished last line, prefixed:\n{out}"
+    );
+    assert!(
+        out.contains(&format!("worker.0[{pid}] was killed by SIGKILL")),
+        "{out}"
+    );
+    assert_eq!(st.code(), Some(1), "a worker failed for good:\n{out}");
+}
+
+#[test]
+fn json_log_format() {
+    let mut m = Multinode::serve(&[
+        "-w",
+        "1",
+        "-l",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+        "--restart",
+        "never",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo 'to \"stdout\"'; echo to-stderr >&2",
+    ]);
+    let st = m.wait_exit();
+    let lines = m.lines();
+    assert_eq!(st.code(), Some(0), "output:\n{}", m.output());
+    let objs: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {l}"));
+            assert!(v.is_object(), "{l}");
+            assert!(v["time"].is_string(), "{l}");
+            assert!(v["msg"].is_string(), "{l}");
+            v
+        })
+        .collect();
+    let pid = objs
+        .iter()
+        .find(|o| o["source"] == "multinode" && o["event"] == "started")
+        .unwrap_or_else(|| panic!("no started event:\n{}", m.output()));
+    assert_eq!(pid["slot"], 0);
+    let pid = pid["pid"].as_i64().expect("a numeric pid");
+    let worker_line = |stream: &str, msg: &str| {
+        objs.iter().any(|o| {
+            o["source"] == "worker"
+                && o["stream"] == stream
+                && o["msg"] == msg
+                && o["slot"] == 0
+                && o["pid"] == pid
+        })
+    };
+    assert!(worker_line("stdout", "to \"stdout\""), "{}", m.output());
+    assert!(worker_line("stderr", "to-stderr"), "{}", m.output());
+    assert!(
+        objs.iter().any(|o| o["source"] == "multinode"
+            && o["event"] == "exited"
+            && o["slot"] == 0
+            && o["pid"] == pid),
+        "{}",
+        m.output()
+    );
+    assert!(
+        objs.iter()
+            .all(|o| o["source"] == "worker" || o["event"].is_string()),
+        "every supervisor line names its event:\n{}",
+        m.output()
+    );
+}
