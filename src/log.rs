@@ -307,7 +307,14 @@ impl LineSplitter {
         let mut start = 0;
         while let Some(nl) = self.buf[start..].iter().position(|&b| b == b'\n') {
             let end = start + nl;
-            emit(trim_cr(&self.buf[start..end]));
+            // However the bytes arrived, a line longer than MAX_LINE comes out in pieces.
+            let line = trim_cr(&self.buf[start..end]);
+            for piece in line.chunks(MAX_LINE) {
+                emit(piece);
+            }
+            if line.is_empty() {
+                emit(line);
+            }
             start = end + 1;
         }
         while self.buf.len() - start >= MAX_LINE {
@@ -352,6 +359,12 @@ mod tests {
         assert_eq!(got, [MAX_LINE, MAX_LINE]);
         s.finish(|l| got.push(l.len()));
         assert_eq!(got, [MAX_LINE, MAX_LINE, 5]);
+        // A long line arriving whole is split the same way.
+        let mut got = Vec::new();
+        let mut line = vec![b'y'; MAX_LINE + 7];
+        line.push(b'\n');
+        s.push(&line, |l| got.push(l.len()));
+        assert_eq!(got, [MAX_LINE, 7]);
     }
 
     #[test]

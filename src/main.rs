@@ -10,6 +10,7 @@ mod config_file;
 mod control;
 mod docs;
 mod error;
+mod guard;
 mod log;
 mod notify;
 mod privilege;

@@ -372,8 +372,8 @@ pub struct Router {
     pub pending: Vec<Pending>,
     /// Connections no worker could take yet.
     pub backlog: VecDeque<Conn>,
-    pub proxy_log: RateLimit,
-    pub drop_log: RateLimit,
+    /// One limiter per kind of warning (`proxy`, `accept`, `route`), so one cannot hide another.
+    pub logs: Vec<(&'static str, RateLimit)>,
     /// Out of fds: listening sockets are not polled until then (they would stay readable and
     /// spin the loop); connections wait in the kernel's accept queue meanwhile.
     pub accept_paused_until: Option<std::time::Instant>,
@@ -392,8 +392,7 @@ impl Router {
             next_id: 0,
             pending: Vec::new(),
             backlog: VecDeque::new(),
-            proxy_log: RateLimit::new(),
-            drop_log: RateLimit::new(),
+            logs: Vec::new(),
             accept_paused_until: None,
         }
     }

@@ -13,6 +13,7 @@ use crate::cli::ServeArgs;
 use crate::config::{Config, Mode};
 use crate::control::{self, ControlServer};
 use crate::error::{Error, Exit, Result};
+use crate::guard::Guard;
 use crate::log::{Event, Output};
 use crate::notify::NotifyServer;
 use crate::privilege::{self, Target};
@@ -69,6 +70,8 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
     // Before any thread exists, so that every thread inherits the mask and the signals reach
     // only the signalfd.
     let signals = supervisor::block_signals()?;
+    // Still one thread: the only moment the guard can be forked without an exec.
+    let guard = Guard::start(target.as_ref())?;
     // The watcher's inotify watches are made with our current rights; its thread inherits the
     // blocked signals and, through glibc's setuid broadcast, the privilege drop below.
     let watch = if cfg.watch.is_empty() {
@@ -152,6 +155,7 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
         control: Some(control),
         systemd,
         overrides,
+        guard: Some(guard),
     };
     let (exit, parts) = Supervisor::new(cfg, parts).run();
     let Parts {

@@ -24,6 +24,7 @@ use crate::cli::RestartPolicy;
 use crate::config::{Config, Mode, ReadyMode};
 use crate::control::ControlServer;
 use crate::error::{Error, Exit, Result};
+use crate::guard::Guard;
 use crate::log::{Event, Output};
 use crate::notify::NotifyServer;
 use crate::route::{Channel, Router};
@@ -103,6 +104,8 @@ pub struct Parts {
     pub control: Option<ControlServer>,
     /// systemd's NOTIFY_SOCKET, when it started us.
     pub systemd: Option<Notifier>,
+    /// Kills the workers' process groups if the supervisor dies.
+    pub guard: Option<Guard>,
     /// Environment every worker gets on top of ours (USER, HOME, NOTIFY_SOCKET, ...), before
     /// the configured `env`: what a reload needs to build a new spawner.
     pub overrides: Vec<(String, std::ffi::OsString)>,
@@ -463,6 +466,9 @@ impl Supervisor {
                 continue;
             }
             let mut w = self.workers.remove(i);
+            if let Some(g) = &self.p.guard {
+                g.untrack(w.pid);
+            }
             w.drain_pipes(&mut self.p.out);
             let unsent = w.unsent();
             self.ended(w, now);
@@ -596,6 +602,9 @@ impl Supervisor {
         match spawned {
             Ok(s) => {
                 self.any_started = true;
+                if let Some(g) = &self.p.guard {
+                    g.track(s.pid);
+                }
                 let mut w = Worker::new(slot, s.pid, generation, s.stdout, s.stderr);
                 w.channels = ours;
                 let now = Instant::now();

@@ -14,7 +14,7 @@ use super::Supervisor;
 use crate::cli::RoutePolicy;
 use crate::log::Event;
 use crate::route::{
-    ACCEPT_PAUSE, Conn, MAX_BACKLOG, MAX_PENDING, Pending, Progress, peer_of, score,
+    ACCEPT_PAUSE, Conn, MAX_BACKLOG, MAX_PENDING, Pending, Progress, RateLimit, peer_of, score,
 };
 
 /// Connections accepted from one listening socket per wake-up, so one busy socket cannot
@@ -137,10 +137,12 @@ impl Supervisor {
         let Some(router) = self.router.as_mut() else {
             return;
         };
-        let limiter = if kind == "proxy" {
-            &mut router.proxy_log
-        } else {
-            &mut router.drop_log
+        let limiter = match router.logs.iter().position(|(k, _)| *k == kind) {
+            Some(i) => &mut router.logs[i].1,
+            None => {
+                router.logs.push((kind, RateLimit::new()));
+                &mut router.logs.last_mut().expect("just pushed").1
+            }
         };
         if let Some(held) = limiter.allow(Instant::now()) {
             let more = if held > 0 {
