@@ -31,8 +31,8 @@
 //!
 //! SIGTERM (how multinode drains a worker) or SIGINT: stop accepting,
 //! finish the requests in flight (their responses say `Connection: close`),
-//! close idle keep-alive connections (connections accepted but silent get
-//! 2 s from their accept to send a first request), exit 0. It prints one line at start:
+//! give idle connections (kept alive, or accepted but silent) 2 s from when
+//! they went idle to send one more request, then close them, and exit 0. It prints one line at start:
 //! `hello: worker <id> pid <pid> serving <n> socket(s)`.
 
 use std::collections::HashMap;
@@ -57,7 +57,7 @@ const MAX_LINE: usize = 4096;
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// While draining, how long after its accept a connection may take to send
 /// its first request.
-const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
+const IDLE_GRACE: Duration = Duration::from_secs(2);
 
 /// An accept that keeps failing is retried this often, this many times in a
 /// row (10 s), then the worker gives up and exits non-zero.
@@ -156,9 +156,6 @@ struct Tracked {
     handle: Option<Connection>,
     /// Waiting for the next request, with no byte of it read.
     idle: bool,
-    /// No request has started on it yet.
-    fresh: bool,
-    accepted: Instant,
     /// When it last became idle (its accept, or the end of its last response).
     idle_since: Instant,
     /// The drain has shut its read side.
@@ -228,8 +225,6 @@ impl Server {
             Tracked {
                 handle,
                 idle: true,
-                fresh: true,
-                accepted: Instant::now(),
                 idle_since: Instant::now(),
                 shut: false,
             },
@@ -250,7 +245,6 @@ impl Server {
                 t.idle_since = Instant::now();
             }
             t.idle = idle;
-            t.fresh &= idle;
         }
         if idle && self.stop.is_requested() {
             self.closed.notify_all();
@@ -265,19 +259,17 @@ impl Server {
     /// side (a blocked read then returns what is already queued, then end of
     /// file).
     ///
-    /// Idle keep-alive connections are ended at once (a client sending its
-    /// next request at that very moment must retry it, as HTTP clients do).
-    /// A fresh connection gets up to FIRST_REQUEST_GRACE from its accept to
-    /// send its first request: the client has only just connected, and its
-    /// request may still be on the way (Go's http.Server.Shutdown does the
-    /// same).
+    /// An idle connection (kept alive, or accepted and still silent) gets
+    /// up to IDLE_GRACE from when it went idle to send one more request,
+    /// answered with `Connection: close`: its client may have sent it
+    /// already. Then its read side is shut.
     fn drain(&self) {
         let mut conns = self.conns();
         while !conns.open.is_empty() {
             let now = Instant::now();
             let mut next_deadline: Option<Instant> = None;
             for t in conns.open.values_mut().filter(|t| t.idle && !t.shut) {
-                let deadline = t.idle_since + FIRST_REQUEST_GRACE;
+                let deadline = t.idle_since + IDLE_GRACE;
                 if deadline > now {
                     next_deadline = Some(next_deadline.map_or(deadline, |d| d.min(deadline)));
                     continue;
