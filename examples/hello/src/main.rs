@@ -55,8 +55,8 @@ const MAX_LINE: usize = 4096;
 /// How long a connection may stay silent: idle keep-alive, or a stalled
 /// request.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
-/// While draining, how long after its accept a connection may take to send
-/// its first request.
+/// While draining, how long an idle connection may take to send one more
+/// request (counted from when it went idle).
 const IDLE_GRACE: Duration = Duration::from_secs(2);
 
 /// An accept that keeps failing is retried this often, this many times in a
