@@ -26,6 +26,28 @@ use crate::config::{parse_duration, parse_ready, parse_signal};
 use crate::error::{Error, Result};
 use crate::socket::parse_listen;
 
+/// A duration in the file: `"250ms"`, `"2m"`, or a number of seconds (`10`, `1.5`).
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a duration such as \"500ms\", \"10s\", \"2m\" or a number of seconds"
+)]
+enum Dur {
+    Secs(u64),
+    Frac(f64),
+    Text(String),
+}
+
+impl Dur {
+    fn text(&self) -> String {
+        match self {
+            Dur::Secs(n) => n.to_string(),
+            Dur::Frac(f) => f.to_string(),
+            Dur::Text(s) => s.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FileConfig {
@@ -44,18 +66,18 @@ struct FileConfig {
     route: Option<Spanned<RoutePolicy>>,
     proxy_protocol: Option<Spanned<bool>>,
     restart: Option<Spanned<RestartPolicy>>,
-    backoff_max: Option<Spanned<String>>,
-    min_uptime: Option<Spanned<String>>,
+    backoff_max: Option<Spanned<Dur>>,
+    min_uptime: Option<Spanned<Dur>>,
     max_restarts: Option<Spanned<u32>>,
-    restart_window: Option<Spanned<String>>,
+    restart_window: Option<Spanned<Dur>>,
     stop_signal: Option<Spanned<String>>,
-    grace: Option<Spanned<String>>,
+    grace: Option<Spanned<Dur>>,
     ready: Option<Spanned<String>>,
-    ready_timeout: Option<Spanned<String>>,
+    ready_timeout: Option<Spanned<Dur>>,
     reload_parallel: Option<Spanned<u32>>,
     watch: Option<Spanned<Vec<String>>>,
     watch_ignore: Option<Spanned<Vec<String>>>,
-    watch_debounce: Option<Spanned<String>>,
+    watch_debounce: Option<Spanned<Dur>>,
     color: Option<Spanned<ColorChoice>>,
     log_format: Option<Spanned<LogFormat>>,
 }
@@ -162,14 +184,14 @@ pub fn apply(path: &Path, args: &mut ServeArgs, explicit: &[String]) -> Result<(
         "backoff_max",
         &file.backoff_max,
         &mut args.backoff_max,
-        |s| parse_duration(s),
+        |d| parse_duration(&d.text()),
     )?;
     set(
         &l,
         "min_uptime",
         &file.min_uptime,
         &mut args.min_uptime,
-        |s| parse_duration(s),
+        |d| parse_duration(&d.text()),
     )?;
     set_copy(
         &l,
@@ -183,7 +205,7 @@ pub fn apply(path: &Path, args: &mut ServeArgs, explicit: &[String]) -> Result<(
         "restart_window",
         &file.restart_window,
         &mut args.restart_window,
-        |s| parse_duration(s),
+        |d| parse_duration(&d.text()),
     )?;
     set(
         &l,
@@ -192,8 +214,8 @@ pub fn apply(path: &Path, args: &mut ServeArgs, explicit: &[String]) -> Result<(
         &mut args.stop_signal,
         |s| parse_signal(s),
     )?;
-    set(&l, "grace", &file.grace, &mut args.grace, |s| {
-        parse_duration(s)
+    set(&l, "grace", &file.grace, &mut args.grace, |d| {
+        parse_duration(&d.text())
     })?;
     set(&l, "ready", &file.ready, &mut args.ready, |s| {
         parse_ready(s)
@@ -203,7 +225,7 @@ pub fn apply(path: &Path, args: &mut ServeArgs, explicit: &[String]) -> Result<(
         "ready_timeout",
         &file.ready_timeout,
         &mut args.ready_timeout,
-        |s| parse_duration(s),
+        |d| parse_duration(&d.text()),
     )?;
     set_copy(
         &l,
@@ -231,7 +253,7 @@ pub fn apply(path: &Path, args: &mut ServeArgs, explicit: &[String]) -> Result<(
         "watch_debounce",
         &file.watch_debounce,
         &mut args.watch_debounce,
-        |s| parse_duration(s),
+        |d| parse_duration(&d.text()),
     )?;
     set_copy(&l, "color", &file.color, &mut args.color, |v| v)?;
     set_copy(
@@ -360,6 +382,13 @@ mod tests {
         let (dir, p) = write("workers = \"four\"\n");
         let e = apply(&p, &mut args(&[]), &[]).unwrap_err().to_string();
         assert!(e.contains("multinode.toml:1:11"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
+
+        let (dir, p) = write("grace = 5\nbackoff-max = 1.5\n");
+        let mut a = args(&[]);
+        apply(&p, &mut a, &[]).unwrap();
+        assert_eq!(a.grace, std::time::Duration::from_secs(5));
+        assert_eq!(a.backoff_max, std::time::Duration::from_millis(1500));
         std::fs::remove_dir_all(dir).unwrap();
 
         let (dir, p) = write("route = \"sticky\"\n");

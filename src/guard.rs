@@ -83,6 +83,8 @@ fn guard_main(rx: OwnedFd, target: Option<&Target>) -> ! {
     // Its own process group, so a terminal's Ctrl-C does not reach it; the signals the
     // supervisor blocked stay blocked here, so only SIGKILL ends it early.
     let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    // `ps` shows it as what it is.
+    let _ = nix::sys::prctl::set_name(c"multinode-guard");
     // Nothing of the supervisor's but the pipe: no socket, no terminal, no log pipe kept open.
     if let Ok(null) = std::fs::OpenOptions::new()
         .read(true)

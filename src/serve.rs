@@ -156,6 +156,7 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
         systemd,
         overrides,
         guard: Some(guard),
+        stop_clients: Vec::new(),
     };
     let (exit, parts) = Supervisor::new(cfg, parts).run();
     let Parts {

@@ -41,6 +41,10 @@ impl Waiters {
             .map(|(i, c)| (i, c.stream.as_fd()))
     }
 
+    pub fn take_stop_clients(&mut self) -> Vec<UnixStream> {
+        std::mem::take(&mut self.stop)
+    }
+
     pub fn deadlines(&self) -> impl Iterator<Item = Instant> + '_ {
         self.clients
             .iter()

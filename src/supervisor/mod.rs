@@ -106,6 +106,9 @@ pub struct Parts {
     pub systemd: Option<Notifier>,
     /// Kills the workers' process groups if the supervisor dies.
     pub guard: Option<Guard>,
+    /// `multinode stop` callers, answered already; their connections close when these drop,
+    /// which the caller does last, after cleaning up.
+    pub stop_clients: Vec<std::os::unix::net::UnixStream>,
     /// Environment every worker gets on top of ours (USER, HOME, NOTIFY_SOCKET, ...), before
     /// the configured `env`: what a reload needs to build a new spawner.
     pub overrides: Vec<(String, std::ffi::OsString)>,
@@ -241,6 +244,7 @@ impl Supervisor {
             // Every worker exited for good (--restart never / on-failure) and one failed.
             self.exit = Exit::Unclean;
         }
+        self.p.stop_clients = self.waiters.take_stop_clients();
         (self.exit, self.p)
     }
 
@@ -486,7 +490,8 @@ impl Supervisor {
             if !w.retired || self.phase != Phase::Running {
                 slot.last_ok = ok;
             }
-            if !w.retired {
+            let in_reload = self.reload.as_ref().is_some_and(|r| r.is_in_flight(w.pid));
+            if !w.retired && !in_reload {
                 slot.restarts += 1;
                 slot.last_exit = Some(describe_exit(&status));
             }
@@ -593,7 +598,9 @@ impl Supervisor {
         };
         let named: Vec<(&str, BorrowedFd)> = names.iter().copied().zip(fds).collect();
         let spawner = match &self.reload {
-            Some(r) if r.generation == generation => r.spawner.as_ref().unwrap_or(&self.p.spawner),
+            Some(r) if r.generation == generation => {
+                r.next.as_ref().map_or(&self.p.spawner, |n| &n.spawner)
+            }
             _ => &self.p.spawner,
         };
         let spawned = spawner.spawn(&named, slot, self.cfg.workers, generation);

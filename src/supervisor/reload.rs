@@ -18,10 +18,18 @@ use crate::config::Config;
 use crate::log::Event;
 use crate::spawn::Spawner;
 
+/// What a re-read config file says the new generation runs.
+pub struct NextProgram {
+    pub spawner: Spawner,
+    program: crate::config::Program,
+    env: Vec<(String, String)>,
+    workdir: Option<std::path::PathBuf>,
+}
+
 pub struct Reload {
     pub generation: u64,
-    /// The new generation's program and environment, when a re-read config changed them.
-    pub spawner: Option<Spawner>,
+    /// The new generation's program and environment, from a re-read config file.
+    pub next: Option<NextProgram>,
     why: String,
     /// Slots still to replace.
     queue: VecDeque<u32>,
@@ -51,7 +59,7 @@ impl Supervisor {
             ));
             self.cancel_in_flight(&old);
         }
-        let spawner = match self.reread_config() {
+        let next = match self.reread_config() {
             Ok(s) => s,
             Err(e) => {
                 let msg = format!("{why}: not reloading: {e}; the workers keep running");
@@ -81,7 +89,7 @@ impl Supervisor {
             queue: (0..self.cfg.workers).collect(),
             in_flight: Vec::new(),
             replaced: 0,
-            spawner,
+            next,
         });
         self.advance_reload(Instant::now());
     }
@@ -147,8 +155,11 @@ impl Supervisor {
         }
         if r.queue.is_empty() && r.in_flight.is_empty() {
             self.generation = r.generation;
-            if let Some(sp) = r.spawner.take() {
-                self.p.spawner = sp;
+            if let Some(next) = r.next.take() {
+                self.p.spawner = next.spawner;
+                self.cfg.program = next.program;
+                self.cfg.env = next.env;
+                self.cfg.workdir = next.workdir;
             }
             self.p.out.event(Event::info(
                 "reloaded",
@@ -178,8 +189,8 @@ impl Supervisor {
 
     /// With `--config`, reads the file again: the settings that can change at run time take
     /// effect now, the worker count is scaled to, and a changed program or environment gives
-    /// the new generation its own spawner. `Ok(None)`: nothing for the spawner changed.
-    fn reread_config(&mut self) -> crate::error::Result<Option<Spawner>> {
+    /// the new generation its own program. `Ok(None)`: no config file; the program stays.
+    fn reread_config(&mut self) -> crate::error::Result<Option<NextProgram>> {
         if self.cfg.source.args.config.is_none() {
             return Ok(None);
         }
@@ -213,24 +224,20 @@ impl Supervisor {
                 ),
             ));
         }
-        let spawner_changed = new.program.argv != self.cfg.program.argv
-            || new.program.path != self.cfg.program.path
-            || new.env != self.cfg.env
-            || new.workdir != self.cfg.workdir;
-        let spawner = if spawner_changed {
-            let mut env = self.p.overrides.clone();
-            env.extend(new.env.iter().map(|(k, v)| (k.clone(), v.into())));
-            let sp = Spawner::new(&new.program, &env, new.workdir.as_deref())
-                .map_err(|e| crate::error::Error::usage(format!("worker command: {e}")))?;
-            Some(sp)
-        } else {
-            None
+        // The new generation runs what the file says now; the service's program changes
+        // only once the roll has succeeded (a failed reload leaves it as it was).
+        let mut env = self.p.overrides.clone();
+        env.extend(new.env.iter().map(|(k, v)| (k.clone(), v.into())));
+        let spawner = Spawner::new(&new.program, &env, new.workdir.as_deref())
+            .map_err(|e| crate::error::Error::usage(format!("worker command: {e}")))?;
+        let next = NextProgram {
+            spawner,
+            program: new.program,
+            env: new.env,
+            workdir: new.workdir,
         };
         let workers = new.workers;
         let c = &mut self.cfg;
-        c.program = new.program;
-        c.env = new.env;
-        c.workdir = new.workdir;
         c.restart = new.restart;
         c.backoff_max = new.backoff_max;
         c.min_uptime = new.min_uptime;
@@ -252,7 +259,7 @@ impl Supervisor {
                 break;
             }
         }
-        Ok(spawner)
+        Ok(Some(next))
     }
 
     /// Stops the new workers of a roll that is abandoned; slots that had no old worker (it had

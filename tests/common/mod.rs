@@ -448,14 +448,23 @@ pub fn stat_of(pid: i32) -> Option<(char, i32, i32)> {
     Some((f[0].chars().next()?, f[1].parse().ok()?, f[2].parse().ok()?))
 }
 
-/// The pids whose parent is `ppid`.
+/// The pids whose parent is `ppid`, less multinode's guard process (a child of every
+/// supervisor, see src/guard.rs): what tests call a supervisor's children are its workers
+/// and what was reparented to it.
 pub fn children_of(ppid: i32) -> Vec<i32> {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&p| stat_of(p).is_some_and(|(_, pp, _)| pp == ppid))
+        .filter(|&p| !is_guard(p))
         .collect()
+}
+
+/// Whether `pid` is a multinode guard process.
+pub fn is_guard(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|c| c.trim() == "multinode-guard")
 }
 
 /// A `/proc/<pid>/status` field, e.g. "Uid".
