@@ -144,6 +144,10 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
         "control",
         format!("control socket {}", control.path.display()),
     ));
+    out.event(Event::info(
+        "notify",
+        format!("notify socket {}", notify.path().display()),
+    ));
     let parts = Parts {
         sockets,
         slot_fds,

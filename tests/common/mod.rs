@@ -282,12 +282,14 @@ impl Drop for Multinode {
             // SAFETY: kill has no memory preconditions. The group may be gone already.
             unsafe { libc::kill(-pid, libc::SIGKILL) };
         }
-        // The control socket's directory (empty once the supervisor removed its socket).
-        if let Some(line) = self.lines().iter().find(|l| l.contains("control socket ")) {
-            let path = line.rsplit("control socket ").next().unwrap_or_default();
-            if let Some(dir) = Path::new(path.trim()).parent() {
-                let _ = std::fs::remove_file(Path::new(path.trim()));
-                let _ = std::fs::remove_dir(dir);
+        // The control and notify sockets' directories: a SIGKILLed supervisor leaves them.
+        for what in ["control socket ", "notify socket "] {
+            if let Some(line) = self.lines().iter().find(|l| l.contains(what)) {
+                let path = Path::new(line.rsplit(what).next().unwrap_or_default().trim());
+                let _ = std::fs::remove_file(path);
+                if let Some(dir) = path.parent() {
+                    let _ = std::fs::remove_dir(dir);
+                }
             }
         }
     }
