@@ -1,5 +1,5 @@
 //! Test worker whose readiness the test controls: it waits until the file `$MN_GATE` (with
-//! `{id}` replaced by its MULTINODE_WORKER_ID) exists, then sends `STATUS=gate open` and
+//! `{id}` replaced by its MULTINODE_WORKER_ID and `{gen}` by its MULTINODE_GENERATION) exists, then sends `STATUS=gate open` and
 //! `READY=1` to NOTIFY_SOCKET, and serves `gate pid=P` over HTTP on every inherited TCP socket
 //! until it is killed (SIGTERM's default action ends it).
 //!
@@ -11,11 +11,14 @@ use std::time::Duration;
 
 fn main() {
     let id = std::env::var("MULTINODE_WORKER_ID").unwrap_or_else(|_| "-".into());
+    let generation = std::env::var("MULTINODE_GENERATION").unwrap_or_else(|_| "-".into());
     let Ok(template) = std::env::var("MN_GATE") else {
-        eprintln!("mn-gate: set MN_GATE to the gate file's path ({{id}} = the worker id)");
+        eprintln!(
+            "mn-gate: set MN_GATE to the gate file's path ({{id}}: worker id, {{gen}}: generation)"
+        );
         std::process::exit(2);
     };
-    let gate = PathBuf::from(template.replace("{id}", &id));
+    let gate = PathBuf::from(template.replace("{id}", &id).replace("{gen}", &generation));
     // Take the sockets first: the SDK checks LISTEN_PID before anything else can change.
     let listeners = multinode_worker::listeners().expect("listeners()");
     println!("gate: worker {id} waiting for {}", gate.display());
