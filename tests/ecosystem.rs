@@ -895,7 +895,8 @@ fn socket_activation_serves_requests_from_every_worker() {
         "requests reached {pids:?}; output:\n{}",
         m.output()
     );
-    let workers = m.worker_pids();
+    // (The `started` lines may reach us after the workers' first answers.)
+    let workers = m.wait_started(2);
     assert!(
         pids.iter().all(|p| workers.contains(p)),
         "{pids:?} vs workers {workers:?}"

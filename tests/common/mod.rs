@@ -121,7 +121,10 @@ impl Multinode {
     pub fn serve(args: &[&str]) -> Multinode {
         let mut cmd = Command::new(multinode_bin());
         cmd.arg("serve");
-        if !args.iter().any(|a| ["--name", "--control", "--config", "-c"].contains(a)) {
+        if !args
+            .iter()
+            .any(|a| ["--name", "--control", "--config", "-c"].contains(a))
+        {
             cmd.args(["--name", &unique_name()]);
         }
         cmd.args(args);

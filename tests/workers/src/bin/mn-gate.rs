@@ -34,8 +34,16 @@ fn main() {
         if let multinode_worker::Listener::Tcp(t) = l {
             threads.push(std::thread::spawn(move || {
                 for mut c in t.incoming().flatten() {
+                    // The whole request head: closing with unread data would reset the
+                    // connection before the client read the answer.
+                    let mut head = Vec::new();
                     let mut buf = [0u8; 1024];
-                    let _ = c.read(&mut buf);
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match c.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
                     let body = format!("gate pid={}\n", std::process::id());
                     let _ = write!(
                         c,
