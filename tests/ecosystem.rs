@@ -1,0 +1,1054 @@
+//! multinode among the tools around it: the config file and `multinode check`, the control
+//! commands (`status`, `reload`, `scale`, `stop`) against a running supervisor, several
+//! supervisors side by side, and systemd (socket activation through the real
+//! `systemd-socket-activate`, notifications to a NOTIFY_SOCKET).
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use common::*;
+
+/// Runs `cmd` to completion and returns its output; it is killed if it outlives DEADLINE.
+fn run(mut cmd: Command) -> Output {
+    cmd.env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().expect("start command");
+    let pid = child.id() as i32;
+    // The killer acts only while the child has not been waited for, so never on a reused pid.
+    let (done, wait_done) = std::sync::mpsc::channel::<()>();
+    let killer = std::thread::spawn(move || {
+        if wait_done.recv_timeout(DEADLINE).is_err() {
+            // SAFETY: kill has no memory preconditions; the child is not reaped yet.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = done.send(());
+    let _ = killer.join();
+    out
+}
+
+/// `multinode <args>`, run to completion.
+fn mn(args: &[&str]) -> Output {
+    let mut cmd = Command::new(multinode_bin());
+    cmd.args(args);
+    run(cmd)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts the exit code and that stderr is one `multinode: error:` line with every needle.
+fn assert_error(out: &Output, code: i32, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "exit code; stderr: {err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line of error, got: {err}");
+    assert!(lines[0].starts_with("multinode: error: "), "{err}");
+    for n in needles {
+        assert!(lines[0].contains(n), "error should mention {n:?}: {err}");
+    }
+}
+
+/// `multinode status --json --name NAME`, parsed.
+fn status_json(name: &str) -> Value {
+    let out = mn(&["status", "--json", "--name", name]);
+    assert_eq!(out.status.code(), Some(0), "status: {}", stderr(&out));
+    serde_json::from_str(stdout(&out).trim())
+        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {}", stdout(&out)))
+}
+
+/// (slot, pid, generation) of every `ready` row of a status.
+fn ready_rows(v: &Value) -> Vec<(u64, i32, u64)> {
+    v["slots"]
+        .as_array()
+        .expect("slots")
+        .iter()
+        .filter(|r| r["state"] == "ready")
+        .map(|r| {
+            (
+                r["slot"].as_u64().unwrap(),
+                r["pid"].as_i64().unwrap() as i32,
+                r["generation"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn is_ready(l: &str) -> bool {
+    l.starts_with("multinode | worker.") && l.contains("] ready")
+}
+
+/// The path in the supervisor's `control socket PATH` line.
+fn control_path(m: &Multinode) -> PathBuf {
+    let line = m.wait_line("control socket line", |l| l.contains("control socket "));
+    PathBuf::from(line.rsplit("control socket ").next().unwrap().trim())
+}
+
+/// Writes a file every user can read (a worker running as nobody re-reads configs on reload).
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+fn hello() -> String {
+    worker_bin("hello").display().to_string()
+}
+
+/// The example config, checked as it is: copied with the layout its relative `command`
+/// expects (examples/ next to target/release/hello), the hello binary of this build put there.
+#[test]
+fn example_config_is_valid_and_names_every_serve_option() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/multinode.toml"),
+    )
+    .unwrap();
+    let s = Scratch::new("example");
+    std::fs::create_dir_all(s.path("examples")).unwrap();
+    std::fs::create_dir_all(s.path("target/release")).unwrap();
+    let file = s.path("examples/multinode.toml");
+    write(&file, &text);
+    let bin = s.path("target/release/hello");
+    std::fs::copy(worker_bin("hello"), &bin).unwrap();
+    let out = mn(&["check", "--config", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "check: {}", stderr(&out));
+    let said = stdout(&out);
+    assert!(said.starts_with("configuration ok"), "{said}");
+    assert!(
+        said.contains("4 worker(s)") && said.contains("web=127.0.0.1:8080"),
+        "{said}"
+    );
+    assert!(said.contains("target/release/hello"), "{said}");
+
+    // Every long option of `serve` (but --config itself) has its key in the example, set or
+    // commented out, so that the example stays complete when options are added.
+    let help = mn(&["serve", "--help"]);
+    let options: Vec<String> = stdout(&help)
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            let l = l
+                .strip_prefix("-")
+                .filter(|r| r.chars().nth(1) == Some(','))
+                .map_or(l, |r| r[2..].trim_start());
+            let name = l.strip_prefix("--")?;
+            Some(
+                name.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                    .next()?
+                    .to_string(),
+            )
+        })
+        .filter(|o| !["help", "version", "config"].contains(&o.as_str()))
+        .collect();
+    assert!(
+        options.len() > 20,
+        "options parsed from serve --help: {options:?}"
+    );
+    let keys: Vec<&str> = text
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim_start_matches(['#', ' ']);
+            // `key = value`, or a table such as `[env]`.
+            l.split_once(" = ")
+                .map(|(k, _)| k)
+                .or_else(|| l.strip_prefix('[')?.strip_suffix(']'))
+        })
+        .collect();
+    let missing: Vec<&String> = options
+        .iter()
+        .filter(|o| !keys.contains(&o.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "examples/multinode.toml lacks keys {missing:?}"
+    );
+}
+
+#[test]
+fn config_errors_name_file_line_and_column() {
+    let s = Scratch::new("cfg-errors");
+    let typo = s.path("typo.toml");
+    write(
+        &typo,
+        "# a comment\nworkers = 2\nwokers = 3\ncommand = [\"/bin/sleep\", \"100\"]\n",
+    );
+    let wrong = s.path("wrong.toml");
+    write(
+        &wrong,
+        "workers = \"two\"\ncommand = [\"/bin/sleep\", \"100\"]\n",
+    );
+    for sub in ["check", "serve"] {
+        let name = unique_name();
+        let out = mn(&[sub, "--name", &name, "--config", typo.to_str().unwrap()]);
+        let at = format!("{}:3:1:", typo.display());
+        assert_error(&out, 2, &[&at, "unknown field `wokers`", "`workers`"]);
+        let out = mn(&[sub, "--name", &name, "--config", wrong.to_str().unwrap()]);
+        let at = format!("{}:1:11:", wrong.display());
+        assert_error(&out, 2, &[&at, "invalid type", "\"two\""]);
+    }
+}
+
+#[test]
+fn check_says_ok_or_exits_with_the_error_class() {
+    let s = Scratch::new("check");
+    let name = unique_name();
+    let good = s.path("good.toml");
+    write(
+        &good,
+        &format!(
+            "name = \"{name}\"\nworkers = 3\nlisten = [\"web=127.0.0.1:0\"]\ncommand = [\"{}\"]\n",
+            hello()
+        ),
+    );
+    let good = good.to_str().unwrap();
+    let out = mn(&["check", "--config", good]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let said = stdout(&out);
+    assert!(
+        said.starts_with("configuration ok: 3 worker(s) of "),
+        "{said}"
+    );
+    assert!(
+        said.contains(&hello()) && said.contains("web=127.0.0.1:0"),
+        "{said}"
+    );
+    // It started nothing: no control socket where it says serve would put one.
+    let control = said.rsplit("control socket ").next().unwrap().trim();
+    assert!(
+        control.ends_with(&format!("/{name}/control.sock")),
+        "{said}"
+    );
+    assert!(!Path::new(control).exists(), "check created {control}");
+
+    // The options on the command line are checked together with the file.
+    let out = mn(&["check", "--config", good, "--user", "no-such-user-xyz"]);
+    assert_error(&out, 4, &["no-such-user-xyz", "no such user"]);
+    let out = mn(&["check", "--config", good, "-w", "0"]);
+    assert_error(&out, 2, &["--workers 0"]);
+    let missing = s.path("missing-program.toml");
+    write(&missing, "command = [\"/nonexistent/dir/app\"]\n");
+    let out = mn(&["check", "--config", missing.to_str().unwrap()]);
+    assert_error(&out, 5, &["/nonexistent/dir/app", "no such file"]);
+    let none = s.path("none.toml");
+    let out = mn(&["check", "--config", none.to_str().unwrap()]);
+    assert_error(
+        &out,
+        2,
+        &[&format!("--config {}", none.display()), "no such file"],
+    );
+}
+
+#[test]
+fn config_file_values_are_used_and_the_command_line_wins() {
+    let s = Scratch::new("cfg-values");
+    let wd = s.path("wd");
+    std::fs::create_dir(&wd).unwrap();
+    std::fs::set_permissions(&wd, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let wd = wd.canonicalize().unwrap();
+    let name = unique_name();
+    let cfg = s.path("multinode.toml");
+    write(
+        &cfg,
+        &format!(
+            r#"name = "{name}"
+workers = 2
+listen = ["web=127.0.0.1:0"]
+workdir = "wd"
+command = ["/bin/sh", "-c", "echo FOO=$FOO BAR=$BAR PWD=$(pwd); exec {}"]
+
+[env]
+FOO = "file"
+BAR = "file"
+"#,
+            hello()
+        ),
+    );
+    let cfg = cfg.to_str().unwrap();
+    {
+        let m = Multinode::serve(&["--config", cfg]);
+        let addr = m.tcp_addr("web");
+        m.wait_count("ready", 2, is_ready);
+        let want = format!("FOO=file BAR=file PWD={}", wd.display());
+        m.wait_count(&want, 2, |l| l.ends_with(&want));
+        assert!(control_path(&m).ends_with(format!("{name}/control.sock")));
+        assert_eq!(status_json(&name)["workers"], 2);
+        let (code, _) = http_get(addr, "/").unwrap();
+        assert_eq!(code, 200);
+    }
+    // The command line beats the file; [env] and -e merge, -e winning per variable.
+    let m = Multinode::serve(&[
+        "--config",
+        cfg,
+        "-w",
+        "3",
+        "-e",
+        "FOO=cli",
+        "-l",
+        "cli=127.0.0.1:0",
+    ]);
+    m.tcp_addr("cli");
+    m.wait_count("ready", 3, is_ready);
+    let want = format!("FOO=cli BAR=file PWD={}", wd.display());
+    m.wait_count(&want, 3, |l| l.ends_with(&want));
+    assert_eq!(status_json(&name)["workers"], 3);
+    assert!(
+        !m.output().contains("listening on web"),
+        "--listen should replace the file's listen:\n{}",
+        m.output()
+    );
+}
+
+#[test]
+fn status_shows_every_slot_with_a_live_pid() {
+    let name = unique_name();
+    let h = hello();
+    let m = Multinode::serve(&["--name", &name, "-w", "3", "-l", "127.0.0.1:0", "--", &h]);
+    m.wait_count("ready", 3, is_ready);
+    let v = status_json(&name);
+    assert_eq!(v["name"], name.as_str());
+    assert_eq!(v["pid"], m.pid);
+    assert_eq!(v["workers"], 3);
+    assert_eq!(v["ready"], true);
+    let rows = v["slots"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{v}");
+    let started = m.worker_pids();
+    for (i, r) in rows.iter().enumerate() {
+        let pid = r["pid"].as_i64().unwrap() as i32;
+        assert_eq!(r["slot"], i, "{v}");
+        assert_eq!(r["state"], "ready", "{v}");
+        assert!(alive(pid), "slot {i}: pid {pid} does not exist");
+        assert!(
+            started.contains(&pid),
+            "slot {i}: pid {pid} is not a worker it started"
+        );
+    }
+
+    let out = mn(&["status", "--name", &name]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let table = stdout(&out);
+    let lines: Vec<&str> = table.lines().collect();
+    let head = lines
+        .iter()
+        .position(|l| {
+            l.split_whitespace().collect::<Vec<_>>()
+                == [
+                    "SLOT", "PID", "STATE", "GEN", "UPTIME", "RESTARTS", "LAST", "EXIT", "STATUS",
+                ]
+        })
+        .unwrap_or_else(|| panic!("no header line:\n{table}"));
+    let body = &lines[head + 1..];
+    assert_eq!(body.len(), 3, "one row per slot:\n{table}");
+    for (i, (line, r)) in body.iter().zip(rows).enumerate() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(
+            f[..3],
+            [i.to_string().as_str(), &r["pid"].to_string(), "ready"],
+            "{table}"
+        );
+    }
+
+    let out = mn(&["status", "--check", "--name", &name]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn status_check_fails_while_a_slot_is_not_ready() {
+    let s = Scratch::new("gate");
+    let gate = s.path("gate.{id}");
+    write(&s.path("gate.0"), "");
+    let name = unique_name();
+    let env = format!("MN_GATE={}", gate.display());
+    let bin = worker_bin("mn-readygate");
+    let m = Multinode::serve(&[
+        "--name",
+        &name,
+        "-w",
+        "2",
+        "--ready",
+        "notify",
+        "-e",
+        &env,
+        "-l",
+        "127.0.0.1:0",
+        "--",
+        bin.to_str().unwrap(),
+    ]);
+    m.wait_line("worker.0 ready", |l| is_ready(l) && l.contains("worker.0["));
+    let out = mn(&["status", "--check", "--name", &name]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "slot 1 is not ready; {}",
+        stderr(&out)
+    );
+    assert!(out.stdout.is_empty());
+    let v = status_json(&name);
+    assert_eq!(v["ready"], false, "{v}");
+    assert_eq!(v["slots"][0]["state"], "ready", "{v}");
+    assert_eq!(
+        v["slots"][0]["status"], "gate open",
+        "the worker's STATUS= text: {v}"
+    );
+    assert_eq!(v["slots"][1]["state"], "starting", "{v}");
+
+    write(&s.path("gate.1"), "");
+    let ok = eventually(DEADLINE, || {
+        mn(&["status", "--check", "--name", &name]).status.code() == Some(0)
+    });
+    assert!(ok, "status --check never exited 0; output:\n{}", m.output());
+}
+
+/// `multinode <args>` on a thread: its output and the instant it returned.
+fn mn_background(args: &[&str]) -> std::thread::JoinHandle<(Output, Instant)> {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    std::thread::spawn(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = mn(&args);
+        (out, Instant::now())
+    })
+}
+
+/// `multinode serve --ready notify` of mn-readygate workers: slot ID of generation GEN becomes
+/// ready once `gate.ID.GEN` exists in `s` (the gates of generation 1's slots are opened).
+fn serve_gated(s: &Scratch, name: &str, workers: u32) -> Multinode {
+    for id in 0..workers {
+        write(&s.path(&format!("gate.{id}.1")), "");
+    }
+    let env = format!("MN_GATE={}", s.path("gate.{id}.{gen}").display());
+    let bin = worker_bin("mn-readygate");
+    let w = workers.to_string();
+    let m = Multinode::serve(&[
+        "--name",
+        name,
+        "-w",
+        &w,
+        "--ready",
+        "notify",
+        "-e",
+        &env,
+        "-l",
+        "127.0.0.1:0",
+        "--",
+        bin.to_str().unwrap(),
+    ]);
+    m.wait_count("ready", workers as usize, is_ready);
+    m
+}
+
+/// The pid in mn-readygate's `gate pid=P` answer.
+fn gate_pid(body: &str) -> i32 {
+    body.trim()
+        .strip_prefix("gate pid=")
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn reload_waits_and_reports_success() {
+    let s = Scratch::new("reload");
+    let name = unique_name();
+    let m = serve_gated(&s, &name, 2);
+    let addr = m.tcp_addr("listen0");
+    let old: Vec<i32> = ready_rows(&status_json(&name))
+        .iter()
+        .map(|r| r.1)
+        .collect();
+    assert_eq!(old.len(), 2);
+
+    let reload = mn_background(&["reload", "--name", &name]);
+    m.wait_line("generation 2 started", |l| {
+        l.contains("started (generation 2)")
+    });
+    let opened = Instant::now();
+    write(&s.path("gate.0.2"), "");
+    write(&s.path("gate.1.2"), "");
+    let (out, returned) = reload.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("reloaded: every worker runs generation 2"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        returned > opened,
+        "reload returned before the new workers could be ready"
+    );
+    // When it returns, a new worker is ready in every slot.
+    let v = status_json(&name);
+    assert_eq!(v["generation"], 2, "{v}");
+    let new = ready_rows(&v);
+    assert_eq!(new.iter().map(|r| r.0).collect::<Vec<_>>(), [0, 1], "{v}");
+    for (slot, pid, generation) in &new {
+        assert_eq!(*generation, 2, "slot {slot}: {v}");
+        assert!(
+            !old.contains(pid),
+            "slot {slot} still has its old worker {pid}: {v}"
+        );
+        assert!(alive(*pid));
+    }
+    assert!(
+        eventually(DEADLINE, || old.iter().all(|p| !alive(*p))),
+        "old workers {old:?} never exited"
+    );
+    let (_, body) = http_get(addr, "/").unwrap();
+    let pid = gate_pid(&body);
+    assert!(
+        new.iter().any(|r| r.1 == pid),
+        "served by {pid}, not a new worker"
+    );
+}
+
+/// A config with `name`, two workers on an ephemeral port and `command` (TOML array items).
+fn reload_config(name: &str, command: &str, extra: &str) -> String {
+    format!(
+        "name = \"{name}\"\nworkers = 2\nlisten = [\"127.0.0.1:0\"]\ncommand = [{command}]\n{extra}"
+    )
+}
+
+#[test]
+fn failed_reload_is_reported_and_the_old_workers_keep_serving() {
+    let s = Scratch::new("reload-fail");
+    let name = unique_name();
+    let cfg = s.path("multinode.toml");
+    write(&cfg, &reload_config(&name, &format!("\"{}\"", hello()), ""));
+    let m = Multinode::serve(&["--config", cfg.to_str().unwrap()]);
+    let addr = m.tcp_addr("listen0");
+    m.wait_count("ready", 2, is_ready);
+    let before = ready_rows(&status_json(&name));
+
+    // The new program exits at once: the roll-out must stop at its first worker.
+    write(&cfg, &reload_config(&name, "\"/bin/false\"", ""));
+    let out = mn(&["reload", "--name", &name]);
+    assert_error(
+        &out,
+        1,
+        &["reload failed", "before it was ready", "keep serving"],
+    );
+    let v = status_json(&name);
+    assert_eq!(v["generation"], 1, "{v}");
+    assert_eq!(v["ready"], true, "{v}");
+    assert_eq!(
+        ready_rows(&v),
+        before,
+        "the old workers must keep their slots: {v}"
+    );
+    for (_, pid, _) in &before {
+        assert!(alive(*pid), "old worker {pid} is gone");
+    }
+    let (code, body) = http_get(addr, "/").unwrap();
+    assert_eq!(code, 200);
+    let pid = body_pid(&body).unwrap();
+    assert!(
+        before.iter().any(|r| r.1 == pid),
+        "served by {pid}, not an old worker"
+    );
+}
+
+/// After a reload failed, fixing what made the new program fail and reloading again must
+/// start the program the config file names.
+#[test]
+fn reload_after_a_failed_one_starts_the_configured_program() {
+    let s = Scratch::new("reload-again");
+    let name = unique_name();
+    let cfg = s.path("multinode.toml");
+    write(&cfg, &reload_config(&name, &format!("\"{}\"", hello()), ""));
+    let m = Multinode::serve(&["--config", cfg.to_str().unwrap()]);
+    m.wait_count("ready", 2, is_ready);
+
+    // Program B runs hello only once a marker file exists; it also gets VARIANT=B.
+    let marker = s.path("deployed");
+    let b = format!(
+        "\"/bin/sh\", \"-c\", \"test -e {} && exec {}; exit 3\"",
+        marker.display(),
+        hello()
+    );
+    write(&cfg, &reload_config(&name, &b, "[env]\nVARIANT = \"B\"\n"));
+    let out = mn(&["reload", "--name", &name]);
+    assert_error(&out, 1, &["reload failed"]);
+
+    write(&marker, "");
+    let out = mn(&["reload", "--name", &name]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v = status_json(&name);
+    let rows = ready_rows(&v);
+    assert_eq!(rows.len(), 2, "{v}");
+    for (slot, pid, generation) in rows {
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let has_b = env.split(|b| *b == 0).any(|kv| kv == b"VARIANT=B");
+        assert!(
+            has_b,
+            "worker.{slot}[{pid}] of generation {generation} lacks VARIANT=B: the reload reported \
+             success but did not start the program and environment of the config file; output:\n{}",
+            m.output()
+        );
+    }
+}
+
+#[test]
+fn scale_up_and_down() {
+    let s = Scratch::new("scale");
+    let name = unique_name();
+    let m = serve_gated(&s, &name, 2);
+
+    let scale = mn_background(&["scale", "--name", &name, "3"]);
+    m.wait_line("worker.2 started", |l| {
+        l.contains("worker.2[") && l.contains("] started")
+    });
+    let opened = Instant::now();
+    write(&s.path("gate.2.1"), "");
+    let (out, returned) = scale.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("scaled: 3 worker(s) ready"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        returned > opened,
+        "scale returned before the new worker could be ready"
+    );
+    let v = status_json(&name);
+    assert_eq!(v["workers"], 3, "{v}");
+    assert_eq!(v["ready"], true, "{v}");
+    let three = ready_rows(&v);
+    assert_eq!(
+        three.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [0, 1, 2],
+        "{v}"
+    );
+    assert!(three.iter().all(|r| alive(r.1)), "{v}");
+
+    let out = mn(&["scale", "--name", &name, "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("scaled: 1 worker(s) ready"),
+        "{}",
+        stdout(&out)
+    );
+    let v = status_json(&name);
+    assert_eq!(v["workers"], 1, "{v}");
+    assert_eq!(ready_rows(&v), three[..1], "slot 0 keeps its worker: {v}");
+    let gone = [three[1].1, three[2].1];
+    assert!(
+        eventually(DEADLINE, || gone.iter().all(|p| !alive(*p))),
+        "the workers of slots 1 and 2 never exited"
+    );
+    let v = status_json(&name);
+    assert_eq!(v["slots"].as_array().unwrap().len(), 1, "{v}");
+}
+
+#[test]
+fn stop_returns_once_the_supervisor_has_stopped() {
+    let name = unique_name();
+    // Workers that take a while to stop (a second after SIGTERM), so that a `stop` returning
+    // before they are gone is caught.
+    let slow = "trap 'sleep 1; exit 0' TERM; while :; do sleep 1; done";
+    let mut m = Multinode::serve(&[
+        "--name",
+        &name,
+        "-w",
+        "2",
+        "--ready",
+        "delay:100ms",
+        "-l",
+        "127.0.0.1:0",
+        "--",
+        "/bin/sh",
+        "-c",
+        slow,
+    ]);
+    m.wait_count("ready", 2, is_ready);
+    let control = control_path(&m);
+    let workers: Vec<i32> = ready_rows(&status_json(&name))
+        .iter()
+        .map(|r| r.1)
+        .collect();
+
+    let out = mn(&["stop", "--name", &name]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "stopped");
+    // Returned only after multinode had stopped (and reaped) every worker.
+    for pid in workers {
+        assert!(
+            !alive(pid),
+            "worker {pid} still runs after `multinode stop` returned"
+        );
+    }
+    let st = m.wait_exit();
+    assert_eq!(st.code(), Some(0), "{}", m.output());
+    assert!(!control.exists(), "{} left behind", control.display());
+    let out = mn(&["status", "--name", &name]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+}
+
+#[test]
+fn a_second_supervisor_with_the_same_name_refuses_to_start() {
+    let name = unique_name();
+    let h = hello();
+    let mut first = Multinode::serve(&["--name", &name, "-w", "1", "-l", "127.0.0.1:0", "--", &h]);
+    let addr = first.tcp_addr("listen0");
+    first.wait_count("ready", 1, is_ready);
+    let control = control_path(&first);
+
+    let out = mn(&[
+        "serve",
+        "--name",
+        &name,
+        "-w",
+        "1",
+        "-l",
+        "127.0.0.1:0",
+        "--",
+        &h,
+    ]);
+    assert_error(
+        &out,
+        3,
+        &[&control.display().to_string(), "in use", "--name"],
+    );
+
+    assert!(
+        first.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "the first one exited"
+    );
+    assert!(
+        control.exists(),
+        "the first one's control socket was removed"
+    );
+    assert_eq!(status_json(&name)["pid"], first.pid);
+    let (code, _) = http_get(addr, "/").unwrap();
+    assert_eq!(code, 200);
+}
+
+/// `multinode <args>` as nobody (when we are root; else as ourselves), with its own
+/// XDG_RUNTIME_DIR: the control sockets of this test only.
+fn as_user(runtime: &Path, args: &[&str]) -> Command {
+    let mut cmd = if is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
+        c.arg(multinode_bin());
+        c
+    } else {
+        Command::new(multinode_bin())
+    };
+    cmd.args(args).env("XDG_RUNTIME_DIR", runtime);
+    cmd
+}
+
+#[test]
+fn control_commands_find_the_only_supervisor_or_ask_for_a_name() {
+    let s = Scratch::new("xdg");
+    let runtime = s.path("run");
+    std::fs::create_dir(&runtime).unwrap();
+    if is_root() {
+        std::os::unix::fs::chown(&runtime, Some(65534), Some(65534)).unwrap();
+    }
+    std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let h = hello();
+    let serve = |name: &str| {
+        let m = Multinode::spawn(as_user(
+            &runtime,
+            &[
+                "serve",
+                "--name",
+                name,
+                "-w",
+                "1",
+                "-l",
+                "127.0.0.1:0",
+                "--",
+                &h,
+            ],
+        ));
+        m.wait_count("ready", 1, is_ready);
+        m
+    };
+
+    let out = run(as_user(&runtime, &["status"]));
+    assert_error(
+        &out,
+        7,
+        &["no multinode is running", &runtime.display().to_string()],
+    );
+
+    let alpha = serve("alpha");
+    assert_eq!(
+        control_path(&alpha),
+        runtime.join("multinode/alpha/control.sock"),
+        "{}",
+        alpha.output()
+    );
+    let out = run(as_user(&runtime, &["status"]));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let said = stdout(&out);
+    assert!(
+        said.starts_with(&format!("alpha: pid {},", alpha.pid)),
+        "{said}"
+    );
+    assert!(said.contains("SLOT"), "the table of the only one: {said}");
+
+    let beta = serve("beta");
+    let out = run(as_user(&runtime, &["status"]));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let said = stdout(&out);
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines.len(), 2, "one line per service: {said}");
+    assert!(
+        lines[0].starts_with(&format!("alpha: pid {},", alpha.pid)),
+        "{said}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("beta: pid {},", beta.pid)),
+        "{said}"
+    );
+
+    let out = run(as_user(&runtime, &["reload"]));
+    assert_error(&out, 2, &["alpha", "beta", "--name"]);
+}
+
+/// Where systemd-socket-activate is, if installed.
+fn socket_activate_bin() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin")])
+        .map(|d| d.join("systemd-socket-activate"))
+        .find(|p| p.is_file())
+}
+
+/// `systemd-socket-activate -l 127.0.0.1:PORT <sa_args> multinode serve <args>` on a free
+/// port, once it listens (it starts multinode at the first connection). None: not installed.
+fn socket_activated(sa_args: &[&str], args: &[&str]) -> Option<(Multinode, std::net::SocketAddr)> {
+    let Some(sa) = socket_activate_bin() else {
+        eprintln!("skipped: systemd-socket-activate is not installed (Debian package systemd)");
+        return None;
+    };
+    for _ in 0..20 {
+        // A port that was free a moment ago; another process may take it first: then retry.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut cmd = Command::new(&sa);
+        cmd.arg("-l").arg(addr.to_string()).args(sa_args);
+        cmd.arg(multinode_bin()).arg("serve").args(args);
+        let mut m = Multinode::spawn(cmd);
+        let listening = format!("Listening on {addr} ");
+        let ok = eventually(DEADLINE, || {
+            m.lines().iter().any(|l| l.starts_with(&listening))
+                || m.child.as_mut().unwrap().try_wait().unwrap().is_some()
+        });
+        assert!(
+            ok,
+            "systemd-socket-activate neither listened nor exited:\n{}",
+            m.output()
+        );
+        if m.lines().iter().any(|l| l.starts_with(&listening)) {
+            return Some((m, addr));
+        }
+        assert!(
+            m.output().contains("in use"),
+            "systemd-socket-activate failed:\n{}",
+            m.output()
+        );
+    }
+    panic!("no free port for systemd-socket-activate in 20 tries");
+}
+
+#[test]
+fn socket_activation_serves_requests_from_every_worker() {
+    let name = unique_name();
+    let h = hello();
+    let Some((m, addr)) =
+        socket_activated(&["--fdname=web"], &["--name", &name, "-w", "2", "--", &h])
+    else {
+        return;
+    };
+    // The first connection makes systemd-socket-activate exec multinode, which serves it.
+    let mut pids = std::collections::BTreeSet::new();
+    let end = Instant::now() + DEADLINE;
+    while pids.len() < 2 && Instant::now() < end {
+        let (code, body) = http_get(addr, "/").unwrap();
+        assert_eq!(code, 200);
+        pids.insert(body_pid(&body).unwrap());
+    }
+    assert_eq!(
+        pids.len(),
+        2,
+        "requests reached {pids:?}; output:\n{}",
+        m.output()
+    );
+    // (The `started` lines may reach us after the workers' first answers.)
+    let workers = m.wait_started(2);
+    assert!(
+        pids.iter().all(|p| workers.contains(p)),
+        "{pids:?} vs workers {workers:?}"
+    );
+    let line = m.wait_line("listening", |l| l.contains("listening on "));
+    assert!(
+        line.ends_with(&format!("listening on web {addr} (fd 3, from systemd)")),
+        "{line}"
+    );
+    // systemd-socket-activate execs multinode in its own process.
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", m.pid)).unwrap();
+    assert_eq!(comm.trim(), "multinode");
+}
+
+#[test]
+fn listen_together_with_socket_activation_is_refused() {
+    let name = unique_name();
+    let args = [
+        "--name",
+        &name,
+        "--listen",
+        "127.0.0.1:0",
+        "--",
+        "/bin/sleep",
+        "100",
+    ];
+    let Some((mut m, addr)) = socket_activated(&[], &args) else {
+        return;
+    };
+    // Connecting starts multinode, which must refuse the combination and exit.
+    let _conn = std::net::TcpStream::connect(addr).unwrap();
+    let st = m.wait_exit();
+    assert_eq!(st.code(), Some(2), "{}", m.output());
+    assert!(
+        m.output()
+            .contains("multinode: error: --listen given, but systemd passed sockets"),
+        "{}",
+        m.output()
+    );
+}
+
+/// Datagrams on our NOTIFY_SOCKET, each as one string.
+struct Notifications(UnixDatagram);
+
+impl Notifications {
+    /// Receives until one satisfies `pred`; returns those before it and it.
+    fn until(&self, what: &str, pred: impl Fn(&str) -> bool) -> (Vec<String>, String) {
+        let end = Instant::now() + DEADLINE;
+        let mut before = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        while Instant::now() < end {
+            match self.0.recv(&mut buf) {
+                Ok(n) => {
+                    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    if pred(&msg) {
+                        return (before, msg);
+                    }
+                    before.push(msg);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("recv on the notify socket: {e}"),
+            }
+        }
+        panic!("no {what} notification; got {before:?}");
+    }
+}
+
+fn has(msg: &str, field: &str) -> bool {
+    msg.lines().any(|l| l == field)
+}
+
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
+#[test]
+fn systemd_notifications_follow_readiness_reload_and_stop() {
+    let s = Scratch::new("sd-notify");
+    let path = s.path("notify");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    // multinode sends after dropping its privileges (to nobody when we are root).
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let sd = Notifications(sock);
+    let gate = s.path("gate.{id}");
+    write(&s.path("gate.0"), "");
+    let name = unique_name();
+    let env = format!("MN_GATE={}", gate.display());
+    let mut cmd = Command::new(multinode_bin());
+    cmd.args([
+        "serve", "--name", &name, "-w", "2", "--ready", "notify", "-e", &env,
+    ]);
+    cmd.args(["-l", "127.0.0.1:0", "--"])
+        .arg(worker_bin("mn-readygate"));
+    cmd.env("NOTIFY_SOCKET", &path);
+    let mut m = Multinode::spawn(cmd);
+
+    // One slot ready: STATUS says so, and READY=1 must not come yet.
+    let (early, half) = sd.until("STATUS= 1/2", |msg| {
+        msg.contains("STATUS=1/2 workers ready")
+    });
+    for msg in early.iter().chain([&half]) {
+        assert!(
+            !has(msg, "READY=1"),
+            "READY=1 with slot 1 not ready: {msg:?}"
+        );
+    }
+    write(&s.path("gate.1"), "");
+    let (_, ready) = sd.until("READY=1", |msg| has(msg, "READY=1"));
+    assert!(
+        has(&ready, "STATUS=2/2 workers ready, generation 1"),
+        "{ready:?}"
+    );
+    m.wait_count("ready", 2, is_ready);
+
+    // SIGHUP: RELOADING=1 with the time, then READY=1 once generation 2 serves.
+    let t0 = monotonic_usec();
+    m.signal(libc::SIGHUP);
+    let (between, reloading) = sd.until("RELOADING=1", |msg| has(msg, "RELOADING=1"));
+    let t1 = monotonic_usec();
+    assert!(
+        between.iter().all(|msg| !has(msg, "READY=1")),
+        "{between:?}"
+    );
+    let usec: u64 = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .unwrap_or_else(|| panic!("RELOADING=1 without MONOTONIC_USEC: {reloading:?}"))
+        .parse()
+        .unwrap();
+    assert!(
+        t0 <= usec && usec <= t1,
+        "MONOTONIC_USEC={usec} not within [{t0}, {t1}]"
+    );
+    let (_, ready) = sd.until("READY=1 after the reload", |msg| has(msg, "READY=1"));
+    assert!(
+        has(&ready, "STATUS=2/2 workers ready, generation 2"),
+        "{ready:?}"
+    );
+    m.wait_line("reload done", |l| l.contains("reload (SIGHUP) done"));
+
+    // SIGTERM: STOPPING=1.
+    m.signal(libc::SIGTERM);
+    let (_, stopping) = sd.until("STOPPING=1", |msg| has(msg, "STOPPING=1"));
+    assert!(stopping.contains("STATUS="), "{stopping:?}");
+    let st = m.wait_exit();
+    assert_eq!(st.code(), Some(0), "{}", m.output());
+}
