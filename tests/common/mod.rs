@@ -121,10 +121,12 @@ impl Multinode {
     pub fn serve(args: &[&str]) -> Multinode {
         let mut cmd = Command::new(multinode_bin());
         cmd.arg("serve");
-        if !args
-            .iter()
-            .any(|a| ["--name", "--control", "--config", "-c"].contains(a))
-        {
+        // Only multinode's own options count, not the worker command's after `--`.
+        let own = args.iter().take_while(|a| **a != "--");
+        let named = own
+            .into_iter()
+            .any(|a| ["--name", "--control", "--config", "-c"].contains(a));
+        if !named {
             cmd.args(["--name", &unique_name()]);
         }
         cmd.args(args);
