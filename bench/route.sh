@@ -6,8 +6,7 @@
 # whether it is a listening socket (shared) or a route channel (--route round-robin), so the
 # difference is the supervisor's accept + SCM_RIGHTS hand-over. WITH_PYTHON=1 adds rows for
 # the stdlib examples (hello.py shared, routed.py route): two different programs, for scale
-# only (hello.py answers in two writes, so keep-alive runs into Nagle + delayed ACK, ~40 ms a
-# request, and wrk counts its closes as read errors).
+# only (wrk counts a read error for every connection hello.py closes after `Connection: close`).
 #
 # Usage: bench/route.sh            (as root or not; installs wrk with apt-get when missing)
 # Knobs: DURATION=5s WORKERS=<nproc> CONNS=64 THREADS=2 WITH_PYTHON=1 PYTHON=/usr/bin/python3
@@ -129,8 +128,8 @@ block=$(
     echo "$table"
     if [ -n "${WITH_PYTHON:-}" ]; then
         echo
-        echo "The Python rows are two different programs. hello.py answers in two writes, so its keep-alive"
-        echo "figure is Nagle + delayed ACK (~40 ms a request), and wrk counts its closes as read errors."
+        echo "The Python rows are two different programs, for scale only; wrk counts a read error for"
+        echo "every connection hello.py closes after a \`Connection: close\` response."
     fi
 )
 echo "$table"

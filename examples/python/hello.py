@@ -81,6 +81,9 @@ stopping = threading.Event()
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive (HTTP/1.0 requests still close)
+    # Buffer each response and send it in one write (flushed after every request): headers
+    # and body in two writes would wait for a delayed ACK on kept-alive connections (Nagle).
+    wbufsize = 1 << 16
 
     def setup(self):
         global idle
