@@ -23,27 +23,8 @@ fn run_as(nobody: Option<()>, args: &[&str]) -> Output {
     } else {
         Command::new(multinode_bin())
     };
-    cmd.arg("serve").args(args).env("NO_COLOR", "1");
-    let child = cmd
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start multinode");
-    let pid = child.id() as i32;
-    // Bound: a supervisor that wrongly starts would otherwise hang the test. The killer acts
-    // only if the child has not been waited for, so it can never hit a reused pid.
-    let (done, wait_done) = std::sync::mpsc::channel::<()>();
-    let killer = std::thread::spawn(move || {
-        if wait_done.recv_timeout(DEADLINE).is_err() {
-            // SAFETY: kill has no memory preconditions; the child is not reaped yet.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    });
-    let out = child.wait_with_output().unwrap();
-    let _ = done.send(());
-    let _ = killer.join();
-    out
+    cmd.arg("serve").args(args);
+    run(cmd)
 }
 
 /// Asserts the exit code and that stderr is exactly one `multinode: error:` line containing

@@ -8,34 +8,12 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use common::*;
-
-/// Runs `cmd` to completion and returns its output; it is killed if it outlives DEADLINE.
-fn run(mut cmd: Command) -> Output {
-    cmd.env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = cmd.spawn().expect("start command");
-    let pid = child.id() as i32;
-    // The killer acts only while the child has not been waited for, so never on a reused pid.
-    let (done, wait_done) = std::sync::mpsc::channel::<()>();
-    let killer = std::thread::spawn(move || {
-        if wait_done.recv_timeout(DEADLINE).is_err() {
-            // SAFETY: kill has no memory preconditions; the child is not reaped yet.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    });
-    let out = child.wait_with_output().unwrap();
-    let _ = done.send(());
-    let _ = killer.join();
-    out
-}
 
 /// `multinode <args>`, run to completion.
 fn mn(args: &[&str]) -> Output {

@@ -524,3 +524,25 @@ impl KeepAlive {
         self.w.set_nodelay(true)
     }
 }
+
+/// Runs `cmd` to completion and returns its output; it is killed if it outlives DEADLINE.
+pub fn run(mut cmd: Command) -> std::process::Output {
+    cmd.env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().expect("start command");
+    let pid = child.id() as i32;
+    // The killer acts only while the child has not been waited for, so never on a reused pid.
+    let (done, wait_done) = std::sync::mpsc::channel::<()>();
+    let killer = std::thread::spawn(move || {
+        if wait_done.recv_timeout(DEADLINE).is_err() {
+            // SAFETY: kill has no memory preconditions; the child is not reaped yet.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = done.send(());
+    let _ = killer.join();
+    out
+}
