@@ -724,3 +724,84 @@ fn json_log_format() {
         m.output()
     );
 }
+
+/// As PID 1 of a PID namespace (a container's init), multinode reaps every orphan that is
+/// reparented to it and still drains its workers on SIGTERM.
+#[test]
+fn as_pid_1_it_reaps_orphans_and_stops_cleanly() {
+    if !is_root()
+        || std::process::Command::new("unshare")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
+        eprintln!("skipped: needs root and unshare(1) for a PID namespace");
+        return;
+    }
+    let hello = worker_bin("hello");
+    // Each worker leaves two orphans behind (the subshells exit at once), then becomes hello.
+    let script = format!("(sleep 0.3 &); (sleep 0.6 &); exec {}", hello.display());
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc"])
+        .arg(multinode_bin())
+        .args([
+            "serve",
+            "--name",
+            &unique_name(),
+            "-w",
+            "2",
+            "-l",
+            "127.0.0.1:0",
+        ])
+        .args(["--", "/bin/sh", "-c", &script]);
+    let mut m = Multinode::spawn(cmd);
+    // The pids multinode prints are its namespace's, not ours.
+    m.kill_workers = false;
+    let addr = m.tcp_addr("listen0");
+    m.wait_started(2);
+    // The supervisor, seen from here: unshare's child, whose pid inside its namespace is 1.
+    let mut sup = 0;
+    assert!(
+        eventually(DEADLINE, || {
+            sup = children_of(m.pid).into_iter().next().unwrap_or(0);
+            status_field(sup, "NSpid").is_some_and(|ns| ns.split_whitespace().last() == Some("1"))
+        }),
+        "multinode is not PID 1 of its namespace"
+    );
+    // On failure: SIGKILL to PID 1 ends the whole namespace (killing unshare would not).
+    // Disarmed once multinode has exited, so it never hits a reused pid.
+    struct EndNamespace(Option<i32>);
+    impl Drop for EndNamespace {
+        fn drop(&mut self) {
+            if let Some(pid) = self.0 {
+                kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+    let mut end = EndNamespace(Some(sup));
+    let (status, body) = http_get(addr, "/").expect("served as PID 1");
+    assert_eq!(status, 200, "{body}");
+    // The sleeps were reparented to PID 1 = multinode; once they end, nothing is left of them.
+    let clean = eventually(DEADLINE, || {
+        children_of(sup)
+            .iter()
+            .all(|&c| comm(c) == "hello" && stat_of(c).is_some_and(|s| s.0 != 'Z'))
+    });
+    assert!(
+        clean,
+        "orphans not reaped under PID 1: {:?}",
+        children_of(sup)
+            .iter()
+            .map(|&c| (c, comm(c), stat_of(c)))
+            .collect::<Vec<_>>()
+    );
+    kill(sup, libc::SIGTERM);
+    let st = m.wait_exit();
+    end.0 = None;
+    assert_eq!(st.code(), Some(0), "{}", m.output());
+    assert!(
+        m.output().contains("exiting with status 0"),
+        "{}",
+        m.output()
+    );
+}

@@ -204,13 +204,13 @@ impl Supervisor {
             let wakes = match self.wait() {
                 Ok(w) => w,
                 Err(e) => {
-                    self.p.out.event(Event::error(
-                        "internal",
-                        format!("poll failed: {e}; stopping"),
-                    ));
+                    // Without poll the loop can neither reap nor read: kill the workers
+                    // (their parent-death signal and the guard finish the job) and leave.
+                    let msg = format!("poll failed: {e}; killing every worker and exiting");
+                    self.p.out.event(Event::error("internal", msg));
                     self.exit = Exit::Internal;
                     self.kill_all();
-                    Vec::new()
+                    break;
                 }
             };
             for wake in wakes {

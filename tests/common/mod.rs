@@ -110,6 +110,9 @@ pub fn is_root() -> bool {
 pub struct Multinode {
     pub child: Option<Child>,
     pub pid: i32,
+    /// Whether Drop also SIGKILLs the worker groups it saw start. Off when the pids printed
+    /// belong to another PID namespace and mean other processes here.
+    pub kill_workers: bool,
     lines: Arc<Mutex<Vec<String>>>,
     readers: Vec<std::thread::JoinHandle<()>>,
 }
@@ -159,6 +162,7 @@ impl Multinode {
         Multinode {
             child: Some(child),
             pid,
+            kill_workers: true,
             lines,
             readers,
         }
@@ -280,7 +284,7 @@ impl Drop for Multinode {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for pid in self.worker_pids() {
+        for pid in self.worker_pids().into_iter().filter(|_| self.kill_workers) {
             // SAFETY: kill has no memory preconditions. The group may be gone already.
             unsafe { libc::kill(-pid, libc::SIGKILL) };
         }
