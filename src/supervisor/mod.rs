@@ -387,6 +387,9 @@ impl Supervisor {
                     self.kill_all();
                 }
                 Signal::SIGHUP => self.begin_reload("SIGHUP".into()),
+                // The terminal sends these too (job control: a background process reading it,
+                // or writing to it with `stty tostop`); only a process's kill means "scale".
+                Signal::SIGTTIN | Signal::SIGTTOU if info.ssi_code == libc::SI_KERNEL => {}
                 Signal::SIGTTIN => self.scale_up("SIGTTIN"),
                 Signal::SIGTTOU => self.scale_down("SIGTTOU"),
                 _ => {}
