@@ -190,40 +190,49 @@ impl Listeners {
     /// Takes the first TCP socket named `name`. A Unix socket of that name is
     /// left in place.
     pub fn take_tcp(&mut self, name: &str) -> Option<TcpListener> {
-        let i = self
-            .items
-            .iter()
-            .position(|(n, l)| n == name && matches!(l, Listener::Tcp(_)))?;
-        match self.items.remove(i).1 {
-            Listener::Tcp(l) => Some(l),
-            _ => unreachable!("position() matched a TCP listener"),
-        }
+        self.take_kind(name, |l| match l {
+            Listener::Tcp(t) => Ok(t),
+            other => Err(other),
+        })
     }
 
     /// Takes the first Unix socket named `name`. A TCP socket of that name is
     /// left in place.
     pub fn take_unix(&mut self, name: &str) -> Option<UnixListener> {
-        let i = self
-            .items
-            .iter()
-            .position(|(n, l)| n == name && matches!(l, Listener::Unix(_)))?;
-        match self.items.remove(i).1 {
-            Listener::Unix(l) => Some(l),
-            _ => unreachable!("position() matched a Unix listener"),
-        }
+        self.take_kind(name, |l| match l {
+            Listener::Unix(u) => Ok(u),
+            other => Err(other),
+        })
     }
 
     /// Takes the first route channel named `name` (the worker runs under
     /// `multinode serve --route …`). Sockets of that name are left in place.
     pub fn take_routed(&mut self, name: &str) -> Option<RouteChannel> {
-        let i = self
-            .items
-            .iter()
-            .position(|(n, l)| n == name && matches!(l, Listener::Routed(_)))?;
-        match self.items.remove(i).1 {
-            Listener::Routed(c) => Some(c),
-            _ => unreachable!("position() matched a route channel"),
+        self.take_kind(name, |l| match l {
+            Listener::Routed(c) => Ok(c),
+            other => Err(other),
+        })
+    }
+
+    /// Takes the first listener named `name` that `kind` accepts; one it gives
+    /// back stays where it was.
+    fn take_kind<T>(
+        &mut self,
+        name: &str,
+        kind: impl Fn(Listener) -> Result<T, Listener>,
+    ) -> Option<T> {
+        let mut i = 0;
+        while i < self.items.len() {
+            if self.items[i].0 == name {
+                let (n, l) = self.items.remove(i);
+                match kind(l) {
+                    Ok(t) => return Some(t),
+                    Err(l) => self.items.insert(i, (n, l)),
+                }
+            }
+            i += 1;
         }
+        None
     }
 
     /// Like [`tcp_or_bind`](Self::tcp_or_bind), but a route channel will do
