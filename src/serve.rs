@@ -86,13 +86,21 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
         Some(s) => s,
         None => socket::bind_all(&cfg.listen, cfg.backlog, cfg.socket_mode, owner, reuseport)?,
     };
-    // reuseport: every slot gets its own sockets, bound now while we may still be root.
+    // reuseport: every slot gets its own sockets, bound now while we may still be root. Slot 0
+    // takes the ones bound above: the kernel spreads connections over every socket of the
+    // group, so none may be left without a worker accepting on it.
     let mut slot_fds = Vec::new();
     if reuseport {
-        for _ in 0..cfg.workers {
+        for slot in 0..cfg.workers {
             let set = sockets
                 .iter()
-                .map(|b| socket::bind_sibling(b, &b.local))
+                .map(|b| match slot {
+                    0 => {
+                        b.fd.try_clone()
+                            .map_err(|e| Error::sys("duplicating a socket", e))
+                    }
+                    _ => socket::bind_sibling(b, &b.local, owner.map(|(uid, _)| uid)),
+                })
                 .collect::<Result<Vec<_>>>()?;
             slot_fds.push(set);
         }

@@ -167,12 +167,13 @@ pub fn bind_all(
     owner: Option<(Uid, Gid)>,
     reuseport: bool,
 ) -> Result<Vec<Bound>> {
+    let creator = owner.map(|(uid, _)| uid);
     let mut bound = Vec::with_capacity(specs.len());
     for spec in specs {
         let b = match &spec.addr {
             ListenAddr::Tcp(addr) => {
                 let v6only = addr.is_ipv6();
-                bind_tcp(spec, *addr, v6only, backlog, reuseport)?
+                bind_tcp(spec, *addr, v6only, backlog, reuseport, creator)?
             }
             ListenAddr::AnyTcp(port) => {
                 // Dual-stack unless the user also binds IPv4 on this port themselves.
@@ -180,10 +181,10 @@ pub fn bind_all(
                     |o| matches!(o.addr, ListenAddr::Tcp(SocketAddr::V4(a)) if a.port() == *port),
                 );
                 let any6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), *port);
-                match bind_tcp(spec, any6, v4_too, backlog, reuseport) {
+                match bind_tcp(spec, any6, v4_too, backlog, reuseport, creator) {
                     Err(e) if !v4_too && ipv6_unavailable() => {
                         let any4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), *port);
-                        bind_tcp(spec, any4, false, backlog, reuseport).map_err(|_| e)?
+                        bind_tcp(spec, any4, false, backlog, reuseport, creator).map_err(|_| e)?
                     }
                     r => r?,
                 }
@@ -214,7 +215,9 @@ fn listen(fd: &OwnedFd, backlog: u32) -> nix::Result<()> {
 
 /// Binds another SO_REUSEPORT socket to the address of `b` (a TCP socket bound with
 /// `reuseport`), for one more worker slot. For a Unix socket, a duplicate of it.
-pub fn bind_sibling(b: &Bound, text: &str) -> Result<OwnedFd> {
+///
+/// `creator`: the user multinode is about to become, while still root (see [`bind_tcp`]).
+pub fn bind_sibling(b: &Bound, text: &str, creator: Option<Uid>) -> Result<OwnedFd> {
     let Some((addr, v6only)) = b.tcp else {
         return b
             .fd
@@ -226,15 +229,19 @@ pub fn bind_sibling(b: &Bound, text: &str) -> Result<OwnedFd> {
         addr: ListenAddr::Tcp(addr),
         text: text.to_string(),
     };
-    Ok(bind_tcp(&spec, addr, v6only, b.backlog, true)?.fd)
+    Ok(bind_tcp(&spec, addr, v6only, b.backlog, true, creator)?.fd)
 }
 
+/// Binds one TCP socket. With `reuseport` and a `creator`, the socket is created with that
+/// user as its effective uid (and bound as root): the kernel lets only sockets of one uid
+/// share a port, and after the privilege drop multinode adds more as that user.
 fn bind_tcp(
     spec: &ListenSpec,
     addr: SocketAddr,
     v6only: bool,
     backlog: u32,
     reuseport: bool,
+    creator: Option<Uid>,
 ) -> Result<Bound> {
     let fail = |what: &str, e: Errno| {
         Error::socket(format!(
@@ -248,8 +255,16 @@ fn bind_tcp(
     } else {
         AddressFamily::Inet6
     };
-    let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
-        .map_err(|e| fail("cannot create a socket for", e))?;
+    let as_creator = creator.filter(|_| reuseport && Uid::effective().is_root());
+    if let Some(uid) = as_creator {
+        nix::unistd::seteuid(uid).map_err(|e| fail("cannot take the workers' uid to create", e))?;
+    }
+    let created = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None);
+    if as_creator.is_some() {
+        nix::unistd::seteuid(Uid::from_raw(0))
+            .map_err(|e| fail("cannot return to root after creating", e))?;
+    }
+    let fd = created.map_err(|e| fail("cannot create a socket for", e))?;
     socket::setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| fail("SO_REUSEADDR on", e))?;
     if reuseport {
         socket::setsockopt(&fd, sockopt::ReusePort, &true)

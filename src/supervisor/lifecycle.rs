@@ -317,7 +317,7 @@ impl Supervisor {
                 .p
                 .sockets
                 .iter()
-                .map(|b| crate::socket::bind_sibling(b, &b.local))
+                .map(|b| crate::socket::bind_sibling(b, &b.local, None))
                 .collect();
             match fds {
                 Ok(fds) => self.p.slot_fds.push(fds),
