@@ -805,3 +805,83 @@ fn as_pid_1_it_reaps_orphans_and_stops_cleanly() {
         m.output()
     );
 }
+
+#[test]
+fn restart_policies_decide_what_comes_back() {
+    // on-failure: a clean exit is not restarted, and once every worker is gone for good
+    // multinode exits 0.
+    let mut m = Multinode::serve(&[
+        "-w",
+        "2",
+        "-l",
+        "127.0.0.1:0",
+        "--restart",
+        "on-failure",
+        "--",
+        "/bin/sh",
+        "-c",
+        "exit 0",
+    ]);
+    assert_eq!(m.wait_exit().code(), Some(0), "{}", m.output());
+    assert_eq!(
+        m.worker_pids().len(),
+        2,
+        "nothing restarted: {}",
+        m.output()
+    );
+    assert!(!m.output().contains("restarting in"), "{}", m.output());
+
+    // never: a failure is not restarted either, and the exit status says one failed.
+    let mut m = Multinode::serve(&[
+        "-w",
+        "1",
+        "-l",
+        "127.0.0.1:0",
+        "--restart",
+        "never",
+        "--",
+        "/bin/sh",
+        "-c",
+        "exit 3",
+    ]);
+    assert_eq!(m.wait_exit().code(), Some(1), "{}", m.output());
+    assert_eq!(m.worker_pids().len(), 1, "{}", m.output());
+    assert!(m.output().contains("exited with code 3"), "{}", m.output());
+}
+
+#[test]
+fn sigquit_and_a_second_sigterm_stop_at_once() {
+    // Workers that ignore SIGTERM, and a grace long enough that only a fast stop ends them.
+    let ignore = [
+        "--",
+        "/bin/sh",
+        "-c",
+        "trap '' TERM; while :; do sleep 1; done",
+    ];
+    for (first, second) in [(libc::SIGQUIT, None), (libc::SIGTERM, Some(libc::SIGTERM))] {
+        let mut args = vec!["-w", "2", "-l", "127.0.0.1:0", "--grace", "5m"];
+        args.extend(ignore);
+        let mut m = Multinode::serve(&args);
+        let pids = m.wait_started(2);
+        assert!(
+            eventually(DEADLINE, || pids.iter().all(|&p| ignores(p, libc::SIGTERM))),
+            "the shells never ignored SIGTERM"
+        );
+        m.signal(first);
+        if let Some(sig) = second {
+            m.wait_line("the graceful stop", |l| l.contains("stopping 2 worker(s)"));
+            m.signal(sig);
+            m.wait_line("the fast stop", |l| {
+                l.contains("again: killing every worker now")
+            });
+        } else {
+            m.wait_line("the fast stop", |l| l.contains("SIGQUIT: fast stop"));
+        }
+        // Long before --grace 5m: the workers were killed, so the status is 1.
+        assert_eq!(m.wait_exit().code(), Some(1), "{}", m.output());
+        assert!(
+            pids.iter().all(|&p| !alive(p)),
+            "a worker outlived the fast stop"
+        );
+    }
+}
