@@ -23,6 +23,7 @@ use nix::unistd::{Gid, Uid};
 use serde_json::{Value, json};
 
 use crate::error::{Error, Exit, Result};
+use crate::socket::{Occupied, SocketFile, clear_stale, with_private_umask};
 
 /// The directory the control sockets of all supervisors of this user are in.
 pub fn base_dir() -> PathBuf {
@@ -43,7 +44,7 @@ pub fn default_path(name: &str) -> PathBuf {
 pub struct ControlServer {
     listener: UnixListener,
     pub path: PathBuf,
-    ino: u64,
+    file: SocketFile,
 }
 
 impl ControlServer {
@@ -69,30 +70,27 @@ impl ControlServer {
                 }
             }
         }
-        if path.exists() {
-            if UnixStream::connect(path).is_ok() {
-                return Err(Error::socket(format!(
-                    "control socket {shown} is in use by another running multinode; give this one another --name (or --control)"
-                )));
-            }
-            std::fs::remove_file(path).map_err(|e| fail("cannot replace the stale socket", &e))?;
-        }
-        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-        let bound = UnixListener::bind(path);
-        nix::sys::stat::umask(old);
-        let listener = bound.map_err(|e| fail("cannot bind", &e))?;
+        clear_stale(path).map_err(|o| match o {
+            Occupied::InUse => Error::socket(format!(
+                "control socket {shown} is in use by another running multinode; give this one another --name (or --control)"
+            )),
+            Occupied::NotSocket => fail("exists and is not a socket; refusing to replace it", &""),
+            Occupied::Io(what, e) => fail(what, &e),
+        })?;
+        let listener =
+            with_private_umask(|| UnixListener::bind(path)).map_err(|e| fail("cannot bind", &e))?;
+        // From here on, an error (or the end of the run) removes the file again.
+        let file = SocketFile::created(path).map_err(|e| fail("cannot stat", &e))?;
         if let Some((uid, gid)) = owner {
             nix::unistd::chown(path, Some(uid), Some(gid)).map_err(|e| fail("cannot chown", &e))?;
         }
         listener
             .set_nonblocking(true)
             .map_err(|e| fail("cannot make it non-blocking", &e))?;
-        use std::os::unix::fs::MetadataExt;
-        let ino = std::fs::metadata(path).map(|m| m.ino()).unwrap_or(0);
         Ok(ControlServer {
             listener,
             path: path.to_path_buf(),
-            ino,
+            file,
         })
     }
 
@@ -106,12 +104,8 @@ impl ControlServer {
     }
 
     /// Removes the socket file if it is still ours.
-    pub fn remove(&self) -> std::io::Result<()> {
-        use std::os::unix::fs::MetadataExt;
-        match std::fs::metadata(&self.path) {
-            Ok(m) if m.ino() == self.ino => std::fs::remove_file(&self.path),
-            _ => Ok(()),
-        }
+    pub fn remove(&mut self) -> std::io::Result<()> {
+        self.file.remove().map(drop)
     }
 }
 

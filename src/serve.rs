@@ -174,7 +174,7 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
     let Parts {
         mut sockets,
         mut out,
-        control,
+        mut control,
         ..
     } = parts;
     let mut leftovers: Vec<(std::path::PathBuf, std::io::Error)> = Vec::new();
@@ -185,7 +185,7 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
             }
         }
     }
-    if let Some(c) = &control {
+    if let Some(c) = &mut control {
         if let Err(e) = c.remove() {
             leftovers.push((c.path.clone(), e));
         }

@@ -325,7 +325,19 @@ fn bind_unix(
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         Error::socket(format!("--listen {}: {what} {shown}: {e}", spec.text))
     };
-    remove_if_stale(spec, path)?;
+    clear_stale(path).map_err(|o| {
+        Error::socket(match o {
+            Occupied::NotSocket => format!(
+                "--listen {}: {shown} exists and is not a socket; refusing to replace it",
+                spec.text
+            ),
+            Occupied::InUse => format!(
+                "--listen {}: {shown} is in use by a running server; stop it or choose another path",
+                spec.text
+            ),
+            Occupied::Io(what, e) => format!("--listen {}: {what} {shown}: {e}", spec.text),
+        })
+    })?;
     let fd = socket::socket(
         AddressFamily::Unix,
         SockType::Stream,
@@ -334,10 +346,7 @@ fn bind_unix(
     )
     .map_err(|e| fail("cannot create a socket for", &e.desc()))?;
     let addr = UnixAddr::new(path).map_err(|e| fail("bad path", &e.desc()))?;
-    // Bind with a tight umask so the file is never reachable by others before the chmod below.
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let r = socket::bind(fd.as_raw_fd(), &addr);
-    nix::sys::stat::umask(old);
+    let r = with_private_umask(|| socket::bind(fd.as_raw_fd(), &addr));
     r.map_err(|e| match e {
         Errno::EACCES => Error::socket(format!(
             "--listen {}: permission denied creating {shown}: the directory is not writable by this user (run as root or choose another directory)",
@@ -349,12 +358,7 @@ fn bind_unix(
         )),
         e => fail("cannot bind", &e.desc().to_lowercase()),
     })?;
-    let meta = std::fs::metadata(path).map_err(|e| fail("cannot stat", &e))?;
-    let file = SocketFile {
-        path: path.to_path_buf(),
-        dev: meta.dev(),
-        ino: meta.ino(),
-    };
+    let file = SocketFile::created(path).map_err(|e| fail("cannot stat", &e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| fail("cannot chmod", &e))?;
     if let Some((uid, gid)) = owner {
@@ -372,42 +376,43 @@ fn bind_unix(
     })
 }
 
-/// Replaces a socket file nobody accepts on; refuses a live one or a file of another kind.
-fn remove_if_stale(spec: &ListenSpec, path: &Path) -> Result<()> {
-    let shown = path.display();
+/// Why a path cannot take a new Unix socket.
+#[derive(Debug)]
+pub enum Occupied {
+    /// Something other than a socket is there.
+    NotSocket,
+    /// A server accepts on the socket there.
+    InUse,
+    /// It could not be checked or the stale socket could not be removed.
+    Io(&'static str, io::Error),
+}
+
+/// Clears `path` for a new socket: nothing there is fine, a socket nobody accepts on (left by
+/// a process that died) is removed; a live socket or a file of another kind is refused.
+pub fn clear_stale(path: &Path) -> std::result::Result<(), Occupied> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => {
-            return Err(Error::socket(format!(
-                "--listen {}: cannot stat {shown}: {e}",
-                spec.text
-            )));
-        }
+        Err(e) => return Err(Occupied::Io("cannot stat", e)),
     };
     if !meta.file_type().is_socket() {
-        return Err(Error::socket(format!(
-            "--listen {}: {shown} exists and is not a socket; refusing to replace it",
-            spec.text
-        )));
+        return Err(Occupied::NotSocket);
     }
     match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => Err(Error::socket(format!(
-            "--listen {}: {shown} is in use by a running server; stop it or choose another path",
-            spec.text
-        ))),
+        Ok(_) => Err(Occupied::InUse),
         Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => std::fs::remove_file(path)
-            .map_err(|e| {
-                Error::socket(format!(
-                    "--listen {}: cannot replace the stale socket {shown}: {e}",
-                    spec.text
-                ))
-            }),
-        Err(e) => Err(Error::socket(format!(
-            "--listen {}: cannot check whether {shown} is in use: {e}",
-            spec.text
-        ))),
+            .map_err(|e| Occupied::Io("cannot replace the stale socket", e)),
+        Err(e) => Err(Occupied::Io("cannot check whether something listens on", e)),
     }
+}
+
+/// Runs `bind` with umask 0177, so that a socket file it creates is reachable by its owner
+/// alone until the caller sets its mode and owner.
+pub fn with_private_umask<T>(bind: impl FnOnce() -> T) -> T {
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let r = bind();
+    nix::sys::stat::umask(old);
+    r
 }
 
 /// A socket file this process created, identified by device and inode so that a file some
@@ -420,6 +425,16 @@ pub struct SocketFile {
 }
 
 impl SocketFile {
+    /// The socket file just bound at `path`.
+    pub fn created(path: &Path) -> io::Result<SocketFile> {
+        let meta = std::fs::metadata(path)?;
+        Ok(SocketFile {
+            path: path.to_path_buf(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
     /// Removes the file if it is still ours. `Ok(false)`: it was already gone or replaced.
     pub fn remove(&mut self) -> io::Result<bool> {
         let ours = std::fs::symlink_metadata(&self.path)
