@@ -168,21 +168,29 @@ impl Supervisor {
     /// Answers `multinode scale` callers whose workers are all ready (or whose time is up),
     /// drops control clients that never sent a request, and keeps systemd's STATUS current.
     pub(super) fn housekeeping(&mut self, now: Instant) {
-        self.waiters.clients.retain(|c| c.deadline > now);
-        self.check_scale_waiters(now);
+        // This runs on every turn of the loop (in route mode, per burst of connections), so
+        // it does nothing unless someone waits or systemd listens.
+        if !self.waiters.clients.is_empty() {
+            self.waiters.clients.retain(|c| c.deadline > now);
+        }
+        if !self.waiters.scale.is_empty() {
+            self.check_scale_waiters(now);
+        }
+        if self.p.systemd.is_none() {
+            return;
+        }
         let line = self.status_line();
         if self.sd_status != line {
+            let first = !self.sd_ready && self.all_ready();
+            let msg = if first {
+                format!("READY=1\nSTATUS={line}")
+            } else {
+                format!("STATUS={line}")
+            };
             if let Some(n) = &self.p.systemd {
-                let ready = self.all_ready();
-                let first = ready && !self.sd_ready;
-                let msg = if first {
-                    format!("READY=1\nSTATUS={line}")
-                } else {
-                    format!("STATUS={line}")
-                };
                 n.send(&msg);
-                self.sd_ready |= first;
             }
+            self.sd_ready |= first;
             self.sd_status = line;
         }
     }
