@@ -114,7 +114,7 @@ impl Supervisor {
                 answer(&s, &json!({"ok": false, "error": "multinode is stopping"}))
             }
             Some("reload") => {
-                self.reload_waiters_push(s);
+                self.waiters.reload.push(s);
                 self.begin_reload("multinode reload".into());
             }
             Some("scale") => match req["workers"].as_u64() {
@@ -145,10 +145,6 @@ impl Supervisor {
             },
             _ => answer(&s, &json!({"ok": false, "error": "unknown command"})),
         }
-    }
-
-    fn reload_waiters_push(&mut self, s: UnixStream) {
-        self.waiters.reload.push(s);
     }
 
     /// Tells `multinode reload` callers how the reload ended.
