@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use nix::sys::signal::Signal;
 
 use crate::config::{ReadyMode, parse_duration, parse_ready, parse_signal};
-use crate::error::EXIT_CODES_HELP;
+use crate::error::exit_codes_help;
 use crate::socket::{ListenSpec, parse_listen};
 
 /// Run N copies of any server program on sockets multinode binds once.
@@ -19,7 +19,7 @@ use crate::socket::{ListenSpec, parse_listen};
 /// LISTEN_FDNAMES), so the kernel spreads connections over all of them. Crashed workers are
 /// restarted with backoff; SIGTERM stops them gracefully.
 #[derive(Debug, Parser)]
-#[command(name = "multinode", version, propagate_version = true, after_help = EXIT_CODES_HELP)]
+#[command(name = "multinode", version, propagate_version = true, after_help = exit_codes_help())]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

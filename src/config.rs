@@ -24,13 +24,28 @@ pub struct Config {
     pub workdir: Option<PathBuf>,
     /// Extra environment for the workers.
     pub env: Vec<(String, String)>,
-    pub workers: u32,
     pub listen: Vec<ListenSpec>,
     pub backlog: u32,
     pub user: Option<String>,
     pub group: Option<String>,
     pub socket_mode: u32,
     pub program: Program,
+    pub mode: Mode,
+    pub proxy_protocol: bool,
+    pub watch: Vec<PathBuf>,
+    pub watch_ignore: Vec<String>,
+    pub color: bool,
+    pub log_format: LogFormat,
+    /// What the supervisor's decisions follow, all of which a reload may change.
+    pub runtime: Runtime,
+    /// What the config was built from, to build it again on a reload.
+    pub source: Source,
+}
+
+/// The settings the supervisor core decides with. A reload applies every one of them at once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Runtime {
+    pub workers: u32,
     pub restart: RestartPolicy,
     pub backoff_max: Duration,
     pub min_uptime: Duration,
@@ -38,18 +53,33 @@ pub struct Config {
     pub max_restarts: Option<(u32, Duration)>,
     pub stop_signal: Signal,
     pub grace: Duration,
-    pub mode: Mode,
-    pub proxy_protocol: bool,
     pub ready: ReadyMode,
     pub ready_timeout: Duration,
     pub reload_parallel: u32,
-    pub watch: Vec<PathBuf>,
-    pub watch_ignore: Vec<String>,
     pub watch_debounce: Duration,
-    pub color: bool,
+}
+
+/// What a reload does with a configuration read again: each option of [`Config`] is in
+/// exactly one of these (see [`Config::reload_plan`], which the compiler keeps exhaustive).
+#[derive(Debug)]
+pub struct ReloadPlan {
+    /// Takes effect at once (worker count, timings, restart policy).
+    pub runtime: Runtime,
+    /// What the new generation of workers runs.
+    pub next: NextGeneration,
+    /// Output settings, applied at once.
     pub log_format: LogFormat,
-    /// What the config was built from, to build it again on a reload.
-    pub source: Source,
+    pub color: bool,
+    /// Options that changed but only a restart of multinode applies, by their key names.
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// The program a generation of workers runs, with its environment and working directory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NextGeneration {
+    pub program: Program,
+    pub env: Vec<(String, String)>,
+    pub workdir: Option<PathBuf>,
 }
 
 /// The command line as given and which options it set, plus the config file named.
@@ -77,7 +107,7 @@ pub enum ReadyMode {
 }
 
 /// The worker program: the path execve gets (resolved through PATH once, at start) and argv.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Program {
     pub path: PathBuf,
     pub argv: Vec<OsString>,
@@ -159,35 +189,91 @@ impl Config {
             control: args.control,
             workdir: args.workdir,
             env: args.env,
-            workers,
             listen,
             backlog: args.backlog,
             user: args.user,
             group: args.group,
             socket_mode: args.socket_mode,
             program,
-            restart: args.restart,
-            backoff_max: args.backoff_max,
-            min_uptime: args.min_uptime,
-            max_restarts: args.max_restarts.map(|n| (n, args.restart_window)),
-            stop_signal: args.stop_signal,
-            grace: args.grace,
             mode: match (args.route, args.balance) {
                 (Some(policy), _) => Mode::Route(policy),
                 (None, Balance::Reuseport) => Mode::ReusePort,
                 (None, Balance::Shared) => Mode::Shared,
             },
             proxy_protocol: args.proxy_protocol,
-            ready: args.ready,
-            ready_timeout: args.ready_timeout,
-            reload_parallel: args.reload_parallel,
             watch: args.watch,
             watch_ignore: args.watch_ignore,
-            watch_debounce: args.watch_debounce,
             color: crate::log::use_color(args.color),
             log_format: args.log_format,
+            runtime: Runtime {
+                workers,
+                restart: args.restart,
+                backoff_max: args.backoff_max,
+                min_uptime: args.min_uptime,
+                max_restarts: args.max_restarts.map(|n| (n, args.restart_window)),
+                stop_signal: args.stop_signal,
+                grace: args.grace,
+                ready: args.ready,
+                ready_timeout: args.ready_timeout,
+                reload_parallel: args.reload_parallel,
+                watch_debounce: args.watch_debounce,
+            },
             source,
         })
+    }
+
+    /// Sorts a configuration read again for a reload into what takes effect now, what the
+    /// new generation runs, and what only a restart applies. Every field of `new` is named
+    /// here, so an option added to [`Config`] does not compile until it is classified.
+    pub fn reload_plan(&self, new: Config) -> ReloadPlan {
+        let Config {
+            name,
+            control,
+            workdir,
+            env,
+            listen,
+            backlog,
+            user,
+            group,
+            socket_mode,
+            program,
+            mode,
+            proxy_protocol,
+            watch,
+            watch_ignore,
+            color,
+            log_format,
+            runtime,
+            source: _,
+        } = new;
+        let restart_only = [
+            ("name", name != self.name),
+            ("control", control != self.control),
+            ("listen", listen != self.listen),
+            ("backlog", backlog != self.backlog),
+            ("user", user != self.user),
+            ("group", group != self.group),
+            ("socket-mode", socket_mode != self.socket_mode),
+            ("balance/route", mode != self.mode),
+            ("proxy-protocol", proxy_protocol != self.proxy_protocol),
+            ("watch", watch != self.watch),
+            ("watch-ignore", watch_ignore != self.watch_ignore),
+        ];
+        ReloadPlan {
+            runtime,
+            next: NextGeneration {
+                program,
+                env,
+                workdir,
+            },
+            log_format,
+            color,
+            needs_restart: restart_only
+                .into_iter()
+                .filter(|(_, changed)| *changed)
+                .map(|(key, _)| key)
+                .collect(),
+        }
     }
 }
 

@@ -55,13 +55,17 @@ pub enum Level {
     Error,
 }
 
-/// A supervisor event: one line, with its kind and the worker it concerns.
+/// A supervisor event: one line, with its kind, the worker it concerns and the facts it
+/// reports as data. Text output shows `msg`; JSON output shows every field, so that scripts
+/// (and the integration tests) read `event`, `slot`, `pid` and the fields, never the wording.
 pub struct Event {
     pub kind: &'static str,
     pub level: Level,
     pub slot: Option<u32>,
     pub pid: Option<i32>,
     pub msg: String,
+    /// Structured facts (`generation`, `code`, `signal`, `workers`, ...), JSON only.
+    pub fields: Vec<(&'static str, serde_json::Value)>,
 }
 
 impl Event {
@@ -72,6 +76,7 @@ impl Event {
             slot: None,
             pid: None,
             msg: msg.into(),
+            fields: Vec::new(),
         }
     }
     pub fn warn(kind: &'static str, msg: impl Into<String>) -> Self {
@@ -89,6 +94,11 @@ impl Event {
     pub fn worker(mut self, slot: u32, pid: i32) -> Self {
         self.slot = Some(slot);
         self.pid = Some(pid);
+        self
+    }
+    /// Adds a structured field (shown in JSON output).
+    pub fn with(mut self, key: &'static str, value: impl Into<serde_json::Value>) -> Self {
+        self.fields.push((key, value.into()));
         self
     }
 }
@@ -124,8 +134,21 @@ impl Output {
         }
     }
 
+    /// Switches the format and colouring of what is written from now on (a reload can change
+    /// both).
+    pub fn set_format(&mut self, format: LogFormat, color: bool) {
+        colored::control::set_override(color);
+        self.format = format;
+        self.color = color;
+    }
+
     pub fn event(&mut self, ev: Event) {
-        let text = match self.format {
+        let text = self.format_event(&ev);
+        self.send(Stream::Stderr, text);
+    }
+
+    fn format_event(&self, ev: &Event) -> String {
+        match self.format {
             LogFormat::Text => {
                 let who = match (ev.slot, ev.pid) {
                     (Some(s), Some(p)) => format!("{} ", worker_tag(s, p, self.color)),
@@ -149,11 +172,13 @@ impl Output {
                 if let (Some(s), Some(p)) = (ev.slot, ev.pid) {
                     let _ = write!(o, ",\"slot\":{s},\"pid\":{p}");
                 }
+                for (k, v) in &ev.fields {
+                    let _ = write!(o, ",{}:{v}", json_str(k));
+                }
                 let _ = write!(o, ",\"msg\":{}}}", json_str(&ev.msg));
                 o
             }
-        };
-        self.send(Stream::Stderr, text);
+        }
     }
 
     /// One line of a worker's output, without its newline.
@@ -182,10 +207,15 @@ impl Output {
     fn send(&mut self, stream: Stream, text: String) {
         let Some(tx) = &self.tx else { return };
         if self.dropped > 0 {
-            let note = format!(
-                "{} dropped {} lines of output: the terminal or pipe was too slow",
-                "multinode |".bold(),
-                self.dropped
+            let note = self.format_event(
+                &Event::warn(
+                    "dropped",
+                    format!(
+                        "dropped {} lines of output: the terminal or pipe was too slow",
+                        self.dropped
+                    ),
+                )
+                .with("lines", self.dropped),
             );
             match tx.try_send(Line {
                 stream: Stream::Stderr,

@@ -38,7 +38,7 @@ fn main() -> ExitCode {
             e.exit
         }
     };
-    ExitCode::from(exit as u8)
+    ExitCode::from(exit.code())
 }
 
 fn run() -> Result<Exit, Error> {

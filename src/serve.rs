@@ -42,7 +42,7 @@ pub fn check(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
     );
     println!(
         "configuration ok: {} worker(s) of {} on {} as {user}; control socket {}",
-        cfg.workers,
+        cfg.runtime.workers,
         cfg.program.path.display(),
         listen.join(", "),
         cfg.control
@@ -91,7 +91,7 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
     // group, so none may be left without a worker accepting on it.
     let mut slot_fds = Vec::new();
     if reuseport {
-        for slot in 0..cfg.workers {
+        for slot in 0..cfg.runtime.workers {
             let set = sockets
                 .iter()
                 .map(|b| match slot {
@@ -134,28 +134,46 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
     let mut out = Output::start(cfg.log_format, cfg.color);
     for (i, s) in sockets.iter().enumerate() {
         let origin = if from_systemd { ", from systemd" } else { "" };
-        out.event(Event::info(
-            "listening",
-            format!("listening on {} {} (fd {}{origin})", s.name, s.local, 3 + i),
-        ));
+        out.event(
+            Event::info(
+                "listening",
+                format!("listening on {} {} (fd {}{origin})", s.name, s.local, 3 + i),
+            )
+            .with("name", s.name.as_str())
+            .with("addr", s.local.as_str())
+            .with("fd", 3 + i)
+            .with("systemd", from_systemd),
+        );
     }
     if let Some(t) = &target {
-        out.event(Event::info(
-            "privileges",
-            format!(
-                "running as user {} group {} (uid {}, gid {})",
-                t.user, t.group, t.uid, t.gid
-            ),
-        ));
+        out.event(
+            Event::info(
+                "privileges",
+                format!(
+                    "running as user {} group {} (uid {}, gid {})",
+                    t.user, t.group, t.uid, t.gid
+                ),
+            )
+            .with("user", t.user.as_str())
+            .with("group", t.group.as_str())
+            .with("uid", t.uid.as_raw())
+            .with("gid", t.gid.as_raw()),
+        );
     }
-    out.event(Event::info(
-        "control",
-        format!("control socket {}", control.path.display()),
-    ));
-    out.event(Event::info(
-        "notify",
-        format!("notify socket {}", notify.path().display()),
-    ));
+    out.event(
+        Event::info(
+            "control",
+            format!("control socket {}", control.path.display()),
+        )
+        .with("path", control.path.display().to_string()),
+    );
+    out.event(
+        Event::info(
+            "notify",
+            format!("notify socket {}", notify.path().display()),
+        )
+        .with("path", notify.path().display().to_string()),
+    );
     let parts = Parts {
         sockets,
         slot_fds,
@@ -191,19 +209,22 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
         }
     }
     for (path, e) in leftovers {
-        out.event(Event::warn(
-            "socket-file",
-            format!(
-                "left {} in place: {} (the next start replaces it)",
-                path.display(),
-                crate::config::io_reason(&e)
-            ),
-        ));
+        out.event(
+            Event::warn(
+                "socket-file",
+                format!(
+                    "left {} in place: {} (the next start replaces it)",
+                    path.display(),
+                    crate::config::io_reason(&e)
+                ),
+            )
+            .with("path", path.display().to_string()),
+        );
     }
-    out.event(Event::info(
-        "exit",
-        format!("exiting with status {}", exit as i32),
-    ));
+    out.event(
+        Event::info("exit", format!("exiting with status {}", exit as i32))
+            .with("status", exit as i32),
+    );
     out.finish();
     Ok(exit)
 }

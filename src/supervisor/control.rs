@@ -120,21 +120,21 @@ impl Supervisor {
             Some("scale") => match req["workers"].as_u64() {
                 Some(n) if (1..=4096).contains(&n) => {
                     let n = n as u32;
-                    self.p.out.event(Event::info(
-                        "scale",
-                        format!("multinode scale: {n} worker(s)"),
-                    ));
-                    while self.cfg.workers < n && self.phase == Phase::Running {
-                        let before = self.cfg.workers;
+                    self.p.out.event(
+                        Event::info("scale-request", format!("multinode scale: {n} worker(s)"))
+                            .with("workers", n),
+                    );
+                    while self.cfg.runtime.workers < n && self.phase == Phase::Running {
+                        let before = self.cfg.runtime.workers;
                         self.scale_up("multinode scale");
-                        if self.cfg.workers == before {
+                        if self.cfg.runtime.workers == before {
                             break;
                         }
                     }
-                    while self.cfg.workers > n {
+                    while self.cfg.runtime.workers > n {
                         self.scale_down("multinode scale");
                     }
-                    let deadline = Instant::now() + self.cfg.ready_timeout;
+                    let deadline = Instant::now() + self.cfg.runtime.ready_timeout;
                     self.waiters.scale.push((s, n, deadline));
                     self.check_scale_waiters(Instant::now());
                 }
@@ -194,15 +194,15 @@ impl Supervisor {
     fn check_scale_waiters(&mut self, now: Instant) {
         let mut keep = Vec::new();
         for (s, n, deadline) in std::mem::take(&mut self.waiters.scale) {
-            if self.cfg.workers == n && self.all_ready() {
+            if self.cfg.runtime.workers == n && self.all_ready() {
                 answer(&s, &json!({"ok": true, "workers": n}));
-            } else if self.cfg.workers != n || now >= deadline {
-                let why = if self.cfg.workers != n {
+            } else if self.cfg.runtime.workers != n || now >= deadline {
+                let why = if self.cfg.runtime.workers != n {
                     "another scale request changed the count".to_string()
                 } else {
                     format!(
                         "not every worker was ready within --ready-timeout {}",
-                        super::human(self.cfg.ready_timeout)
+                        super::human(self.cfg.runtime.ready_timeout)
                     )
                 };
                 answer(&s, &json!({"ok": false, "error": why}));
@@ -215,7 +215,7 @@ impl Supervisor {
 
     /// Every slot has a ready worker serving it.
     pub(super) fn all_ready(&self) -> bool {
-        (0..self.cfg.workers).all(|slot| {
+        (0..self.cfg.runtime.workers).all(|slot| {
             self.workers
                 .iter()
                 .any(|w| w.slot == slot && w.serving() && w.ready)
@@ -224,7 +224,7 @@ impl Supervisor {
 
     /// `3/4 workers ready, generation 2`.
     pub(super) fn status_line(&self) -> String {
-        let ready = (0..self.cfg.workers)
+        let ready = (0..self.cfg.runtime.workers)
             .filter(|&slot| {
                 self.workers
                     .iter()
@@ -233,7 +233,7 @@ impl Supervisor {
             .count();
         let mut line = format!(
             "{ready}/{} workers ready, generation {}",
-            self.cfg.workers, self.generation
+            self.cfg.runtime.workers, self.generation
         );
         if let Some(r) = &self.reload {
             line.push_str(&format!(", reloading to generation {}", r.generation));
@@ -244,7 +244,7 @@ impl Supervisor {
     fn status_json(&self) -> Value {
         let now = Instant::now();
         let mut rows = Vec::new();
-        for slot in 0..self.cfg.workers {
+        for slot in 0..self.cfg.runtime.workers {
             let s = &self.slots[slot as usize];
             let mut any = false;
             for w in self.workers.iter().filter(|w| w.slot == slot) {
@@ -277,7 +277,11 @@ impl Supervisor {
             }
         }
         // Draining workers of slots scaled away.
-        for w in self.workers.iter().filter(|w| w.slot >= self.cfg.workers) {
+        for w in self
+            .workers
+            .iter()
+            .filter(|w| w.slot >= self.cfg.runtime.workers)
+        {
             rows.push(json!({
                 "slot": w.slot, "pid": w.pid.as_raw(), "state": "draining", "generation": w.generation,
                 "uptime_ms": now.duration_since(w.started).as_millis() as u64,
@@ -289,7 +293,7 @@ impl Supervisor {
             "name": self.cfg.name,
             "pid": std::process::id(),
             "generation": self.generation,
-            "workers": self.cfg.workers,
+            "workers": self.cfg.runtime.workers,
             "ready": self.all_ready(),
             "reloading": self.reload.as_ref().map(|r| r.generation),
             "stopping": self.phase != Phase::Running,

@@ -28,7 +28,7 @@ impl Supervisor {
             if w.group_alive() {
                 if !w.signalled && !w.killed {
                     // The leader died but left helpers behind: they go too, gracefully first.
-                    w.stop(self.cfg.stop_signal, now + self.cfg.grace);
+                    w.stop(self.cfg.runtime.stop_signal, now + self.cfg.runtime.grace);
                 }
                 i += 1;
                 continue;
@@ -46,10 +46,14 @@ impl Supervisor {
 
     pub(super) fn ended(&mut self, w: Worker, now: Instant) {
         let status = w.status.expect("ended workers have a status");
-        let by_stop = matches!(status, WaitStatus::Signaled(_, s, _) if s == self.cfg.stop_signal);
+        let by_stop =
+            matches!(status, WaitStatus::Signaled(_, s, _) if s == self.cfg.runtime.stop_signal);
         let ok = w.succeeded() || (w.retired && by_stop);
         let what = format!("{} after {}", describe_exit(&status), human(w.uptime()));
-        let ev = |e: Event| e.worker(w.slot, w.pid.as_raw());
+        let ev = |e: Event| {
+            super::worker::exit_fields(e.worker(w.slot, w.pid.as_raw()), &status)
+                .with("uptime_ms", w.uptime().as_millis() as u64)
+        };
         if let Some(slot) = self.slots.get_mut(w.slot as usize) {
             if !w.retired || self.phase != Phase::Running {
                 slot.last_ok = ok;
@@ -77,7 +81,7 @@ impl Supervisor {
             self.p.out.event(ev(Event::info("exited", what)));
             return;
         }
-        let restart = match self.cfg.restart {
+        let restart = match self.cfg.runtime.restart {
             RestartPolicy::Always => true,
             RestartPolicy::OnFailure => !w.succeeded(),
             RestartPolicy::Never => false,
@@ -91,14 +95,17 @@ impl Supervisor {
             self.p.out.event(ev(e));
             return;
         }
-        if w.uptime() >= self.cfg.min_uptime {
+        if w.uptime() >= self.cfg.runtime.min_uptime {
             self.slots[w.slot as usize].backoff.reset();
         }
         match self.schedule(w.slot, now) {
-            Some(delay) => self.p.out.event(ev(Event::warn(
-                "exited",
-                format!("{what}; restarting in {}", human(delay)),
-            ))),
+            Some(delay) => self.p.out.event(
+                ev(Event::warn(
+                    "exited",
+                    format!("{what}; restarting in {}", human(delay)),
+                ))
+                .with("restart_in_ms", delay.as_millis() as u64),
+            ),
             None => self.p.out.event(ev(Event::warn("exited", what))),
         }
     }
@@ -109,22 +116,27 @@ impl Supervisor {
         if !self.budget.record(now) {
             let (n, window) = self
                 .cfg
+                .runtime
                 .max_restarts
                 .expect("a budget that can run out has a limit");
-            self.p.out.event(Event::error(
-                "gave-up",
-                format!(
-                    "giving up: more than {n} restarts within {}; stopping every worker",
-                    human(window)
-                ),
-            ));
-            self.exit = Exit::GaveUp;
+            self.p.out.event(
+                Event::error(
+                    "gave-up",
+                    format!(
+                        "giving up: more than {n} restarts within {}; stopping every worker",
+                        human(window)
+                    ),
+                )
+                .with("max_restarts", n)
+                .with("window_ms", window.as_millis() as u64),
+            );
+            self.exit = self.exit.worst(Exit::GaveUp);
             self.stop_workers();
             return None;
         }
         let jitter = self.jitter.next();
         let s = &mut self.slots[slot as usize];
-        let delay = s.backoff.next(self.cfg.backoff_max, jitter);
+        let delay = s.backoff.next(self.cfg.runtime.backoff_max, jitter);
         s.restart_at = Some(now + delay);
         Some(delay)
     }
@@ -151,7 +163,9 @@ impl Supervisor {
                         }
                         Err(e) => {
                             let msg = format!("cannot create a route channel: {e}");
-                            self.p.out.event(Event::error("start-failed", msg));
+                            self.p
+                                .out
+                                .event(Event::error("start-failed", msg).with("slot", slot));
                             self.schedule(slot, Instant::now());
                             return None;
                         }
@@ -167,7 +181,7 @@ impl Supervisor {
             }
             _ => &self.p.spawner,
         };
-        let spawned = spawner.spawn(&named, slot, self.cfg.workers, generation);
+        let spawned = spawner.spawn(&named, slot, self.cfg.runtime.workers, generation);
         drop(named);
         drop(theirs);
         match spawned {
@@ -179,8 +193,8 @@ impl Supervisor {
                 let mut w = Worker::new(slot, s.pid, generation, s.stdout, s.stderr);
                 w.channels = ours;
                 let now = Instant::now();
-                w.ready_deadline = Some(now + self.cfg.ready_timeout);
-                if let ReadyMode::Delay(d) = self.cfg.ready {
+                w.ready_deadline = Some(now + self.cfg.runtime.ready_timeout);
+                if let ReadyMode::Delay(d) = self.cfg.runtime.ready {
                     w.ready_at = Some(now + d);
                 }
                 let recovered = self.slots[slot as usize].last_error.take().is_some();
@@ -189,9 +203,11 @@ impl Supervisor {
                     (false, 1) => "started".to_string(),
                     (false, g) => format!("started (generation {g})"),
                 };
-                self.p
-                    .out
-                    .event(Event::info("started", msg).worker(slot, s.pid.as_raw()));
+                self.p.out.event(
+                    Event::info("started", msg)
+                        .worker(slot, s.pid.as_raw())
+                        .with("generation", generation),
+                );
                 self.workers.push(w);
                 Some(s.pid)
             }
@@ -202,8 +218,10 @@ impl Supervisor {
                     crate::config::io_reason(&e)
                 );
                 if !self.any_started {
-                    self.p.out.event(Event::error("start-failed", msg));
-                    self.exit = Exit::Program;
+                    self.p
+                        .out
+                        .event(Event::error("start-failed", msg).with("slot", slot));
+                    self.exit = self.exit.worst(Exit::Program);
                     self.stop_workers();
                     return None;
                 }
@@ -215,13 +233,17 @@ impl Supervisor {
                     self.slots[slot as usize].last_error.as_deref() == Some(msg.as_str());
                 if let Some(delay) = self.schedule(slot, Instant::now()) {
                     if !repeated {
-                        self.p.out.event(Event::error(
-                            "start-failed",
-                            format!(
-                                "{msg}; retrying with backoff (from {}; repeats are not printed)",
-                                human(delay)
-                            ),
-                        ));
+                        self.p.out.event(
+                            Event::error(
+                                "start-failed",
+                                format!(
+                                    "{msg}; retrying with backoff (from {}; repeats are not printed)",
+                                    human(delay)
+                                ),
+                            )
+                            .with("slot", slot)
+                            .with("restart_in_ms", delay.as_millis() as u64),
+                        );
                     }
                 }
                 self.slots[slot as usize].last_error = Some(msg);
@@ -234,7 +256,7 @@ impl Supervisor {
     pub(super) fn not_ready_in_time(&mut self, pid: Pid, now: Instant) {
         let msg = format!(
             "not ready within --ready-timeout {}",
-            human(self.cfg.ready_timeout)
+            human(self.cfg.runtime.ready_timeout)
         );
         let Some(w) = self.workers.iter_mut().find(|w| w.pid == pid) else {
             return;
@@ -246,12 +268,17 @@ impl Supervisor {
         if in_reload {
             w.retired = true;
         }
-        w.stop(self.cfg.stop_signal, now + self.cfg.grace);
+        w.stop(self.cfg.runtime.stop_signal, now + self.cfg.runtime.grace);
         if in_reload {
             self.abort_reload(format!("worker.{slot}[{pid}] {msg}"));
         } else {
             self.p.out.event(
-                Event::warn("not-ready", format!("{msg}; stopping it")).worker(slot, pid.as_raw()),
+                Event::warn("not-ready", format!("{msg}; stopping it"))
+                    .worker(slot, pid.as_raw())
+                    .with(
+                        "timeout_ms",
+                        self.cfg.runtime.ready_timeout.as_millis() as u64,
+                    ),
             );
         }
     }
@@ -263,14 +290,20 @@ impl Supervisor {
             n.send("STOPPING=1\nSTATUS=stopping");
         }
         let n = self.workers.len();
-        self.p.out.event(Event::info(
-            "stopping",
-            format!(
-                "{why}: stopping {n} worker(s) with {} (grace {})",
-                self.cfg.stop_signal.as_str(),
-                human(self.cfg.grace)
-            ),
-        ));
+        self.p.out.event(
+            Event::info(
+                "stopping",
+                format!(
+                    "{why}: stopping {n} worker(s) with {} (grace {})",
+                    self.cfg.runtime.stop_signal.as_str(),
+                    human(self.cfg.runtime.grace)
+                ),
+            )
+            .with("why", why)
+            .with("workers", n)
+            .with("signal", self.cfg.runtime.stop_signal.as_str())
+            .with("grace_ms", self.cfg.runtime.grace.as_millis() as u64),
+        );
         self.stop_workers();
     }
 
@@ -280,12 +313,12 @@ impl Supervisor {
         }
         self.reload = None;
         self.watch_reload_at = None;
-        let deadline = Instant::now() + self.cfg.grace;
+        let deadline = Instant::now() + self.cfg.runtime.grace;
         self.phase = Phase::Stopping(deadline);
         for w in &mut self.workers {
             w.retired = true;
             if !w.signalled {
-                w.stop(self.cfg.stop_signal, deadline);
+                w.stop(self.cfg.runtime.stop_signal, deadline);
             }
             // The service-wide deadline rules now.
             w.kill_at = None;
@@ -302,8 +335,8 @@ impl Supervisor {
             w.retired = true;
             w.kill();
         }
-        if !self.workers.is_empty() && self.exit == Exit::Ok {
-            self.exit = Exit::Unclean;
+        if !self.workers.is_empty() {
+            self.exit = self.exit.worst(Exit::Unclean);
         }
     }
 
@@ -323,18 +356,27 @@ impl Supervisor {
                 Ok(fds) => self.p.slot_fds.push(fds),
                 Err(e) => {
                     let msg = format!("{why}: cannot add a slot: {e}");
-                    self.p.out.event(Event::error("scale", msg));
+                    self.p
+                        .out
+                        .event(Event::error("scale-failed", msg).with("why", why));
                     return;
                 }
             }
         }
-        self.cfg.workers += 1;
+        self.cfg.runtime.workers += 1;
         self.slots.push(Slot::default());
-        let slot = self.cfg.workers - 1;
-        self.p.out.event(Event::info(
-            "scale",
-            format!("{why}: scaling up to {} worker(s)", self.cfg.workers),
-        ));
+        let slot = self.cfg.runtime.workers - 1;
+        self.p.out.event(
+            Event::info(
+                "scale",
+                format!(
+                    "{why}: scaling up to {} worker(s)",
+                    self.cfg.runtime.workers
+                ),
+            )
+            .with("why", why)
+            .with("workers", self.cfg.runtime.workers),
+        );
         let generation = self
             .reload
             .as_ref()
@@ -347,29 +389,39 @@ impl Supervisor {
         if self.phase != Phase::Running {
             return;
         }
-        if self.cfg.workers <= 1 {
-            self.p.out.event(Event::warn(
-                "scale",
-                format!("{why}: not scaling down: one worker is the minimum"),
-            ));
+        if self.cfg.runtime.workers <= 1 {
+            self.p.out.event(
+                Event::warn(
+                    "scale-failed",
+                    format!("{why}: not scaling down: one worker is the minimum"),
+                )
+                .with("why", why),
+            );
             return;
         }
-        self.cfg.workers -= 1;
+        self.cfg.runtime.workers -= 1;
         self.slots.pop();
         // reuseport: the slot's sockets close with its last worker; connections still queued
         // on them then are reset by the kernel.
         if self.cfg.mode == Mode::ReusePort {
             self.p.slot_fds.pop();
         }
-        let slot = self.cfg.workers;
-        self.p.out.event(Event::info(
-            "scale",
-            format!("{why}: scaling down to {} worker(s)", self.cfg.workers),
-        ));
-        let deadline = Instant::now() + self.cfg.grace;
+        let slot = self.cfg.runtime.workers;
+        self.p.out.event(
+            Event::info(
+                "scale",
+                format!(
+                    "{why}: scaling down to {} worker(s)",
+                    self.cfg.runtime.workers
+                ),
+            )
+            .with("why", why)
+            .with("workers", self.cfg.runtime.workers),
+        );
+        let deadline = Instant::now() + self.cfg.runtime.grace;
         for w in self.workers.iter_mut().filter(|w| w.slot == slot) {
             w.retired = true;
-            w.stop(self.cfg.stop_signal, deadline);
+            w.stop(self.cfg.runtime.stop_signal, deadline);
         }
     }
 }

@@ -166,9 +166,9 @@ impl Supervisor {
             Mode::Route(policy) => Some(Router::new(policy, cfg.proxy_protocol)),
             _ => None,
         };
-        let slots = (0..cfg.workers).map(|_| Slot::default()).collect();
+        let slots = (0..cfg.runtime.workers).map(|_| Slot::default()).collect();
         Supervisor {
-            budget: Budget::new(cfg.max_restarts),
+            budget: Budget::new(cfg.runtime.max_restarts),
             cfg,
             p,
             slots,
@@ -200,7 +200,7 @@ impl Supervisor {
                 }
             }
         }
-        for slot in 0..self.cfg.workers {
+        for slot in 0..self.cfg.runtime.workers {
             if self.phase != Phase::Running {
                 break;
             }
@@ -214,7 +214,7 @@ impl Supervisor {
                     // (their parent-death signal and the guard finish the job) and leave.
                     let msg = format!("poll failed: {e}; killing every worker and exiting");
                     self.p.out.event(Event::error("internal", msg));
-                    self.exit = Exit::Internal;
+                    self.exit = self.exit.worst(Exit::Internal);
                     self.kill_all();
                     break;
                 }
@@ -372,18 +372,21 @@ impl Supervisor {
                 Signal::SIGTERM | Signal::SIGINT => match self.phase {
                     Phase::Running => self.stop(sig.as_str()),
                     _ => {
-                        self.p.out.event(Event::warn(
-                            "kill",
-                            format!("{} again: killing every worker now", sig.as_str()),
-                        ));
+                        self.p.out.event(
+                            Event::warn(
+                                "kill",
+                                format!("{} again: killing every worker now", sig.as_str()),
+                            )
+                            .with("signal", sig.as_str()),
+                        );
                         self.kill_all();
                     }
                 },
                 Signal::SIGQUIT => {
-                    self.p.out.event(Event::warn(
-                        "kill",
-                        "SIGQUIT: fast stop, killing every worker now",
-                    ));
+                    self.p.out.event(
+                        Event::warn("kill", "SIGQUIT: fast stop, killing every worker now")
+                            .with("signal", "SIGQUIT"),
+                    );
                     self.kill_all();
                 }
                 Signal::SIGHUP => self.begin_reload("SIGHUP".into()),
@@ -436,13 +439,15 @@ impl Supervisor {
                         w.ready_at = None;
                         w.ready_deadline = None;
                         self.p.out.event(
-                            Event::info("ready", "ready (READY=1)").worker(w.slot, w.pid.as_raw()),
+                            Event::info("ready", "ready (READY=1)")
+                                .worker(w.slot, w.pid.as_raw())
+                                .with("via", "notify"),
                         );
                     }
                     "STATUS" => w.status_text = Some(v),
                     "STOPPING" if v == "1" => {
                         self.p.out.event(
-                            Event::info("stopping", "reports it is stopping (STOPPING=1)")
+                            Event::info("worker-stopping", "reports it is stopping (STOPPING=1)")
                                 .worker(w.slot, w.pid.as_raw()),
                         );
                     }
@@ -457,7 +462,7 @@ impl Supervisor {
         let changed = w.drain();
         if let Some(first) = changed.into_iter().next() {
             self.watch_changed.get_or_insert(first);
-            self.watch_reload_at = Some(Instant::now() + self.cfg.watch_debounce);
+            self.watch_reload_at = Some(Instant::now() + self.cfg.runtime.watch_debounce);
         }
     }
 
@@ -484,13 +489,17 @@ impl Supervisor {
         if let Phase::Stopping(at) = self.phase {
             if at <= now {
                 let left = self.workers.iter().filter(|w| !w.killed).count();
-                self.p.out.event(Event::warn(
-                    "kill",
-                    format!(
-                        "{left} worker(s) did not stop within --grace {}; sending SIGKILL",
-                        human(self.cfg.grace)
-                    ),
-                ));
+                self.p.out.event(
+                    Event::warn(
+                        "kill",
+                        format!(
+                            "{left} worker(s) did not stop within --grace {}; sending SIGKILL",
+                            human(self.cfg.runtime.grace)
+                        ),
+                    )
+                    .with("workers", left)
+                    .with("grace_ms", self.cfg.runtime.grace.as_millis() as u64),
+                );
                 self.kill_all();
             }
         }
@@ -502,15 +511,14 @@ impl Supervisor {
                         "kill",
                         format!(
                             "did not stop within --grace {}; sending SIGKILL",
-                            human(self.cfg.grace)
+                            human(self.cfg.runtime.grace)
                         ),
                     )
-                    .worker(w.slot, w.pid.as_raw()),
+                    .worker(w.slot, w.pid.as_raw())
+                    .with("grace_ms", self.cfg.runtime.grace.as_millis() as u64),
                 );
                 w.kill();
-                if self.exit == Exit::Ok {
-                    self.exit = Exit::Unclean;
-                }
+                self.exit = self.exit.worst(Exit::Unclean);
             }
             if w.ready_at.is_some_and(|t| t <= now) && w.status.is_none() {
                 w.ready_at = None;
@@ -518,7 +526,8 @@ impl Supervisor {
                 w.ready = true;
                 self.p.out.event(
                     Event::info("ready", "ready (up for the --ready delay)")
-                        .worker(w.slot, w.pid.as_raw()),
+                        .worker(w.slot, w.pid.as_raw())
+                        .with("via", "delay"),
                 );
             }
             if w.ready_deadline.is_some_and(|t| t <= now) {

@@ -50,20 +50,28 @@ impl Supervisor {
             return;
         }
         if let Some(old) = self.reload.take() {
-            self.p.out.event(Event::warn(
-                "reload",
-                format!(
-                    "{why} during the reload to generation {}: starting over",
-                    old.generation
-                ),
-            ));
+            self.p.out.event(
+                Event::warn(
+                    "reload-superseded",
+                    format!(
+                        "{why} during the reload to generation {}: starting over",
+                        old.generation
+                    ),
+                )
+                .with("why", why.as_str())
+                .with("generation", old.generation),
+            );
             self.cancel_in_flight(&old);
         }
         let next = match self.reread_config() {
             Ok(s) => s,
             Err(e) => {
                 let msg = format!("{why}: not reloading: {e}; the workers keep running");
-                self.p.out.event(Event::error("reload-failed", msg));
+                self.p.out.event(
+                    Event::error("reload-failed", msg)
+                        .with("why", why.as_str())
+                        .with("reason", e.to_string()),
+                );
                 self.reload_finished(Err(e.to_string()));
                 return;
             }
@@ -76,17 +84,23 @@ impl Supervisor {
         }
         self.newest += 1;
         let generation = self.newest;
-        self.p.out.event(Event::info(
-            "reload",
-            format!(
-                "{why}: rolling {} worker(s) over to generation {generation}, {} at a time",
-                self.cfg.workers, self.cfg.reload_parallel
-            ),
-        ));
+        self.p.out.event(
+            Event::info(
+                "reload",
+                format!(
+                    "{why}: rolling {} worker(s) over to generation {generation}, {} at a time",
+                    self.cfg.runtime.workers, self.cfg.runtime.reload_parallel
+                ),
+            )
+            .with("why", why.as_str())
+            .with("generation", generation)
+            .with("workers", self.cfg.runtime.workers)
+            .with("parallel", self.cfg.runtime.reload_parallel),
+        );
         self.reload = Some(Reload {
             generation,
             why,
-            queue: (0..self.cfg.workers).collect(),
+            queue: (0..self.cfg.runtime.workers).collect(),
             in_flight: Vec::new(),
             replaced: 0,
             next,
@@ -100,7 +114,7 @@ impl Supervisor {
         let Some(mut r) = self.reload.take() else {
             return;
         };
-        let deadline = now + self.cfg.grace;
+        let deadline = now + self.cfg.runtime.grace;
         let mut i = 0;
         while i < r.in_flight.len() {
             let (slot, pid) = r.in_flight[i];
@@ -116,21 +130,22 @@ impl Supervisor {
                 .filter(|w| w.slot == slot && w.pid != pid && !w.retired)
             {
                 old.retired = true;
-                old.stop(self.cfg.stop_signal, deadline);
+                old.stop(self.cfg.runtime.stop_signal, deadline);
                 self.p.out.event(
                     Event::info(
                         "draining",
                         format!("replaced by worker.{slot}[{pid}]; draining"),
                     )
-                    .worker(slot, old.pid.as_raw()),
+                    .worker(slot, old.pid.as_raw())
+                    .with("replaced_by", pid.as_raw()),
                 );
             }
         }
-        while r.in_flight.len() < self.cfg.reload_parallel as usize {
+        while r.in_flight.len() < self.cfg.runtime.reload_parallel as usize {
             let Some(slot) = r.queue.pop_front() else {
                 break;
             };
-            if slot >= self.cfg.workers {
+            if slot >= self.cfg.runtime.workers {
                 continue; // scaled away meanwhile
             }
             let current = self
@@ -161,13 +176,18 @@ impl Supervisor {
                 self.cfg.env = next.env;
                 self.cfg.workdir = next.workdir;
             }
-            self.p.out.event(Event::info(
-                "reloaded",
-                format!(
-                    "reload ({}) done: {} worker(s) on generation {}",
-                    r.why, r.replaced, r.generation
-                ),
-            ));
+            self.p.out.event(
+                Event::info(
+                    "reloaded",
+                    format!(
+                        "reload ({}) done: {} worker(s) on generation {}",
+                        r.why, r.replaced, r.generation
+                    ),
+                )
+                .with("why", r.why.as_str())
+                .with("generation", r.generation)
+                .with("replaced", r.replaced),
+            );
             self.reload_finished(Ok(r.generation));
         } else {
             self.reload = Some(r);
@@ -178,12 +198,19 @@ impl Supervisor {
     pub(super) fn abort_reload(&mut self, reason: String) {
         let Some(r) = self.reload.take() else { return };
         self.cancel_in_flight(&r);
-        let kept = self.cfg.workers.saturating_sub(r.replaced);
+        let kept = self.cfg.runtime.workers.saturating_sub(r.replaced);
         let msg = format!(
             "reload to generation {} failed: {reason}; {kept} worker(s) keep serving the previous generation, {} run the new one",
             r.generation, r.replaced
         );
-        self.p.out.event(Event::error("reload-failed", msg.clone()));
+        self.p.out.event(
+            Event::error("reload-failed", msg.clone())
+                .with("why", r.why.as_str())
+                .with("reason", reason.as_str())
+                .with("generation", r.generation)
+                .with("replaced", r.replaced)
+                .with("kept", kept),
+        );
         self.reload_finished(Err(msg));
     }
 
@@ -196,66 +223,48 @@ impl Supervisor {
         }
         let src = self.cfg.source.clone();
         let new = Config::from_args(src.args, src.explicit)?;
-        let fixed = [
-            ("listen", new.listen != self.cfg.listen),
-            ("user", new.user != self.cfg.user),
-            ("group", new.group != self.cfg.group),
-            ("backlog", new.backlog != self.cfg.backlog),
-            ("socket-mode", new.socket_mode != self.cfg.socket_mode),
-            ("balance/route", new.mode != self.cfg.mode),
-            (
-                "proxy-protocol",
-                new.proxy_protocol != self.cfg.proxy_protocol,
-            ),
-            ("name", new.name != self.cfg.name),
-            ("control", new.control != self.cfg.control),
-            (
-                "watch",
-                new.watch != self.cfg.watch || new.watch_ignore != self.cfg.watch_ignore,
-            ),
-        ];
-        let changed: Vec<&str> = fixed.iter().filter(|(_, c)| *c).map(|(k, _)| *k).collect();
-        if !changed.is_empty() {
-            self.p.out.event(Event::warn(
-                "reload",
-                format!(
-                    "{} changed in the config file: restart multinode to apply that",
-                    changed.join(", ")
-                ),
-            ));
+        let plan = self.cfg.reload_plan(new);
+        if !plan.needs_restart.is_empty() {
+            self.p.out.event(
+                Event::warn(
+                    "reload-needs-restart",
+                    format!(
+                        "{} changed in the config file: restart multinode to apply that",
+                        plan.needs_restart.join(", ")
+                    ),
+                )
+                .with("keys", plan.needs_restart.clone()),
+            );
         }
         // The new generation runs what the file says now; the service's program changes
         // only once the roll has succeeded (a failed reload leaves it as it was).
         let mut env = self.p.overrides.clone();
-        env.extend(new.env.iter().map(|(k, v)| (k.clone(), v.into())));
-        let spawner = Spawner::new(&new.program, &env, new.workdir.as_deref())
+        env.extend(plan.next.env.iter().map(|(k, v)| (k.clone(), v.into())));
+        let spawner = Spawner::new(&plan.next.program, &env, plan.next.workdir.as_deref())
             .map_err(|e| crate::error::Error::usage(format!("worker command: {e}")))?;
         let next = NextProgram {
             spawner,
-            program: new.program,
-            env: new.env,
-            workdir: new.workdir,
+            program: plan.next.program,
+            env: plan.next.env,
+            workdir: plan.next.workdir,
         };
-        let workers = new.workers;
-        let c = &mut self.cfg;
-        c.restart = new.restart;
-        c.backoff_max = new.backoff_max;
-        c.min_uptime = new.min_uptime;
-        c.max_restarts = new.max_restarts;
-        c.stop_signal = new.stop_signal;
-        c.grace = new.grace;
-        c.ready = new.ready;
-        c.ready_timeout = new.ready_timeout;
-        c.reload_parallel = new.reload_parallel;
-        c.watch_debounce = new.watch_debounce;
-        self.budget = super::backoff::Budget::new(c.max_restarts);
-        while self.cfg.workers > workers {
+        self.p.out.set_format(plan.log_format, plan.color);
+        self.cfg.log_format = plan.log_format;
+        self.cfg.color = plan.color;
+        let workers = plan.runtime.workers;
+        let current = self.cfg.runtime.workers;
+        self.cfg.runtime = crate::config::Runtime {
+            workers: current,
+            ..plan.runtime
+        };
+        self.budget = super::backoff::Budget::new(self.cfg.runtime.max_restarts);
+        while self.cfg.runtime.workers > workers {
             self.scale_down("config reload");
         }
-        while self.cfg.workers < workers {
-            let before = self.cfg.workers;
+        while self.cfg.runtime.workers < workers {
+            let before = self.cfg.runtime.workers;
             self.scale_up("config reload");
-            if self.cfg.workers == before {
+            if self.cfg.runtime.workers == before {
                 break;
             }
         }
@@ -265,7 +274,7 @@ impl Supervisor {
     /// Stops the new workers of a roll that is abandoned; slots that had no old worker (it had
     /// crashed) restart as usual.
     fn cancel_in_flight(&mut self, r: &Reload) {
-        let deadline = Instant::now() + self.cfg.grace;
+        let deadline = Instant::now() + self.cfg.runtime.grace;
         for &(slot, pid) in &r.in_flight {
             let has_old = self
                 .workers
@@ -273,7 +282,7 @@ impl Supervisor {
                 .any(|w| w.slot == slot && w.pid != pid && w.serving());
             if let Some(w) = self.workers.iter_mut().find(|w| w.pid == pid) {
                 w.retired = has_old;
-                w.stop(self.cfg.stop_signal, deadline);
+                w.stop(self.cfg.runtime.stop_signal, deadline);
             }
         }
     }

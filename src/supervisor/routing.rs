@@ -150,7 +150,9 @@ impl Supervisor {
             } else {
                 String::new()
             };
-            self.p.out.event(Event::warn(kind, format!("{msg}{more}")));
+            self.p
+                .out
+                .event(Event::warn(kind, format!("{msg}{more}")).with("held", held));
         }
     }
 

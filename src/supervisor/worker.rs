@@ -185,6 +185,17 @@ pub fn describe_exit(status: &WaitStatus) -> String {
     }
 }
 
+/// The exit's facts as event fields: `code`, or `signal` and `core_dumped`.
+pub fn exit_fields(ev: crate::log::Event, status: &WaitStatus) -> crate::log::Event {
+    match status {
+        WaitStatus::Exited(_, code) => ev.with("code", *code),
+        WaitStatus::Signaled(_, sig, core) => {
+            ev.with("signal", sig.as_str()).with("core_dumped", *core)
+        }
+        _ => ev,
+    }
+}
+
 /// `250ms`, `1.5s`, `2m05s`.
 pub fn human(d: Duration) -> String {
     let ms = d.as_millis();
