@@ -58,6 +58,7 @@ pub enum Level {
 /// A supervisor event: one line, with its kind, the worker it concerns and the facts it
 /// reports as data. Text output shows `msg`; JSON output shows every field, so that scripts
 /// (and the integration tests) read `event`, `slot`, `pid` and the fields, never the wording.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     pub kind: &'static str,
     pub level: Level,

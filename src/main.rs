@@ -4,7 +4,6 @@
 //! one place that does (see `error::Exit` for the table).
 
 mod cli;
-mod client;
 mod config;
 mod config_file;
 mod control;
@@ -71,10 +70,10 @@ fn run() -> Result<Exit, Error> {
             target,
             json,
             check,
-        } => client::status(&target, json, check),
-        Command::Reload { target } => client::reload(&target),
-        Command::Scale { target, workers } => client::scale(&target, workers),
-        Command::Stop { target } => client::stop(&target),
+        } => control::client::status(&target, json, check),
+        Command::Reload { target } => control::client::reload(&target),
+        Command::Scale { target, workers } => control::client::scale(&target, workers),
+        Command::Stop { target } => control::client::stop(&target),
         Command::Completions { shell } => {
             docs::completions(shell, &mut std::io::stdout());
             Ok(Exit::Ok)

@@ -11,13 +11,13 @@ use std::ffi::OsString;
 
 use crate::cli::ServeArgs;
 use crate::config::{Config, Mode};
-use crate::control::{self, ControlServer};
+use crate::control::{self, server::ControlServer};
 use crate::error::{Error, Exit, Result};
 use crate::guard::Guard;
 use crate::log::{Event, Output};
 use crate::notify::NotifyServer;
 use crate::privilege::{self, Target};
-use crate::supervisor::{self, Parts, Supervisor};
+use crate::supervisor::{self, Parts};
 use crate::systemd::{self, Notifier};
 use crate::watch::Watch;
 use crate::{socket, spawn};
@@ -188,7 +188,7 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
         guard: Some(guard),
         stop_clients: Vec::new(),
     };
-    let (exit, parts) = Supervisor::new(cfg, parts).run();
+    let (exit, parts) = supervisor::run(cfg, parts);
     let Parts {
         mut sockets,
         mut out,

@@ -127,6 +127,11 @@ impl Spawner {
         })
     }
 
+    /// The program's path, for messages.
+    pub fn program(&self) -> String {
+        String::from_utf8_lossy(self.path.as_bytes()).into_owned()
+    }
+
     /// Forks and execs one worker for `slot` with `fds` (name, socket) at fds 3.. . An exec
     /// failure in the child comes back here as the error, through std's CLOEXEC status pipe.
     pub fn spawn(

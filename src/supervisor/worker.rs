@@ -1,199 +1,320 @@
-//! One worker process as the supervisor sees it: pid and process group, output pipes, the
-//! leader's exit status, and how its exit is described to a user.
+//! One worker process as the core sees it, and its life as a state machine.
+//!
+//! ```text
+//!              ready (READY=1 or --ready delay)
+//!   Starting ─────────────────────────────────▶ Ready
+//!      │  \                                       │
+//!      │   \ stop(why) ── stop signal ──▶ Draining{kill_at} ── kill_at ──▶ Killed
+//!      │                                          │                          │
+//!      └───────────── leader reaped (any state) ──┴──────────────────────────┴──▶ Exited
+//!                                                                                   │
+//!                                                    process group gone ──▶ (ended) ┘
+//! ```
+//!
+//! A worker is *serving* while Starting or Ready: it is its slot's worker and gets restarted
+//! when it ends. Once asked to stop it carries the reason ([`Leave`]), which decides what its
+//! slot does when it has ended. A worker ends when its leader has been reaped **and** its
+//! process group is gone, so what it forked is accounted for; the exit status travels in the
+//! `Exited` state, so the end always has one.
+//!
+//! Every transition is a method here and returns the signal the shell must send, if any; the
+//! core turns that into an action. Nothing here touches the OS.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::sys::signal::{Signal, killpg};
-use nix::sys::wait::WaitStatus;
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::log::{LineSplitter, Output, Stream};
-use crate::route::{Channel, Conn};
+use crate::config::ReadyMode;
+use crate::log::Event;
 
-pub struct Pipe {
-    fd: OwnedFd,
-    stream: Stream,
-    lines: LineSplitter,
+/// How a worker's leader process ended, as waitpid reported it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal { signal: Signal, core_dumped: bool },
 }
 
+impl ExitStatus {
+    pub fn success(self) -> bool {
+        self == ExitStatus::Code(0)
+    }
+
+    /// "exited with code 3", "was killed by SIGSEGV (core dumped)": the way a shell says it.
+    pub fn describe(self) -> String {
+        match self {
+            ExitStatus::Code(code) => format!("exited with code {code}"),
+            ExitStatus::Signal {
+                signal,
+                core_dumped,
+            } => format!(
+                "was killed by {}{}",
+                signal.as_str(),
+                if core_dumped { " (core dumped)" } else { "" }
+            ),
+        }
+    }
+
+    /// The exit's facts as event fields: `code`, or `signal` and `core_dumped`.
+    pub fn fields(self, ev: Event) -> Event {
+        match self {
+            ExitStatus::Code(code) => ev.with("code", code),
+            ExitStatus::Signal {
+                signal,
+                core_dumped,
+            } => ev
+                .with("signal", signal.as_str())
+                .with("core_dumped", core_dumped),
+        }
+    }
+}
+
+/// Why a worker was asked to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leave {
+    /// A worker of a newer generation serves its slot now (rolling reload).
+    Replaced,
+    /// Its slot was scaled away.
+    ScaledDown,
+    /// The service is stopping.
+    ServiceStop,
+    /// It was not ready within `--ready-timeout` (outside a reload): the slot restarts.
+    NotReady,
+    /// A new worker of a reload that was abandoned, while its slot's previous worker still
+    /// serves.
+    Superseded,
+    /// A new worker of a reload that was abandoned, in a slot that has no other worker: the
+    /// slot restarts.
+    Abandoned,
+    /// The leader exited unasked and left processes in its group: they are stopped too, and
+    /// then the slot restarts as for any exit.
+    Leftovers,
+}
+
+impl Leave {
+    /// Whether the slot gets a new worker once this one has ended (subject to `--restart`).
+    pub fn restarts(self) -> bool {
+        matches!(self, Leave::NotReady | Leave::Abandoned | Leave::Leftovers)
+    }
+
+    /// Whether it was asked to go for good: its stop signal is then an expected end.
+    pub fn retired(self) -> bool {
+        !self.restarts()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Running, not ready yet: ready at `ready_at` (`--ready delay:`) or on READY=1, given up
+    /// at `deadline` (`--ready-timeout`).
+    Starting {
+        ready_at: Option<Instant>,
+        deadline: Instant,
+    },
+    /// Serving.
+    Ready,
+    /// Asked to stop with the stop signal; SIGKILL at `kill_at`.
+    Draining { why: Leave, kill_at: Instant },
+    /// SIGKILLed; waiting for its process group to be gone.
+    Killed { why: Leave },
+    /// The leader has been reaped. The worker ends when its process group is gone; until
+    /// then what is left of it is asked to stop and SIGKILLed at `kill_at` (`None` once it
+    /// has been, or while the service-wide deadline rules).
+    Exited {
+        status: ExitStatus,
+        why: Option<Leave>,
+        kill_at: Option<Instant>,
+    },
+}
+
+/// What a transition asks the shell to do to the worker's process group.
+pub type Send = Option<Signal>;
+
+#[derive(Clone, Debug)]
 pub struct Worker {
     pub slot: u32,
     /// Also the id of the worker's process group.
     pub pid: Pid,
     pub generation: u64,
     pub started: Instant,
-    pipes: Vec<Pipe>,
-    /// The leader's exit, once reaped. The worker is over when its whole group is gone too.
-    pub status: Option<WaitStatus>,
-    /// Ready to serve: READY=1 arrived, or the `--ready delay:` passed.
-    pub ready: bool,
-    /// When the `--ready delay:` makes it ready.
-    pub ready_at: Option<Instant>,
-    /// When a worker still not ready is given up on (`--ready-timeout`).
-    pub ready_deadline: Option<Instant>,
+    pub state: State,
     /// The last STATUS= text it sent.
     pub status_text: Option<String>,
-    /// Replaced, scaled away or stopping with the service: not restarted when it ends.
-    pub retired: bool,
-    /// The stop signal was sent to its group.
-    pub signalled: bool,
-    /// When to SIGKILL the group if it is still there.
-    pub kill_at: Option<Instant>,
-    pub killed: bool,
-    /// Route mode: our ends of its channels, one per listening socket.
-    pub channels: Vec<Channel>,
 }
 
 impl Worker {
-    pub fn new(slot: u32, pid: Pid, generation: u64, stdout: OwnedFd, stderr: OwnedFd) -> Self {
-        let pipe = |fd, stream| Pipe {
-            fd,
-            stream,
-            lines: LineSplitter::default(),
+    /// A worker just started.
+    pub fn new(
+        slot: u32,
+        pid: Pid,
+        generation: u64,
+        now: Instant,
+        ready: ReadyMode,
+        ready_timeout: Duration,
+    ) -> Worker {
+        let ready_at = match ready {
+            ReadyMode::Delay(d) => Some(later(now, d)),
+            ReadyMode::Notify => None,
         };
         Worker {
             slot,
             pid,
             generation,
-            started: Instant::now(),
-            pipes: vec![pipe(stdout, Stream::Stdout), pipe(stderr, Stream::Stderr)],
-            status: None,
-            ready: false,
-            ready_at: None,
-            ready_deadline: None,
+            started: now,
+            state: State::Starting {
+                ready_at,
+                deadline: later(now, ready_timeout),
+            },
             status_text: None,
-            retired: false,
-            signalled: false,
-            kill_at: None,
-            killed: false,
-            channels: Vec::new(),
         }
     }
 
-    /// The open output pipes, for poll. Index is what [`Worker::read_pipe`] takes.
-    pub fn pipe_fds(&self) -> impl Iterator<Item = (usize, BorrowedFd<'_>)> {
-        self.pipes
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (i, p.fd.as_fd()))
-    }
-
-    /// Reads what the pipe holds now and prints its complete lines; at end of file, prints the
-    /// unfinished last line too and closes the pipe.
-    pub fn read_pipe(&mut self, idx: usize, out: &mut Output) {
-        let (slot, pid) = (self.slot, self.pid.as_raw());
-        let Some(p) = self.pipes.get_mut(idx) else {
-            return;
-        };
-        let mut buf = [0u8; 16 * 1024];
-        let eof = loop {
-            match nix::unistd::read(&p.fd, &mut buf) {
-                Ok(0) => break true,
-                Ok(n) => {
-                    let stream = p.stream;
-                    p.lines
-                        .push(&buf[..n], |l| out.worker_line(slot, pid, stream, l));
-                }
-                Err(Errno::EAGAIN) => break false,
-                Err(Errno::EINTR) => continue,
-                Err(_) => break true,
-            }
-        };
-        if eof {
-            let stream = p.stream;
-            p.lines.finish(|l| out.worker_line(slot, pid, stream, l));
-            self.pipes.remove(idx);
-        }
-    }
-
-    /// Reads every pipe to its end (or to what is there now) and prints the rest.
-    pub fn drain_pipes(&mut self, out: &mut Output) {
-        for idx in (0..self.pipes.len()).rev() {
-            self.read_pipe(idx, out);
-        }
-        let (slot, pid) = (self.slot, self.pid.as_raw());
-        for p in &mut self.pipes {
-            let stream = p.stream;
-            p.lines.finish(|l| out.worker_line(slot, pid, stream, l));
-        }
-        self.pipes.clear();
-    }
-
-    /// Sends `sig` to the worker's whole process group.
-    pub fn signal(&self, sig: Signal) {
-        let _ = killpg(self.pid, sig);
-    }
-
-    /// Asks the group to stop with `sig`; SIGKILL follows at `kill_at`.
-    pub fn stop(&mut self, sig: Signal, kill_at: Instant) {
-        if self.killed {
-            return;
-        }
-        self.signal(sig);
-        self.signalled = true;
-        self.kill_at = Some(self.kill_at.map_or(kill_at, |k| k.min(kill_at)));
-        self.ready_deadline = None;
-        self.ready_at = None;
-    }
-
-    pub fn kill(&mut self) {
-        self.signal(Signal::SIGKILL);
-        self.killed = true;
-        self.kill_at = None;
-    }
-
-    /// Alive and not on its way out: the worker that serves its slot.
+    /// Its slot's worker: started or ready, and not asked to stop.
     pub fn serving(&self) -> bool {
-        self.status.is_none() && !self.retired && !self.signalled
+        matches!(self.state, State::Starting { .. } | State::Ready)
     }
 
-    /// True while any process of the worker's group exists.
-    pub fn group_alive(&self) -> bool {
-        !matches!(killpg(self.pid, None), Err(Errno::ESRCH))
+    pub fn is_ready(&self) -> bool {
+        self.state == State::Ready
     }
 
-    pub fn uptime(&self) -> Duration {
-        self.started.elapsed()
-    }
-
-    /// Route mode: the connections queued for it and never sent (they go to another worker).
-    pub fn unsent(&mut self) -> Vec<Conn> {
-        self.channels
-            .iter_mut()
-            .flat_map(|c| c.take_queue())
-            .collect()
-    }
-
-    /// Whether the leader exited with status 0.
-    pub fn succeeded(&self) -> bool {
-        matches!(self.status, Some(WaitStatus::Exited(_, 0)))
-    }
-}
-
-/// "exited with code 3", "was killed by SIGSEGV (core dumped)": the way a shell reports it.
-pub fn describe_exit(status: &WaitStatus) -> String {
-    match status {
-        WaitStatus::Exited(_, code) => format!("exited with code {code}"),
-        WaitStatus::Signaled(_, sig, core) => format!(
-            "was killed by {}{}",
-            sig.as_str(),
-            if *core { " (core dumped)" } else { "" }
-        ),
-        other => format!("changed state: {other:?}"),
-    }
-}
-
-/// The exit's facts as event fields: `code`, or `signal` and `core_dumped`.
-pub fn exit_fields(ev: crate::log::Event, status: &WaitStatus) -> crate::log::Event {
-    match status {
-        WaitStatus::Exited(_, code) => ev.with("code", *code),
-        WaitStatus::Signaled(_, sig, core) => {
-            ev.with("signal", sig.as_str()).with("core_dumped", *core)
+    /// Why it was asked to stop, if it was.
+    pub fn leaving(&self) -> Option<Leave> {
+        match self.state {
+            State::Starting { .. } | State::Ready => None,
+            State::Draining { why, .. } | State::Killed { why } => Some(why),
+            State::Exited { why, .. } => why,
         }
-        _ => ev,
     }
+
+    /// Starting → Ready. True if it became ready now.
+    pub fn ready(&mut self) -> bool {
+        if matches!(self.state, State::Starting { .. }) {
+            self.state = State::Ready;
+            return true;
+        }
+        false
+    }
+
+    /// Asks it to stop with `signal`, SIGKILL at `kill_at`. A worker already draining keeps
+    /// the earlier deadline and its first reason; a killed or exited one is left as it is.
+    pub fn stop(&mut self, why: Leave, signal: Signal, kill_at: Instant) -> Send {
+        match self.state {
+            State::Starting { .. } | State::Ready => {
+                self.state = State::Draining { why, kill_at };
+                Some(signal)
+            }
+            State::Draining {
+                why: first,
+                kill_at: at,
+            } => {
+                self.state = State::Draining {
+                    why: first,
+                    kill_at: at.min(kill_at),
+                };
+                None
+            }
+            State::Killed { .. } | State::Exited { .. } => None,
+        }
+    }
+
+    /// Re-labels why a stopping worker goes (a stop of the whole service overrides a
+    /// worker's own reason: nothing restarts then).
+    pub fn retire(&mut self, why: Leave) {
+        match &mut self.state {
+            State::Draining { why: w, .. } | State::Killed { why: w } => *w = why,
+            State::Exited { why: w, .. } => *w = Some(why),
+            State::Starting { .. } | State::Ready => {}
+        }
+    }
+
+    /// SIGKILL to what is left of it.
+    pub fn kill(&mut self, why: Leave) -> Send {
+        match self.state {
+            State::Starting { .. } | State::Ready => {
+                self.state = State::Killed { why };
+                Some(Signal::SIGKILL)
+            }
+            State::Draining { why, .. } => {
+                self.state = State::Killed { why };
+                Some(Signal::SIGKILL)
+            }
+            State::Killed { .. } => None,
+            State::Exited { status, why: w, .. } => {
+                self.state = State::Exited {
+                    status,
+                    why: w.or(Some(why)),
+                    kill_at: None,
+                };
+                // What is left of the group; a signal to an empty group is harmless.
+                Some(Signal::SIGKILL)
+            }
+        }
+    }
+
+    /// The leader was reaped while processes of its group live on. A worker that was not
+    /// asked to stop has them stopped now (gracefully, SIGKILL at `kill_at`).
+    pub fn leader_exited(&mut self, status: ExitStatus, signal: Signal, kill_at: Instant) -> Send {
+        let (why, at, send) = match self.state {
+            State::Starting { .. } | State::Ready => (None, Some(kill_at), Some(signal)),
+            State::Draining { why, kill_at } => (Some(why), Some(kill_at), None),
+            State::Killed { why } => (Some(why), None, None),
+            State::Exited { .. } => return None,
+        };
+        self.state = State::Exited {
+            status,
+            why,
+            kill_at: at,
+        };
+        send
+    }
+
+    /// The leader's exit status, once reaped.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        match self.state {
+            State::Exited { status, .. } => Some(status),
+            _ => None,
+        }
+    }
+
+    /// Its own next deadline: becoming ready, giving up on readiness, or SIGKILL.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.state {
+            State::Starting { ready_at, deadline } => {
+                Some(ready_at.map_or(deadline, |r| r.min(deadline)))
+            }
+            State::Draining { kill_at, .. } => Some(kill_at),
+            State::Exited { kill_at, .. } => kill_at,
+            State::Ready | State::Killed { .. } => None,
+        }
+    }
+
+    /// Leaves the SIGKILL to the service-wide stop deadline.
+    pub fn clear_kill_deadline(&mut self) {
+        if let State::Exited { kill_at, .. } = &mut self.state {
+            *kill_at = None;
+        }
+    }
+
+    /// The word `multinode status` shows.
+    pub fn label(&self) -> &'static str {
+        match self.state {
+            State::Starting { .. } => "starting",
+            State::Ready => "ready",
+            State::Draining { .. } | State::Killed { .. } => "draining",
+            State::Exited { .. } => "exiting",
+        }
+    }
+
+    pub fn uptime(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.started)
+    }
+}
+
+/// `now + d`, or as far as the clock goes: a deadline from a user's duration never panics.
+pub fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
 }
 
 /// `250ms`, `1.5s`, `2m05s`.
@@ -206,5 +327,91 @@ pub fn human(d: Duration) -> String {
         format!("{}s", s.trim_end_matches(".0"))
     } else {
         format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(ready: ReadyMode) -> (Worker, Instant) {
+        let t = Instant::now();
+        let w = Worker::new(0, Pid::from_raw(100), 1, t, ready, Duration::from_secs(60));
+        (w, t)
+    }
+
+    #[test]
+    fn delay_mode_has_a_ready_time_and_a_deadline() {
+        let (w, t) = worker(ReadyMode::Delay(Duration::from_secs(1)));
+        assert_eq!(w.deadline(), Some(t + Duration::from_secs(1)));
+        assert!(w.serving() && !w.is_ready());
+        let (w, t) = worker(ReadyMode::Notify);
+        assert_eq!(w.deadline(), Some(t + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn stop_sends_once_and_keeps_the_earlier_deadline() {
+        let (mut w, t) = worker(ReadyMode::Notify);
+        assert!(w.ready());
+        assert!(!w.ready(), "ready only once");
+        let sig = w.stop(
+            Leave::Replaced,
+            Signal::SIGTERM,
+            t + Duration::from_secs(10),
+        );
+        assert_eq!(sig, Some(Signal::SIGTERM));
+        assert!(!w.serving());
+        let again = w.stop(
+            Leave::ScaledDown,
+            Signal::SIGTERM,
+            t + Duration::from_secs(5),
+        );
+        assert_eq!(again, None);
+        assert_eq!(w.deadline(), Some(t + Duration::from_secs(5)));
+        assert_eq!(w.leaving(), Some(Leave::Replaced));
+        assert!(!w.ready(), "a draining worker never becomes ready");
+    }
+
+    #[test]
+    fn unasked_exit_with_leftovers_stops_the_group() {
+        let (mut w, t) = worker(ReadyMode::Notify);
+        let sig = w.leader_exited(ExitStatus::Code(1), Signal::SIGTERM, t);
+        assert_eq!(sig, Some(Signal::SIGTERM));
+        assert_eq!(w.exit_status(), Some(ExitStatus::Code(1)));
+        assert_eq!(w.leaving(), None);
+        assert_eq!(w.kill(Leave::Leftovers), Some(Signal::SIGKILL));
+        assert_eq!(w.deadline(), None);
+    }
+
+    #[test]
+    fn a_draining_worker_keeps_its_reason_after_its_leader_exits() {
+        let (mut w, t) = worker(ReadyMode::Notify);
+        w.stop(Leave::ScaledDown, Signal::SIGTERM, t);
+        assert_eq!(
+            w.leader_exited(ExitStatus::Code(0), Signal::SIGTERM, t),
+            None
+        );
+        assert_eq!(w.leaving(), Some(Leave::ScaledDown));
+        assert_eq!(w.label(), "exiting");
+    }
+
+    #[test]
+    fn huge_durations_do_not_overflow() {
+        let t = Instant::now();
+        let far = later(t, Duration::from_secs(u64::MAX));
+        assert!(far > t);
+    }
+
+    #[test]
+    fn exit_descriptions() {
+        assert_eq!(ExitStatus::Code(3).describe(), "exited with code 3");
+        let s = ExitStatus::Signal {
+            signal: Signal::SIGSEGV,
+            core_dumped: true,
+        };
+        assert_eq!(s.describe(), "was killed by SIGSEGV (core dumped)");
+        assert_eq!(human(Duration::from_millis(250)), "250ms");
+        assert_eq!(human(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(human(Duration::from_secs(125)), "2m05s");
     }
 }

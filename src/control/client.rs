@@ -1,0 +1,178 @@
+//! `multinode status | reload | scale | stop`: the client side of the control socket.
+
+use std::io::Read;
+use std::path::Path;
+
+use super::protocol::{Reply, Request, Status};
+use super::{locate, request};
+use crate::cli::Target;
+use crate::error::{Error, Exit, Result};
+
+fn status_of(path: &Path) -> Result<Status> {
+    match request(path, &Request::Status)?.0 {
+        Reply::Status(s) => Ok(s),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// An answer of the wrong kind: the supervisor's failure message, or a protocol mismatch.
+fn unexpected(reply: &Reply) -> Error {
+    match reply {
+        Reply::Failed { error } => Error::new(Exit::Unclean, error.clone()),
+        other => Error::new(
+            Exit::Unclean,
+            format!("unexpected answer from multinode: {other:?}"),
+        ),
+    }
+}
+
+pub fn status(t: &Target, as_json: bool, check: bool) -> Result<Exit> {
+    if t.name.is_none() && t.control.is_none() && !check {
+        let live = super::running();
+        if live.len() > 1 {
+            // Several services: one line each.
+            for (name, path) in live {
+                match status_of(&path) {
+                    Ok(s) if as_json => println!("{}", to_json(&s)),
+                    Ok(s) => println!("{}", summary(&s)),
+                    Err(e) => println!("{name}: {e}"),
+                }
+            }
+            return Ok(Exit::Ok);
+        }
+    }
+    let path = locate(t.name.as_deref(), t.control.as_deref())?;
+    let s = status_of(&path)?;
+    if check {
+        return Ok(if s.ready && !s.stopping {
+            Exit::Ok
+        } else {
+            Exit::Unclean
+        });
+    }
+    if as_json {
+        println!("{}", to_json(&s));
+    } else {
+        print_table(&s);
+    }
+    Ok(Exit::Ok)
+}
+
+fn to_json(s: &Status) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+fn summary(s: &Status) -> String {
+    format!(
+        "{}: pid {}, {} worker(s), generation {}, {}",
+        s.name,
+        s.pid,
+        s.workers,
+        s.generation,
+        if s.ready { "ready" } else { "not ready" }
+    )
+}
+
+fn print_table(s: &Status) {
+    println!("{}", summary(s));
+    if let Some(c) = &s.control {
+        println!("control socket {c}");
+    }
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let rows: Vec<[String; 8]> = s
+        .slots
+        .iter()
+        .map(|r| {
+            let uptime = r.uptime_ms.map_or("-".into(), |ms| {
+                crate::supervisor::human(std::time::Duration::from_millis(ms))
+            });
+            [
+                r.slot.to_string(),
+                opt(r.pid.map(|p| p.to_string())),
+                r.state.clone(),
+                opt(r.generation.map(|g| g.to_string())),
+                uptime,
+                r.restarts.to_string(),
+                opt(r.last_exit.clone()),
+                opt(r.status.clone()),
+            ]
+        })
+        .collect();
+    let head = [
+        "SLOT",
+        "PID",
+        "STATE",
+        "GEN",
+        "UPTIME",
+        "RESTARTS",
+        "LAST EXIT",
+        "STATUS",
+    ];
+    let mut widths: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(head.to_vec());
+    for r in &rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+pub fn reload(t: &Target) -> Result<Exit> {
+    let path = locate(t.name.as_deref(), t.control.as_deref())?;
+    match request(&path, &Request::Reload)?.0 {
+        Reply::Reloaded { generation } => {
+            println!("reloaded: every worker runs generation {generation}");
+            Ok(Exit::Ok)
+        }
+        Reply::Failed { error } => {
+            Err(Error::new(Exit::Unclean, format!("reload failed: {error}")))
+        }
+        other => Err(unexpected(&other)),
+    }
+}
+
+pub fn scale(t: &Target, workers: u32) -> Result<Exit> {
+    let path = locate(t.name.as_deref(), t.control.as_deref())?;
+    match request(&path, &Request::Scale { workers })?.0 {
+        Reply::Scaled { workers } => {
+            println!("scaled: {workers} worker(s) ready");
+            Ok(Exit::Ok)
+        }
+        Reply::Failed { error } => Err(Error::new(
+            Exit::Unclean,
+            format!("scale to {workers} failed: {error}"),
+        )),
+        other => Err(unexpected(&other)),
+    }
+}
+
+pub fn stop(t: &Target) -> Result<Exit> {
+    let path = locate(t.name.as_deref(), t.control.as_deref())?;
+    let (reply, mut s) = request(&path, &Request::Stop)?;
+    match reply {
+        Reply::Stopping => {}
+        Reply::Failed { error } => {
+            return Err(Error::new(Exit::Unclean, format!("stop failed: {error}")));
+        }
+        other => return Err(unexpected(&other)),
+    }
+    // The supervisor closes the connection when it exits.
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    println!("stopped");
+    Ok(Exit::Ok)
+}

@@ -1,0 +1,112 @@
+//! The control protocol, typed: what `multinode status | reload | scale | stop` send and what
+//! the supervisor answers. Server and client both use these types, so they cannot disagree.
+//!
+//! On the wire: one request per connection, a JSON object on one line
+//! (`{"cmd":"scale","workers":6}`); one answer, a JSON object on one line
+//! (`{"scaled":{"workers":6}}`, `{"failed":{"error":"..."}}`). `reload` and `scale` answer
+//! when the outcome is known; `stop` answers at once and the connection then stays open until
+//! the supervisor has exited, so the client sees end of file at that moment.
+
+use serde::{Deserialize, Serialize};
+
+/// Longest request line the supervisor reads.
+pub const MAX_REQUEST: usize = 4096;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    Reload,
+    Scale { workers: u32 },
+    Stop,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reply {
+    Status(Status),
+    /// Every worker runs this generation now.
+    Reloaded {
+        generation: u64,
+    },
+    /// This many workers are ready.
+    Scaled {
+        workers: u32,
+    },
+    /// The stop has begun; the connection closes when the supervisor has exited.
+    Stopping,
+    Failed {
+        error: String,
+    },
+}
+
+impl Reply {
+    pub fn failed(error: impl Into<String>) -> Reply {
+        Reply::Failed {
+            error: error.into(),
+        }
+    }
+}
+
+/// `multinode status --json` prints this object.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub name: String,
+    pub pid: u32,
+    /// The generation every slot runs once no reload is under way.
+    pub generation: u64,
+    pub workers: u32,
+    /// Every slot has a ready worker.
+    pub ready: bool,
+    /// The generation a reload under way rolls out.
+    pub reloading: Option<u64>,
+    pub stopping: bool,
+    pub control: Option<String>,
+    pub slots: Vec<SlotStatus>,
+}
+
+/// One row of `multinode status`: a worker, or a slot that has none.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SlotStatus {
+    pub slot: u32,
+    pub pid: Option<i32>,
+    /// starting, ready, draining, exiting, restarting, stopped.
+    pub state: String,
+    pub generation: Option<u64>,
+    pub uptime_ms: Option<u64>,
+    /// Workers of the slot that ended unasked (crashes and exits).
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+    /// The worker's last STATUS= text.
+    pub status: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_on_the_wire() {
+        let r: Request = serde_json::from_str(r#"{"cmd":"scale","workers":6}"#).unwrap();
+        assert_eq!(r, Request::Scale { workers: 6 });
+        assert_eq!(
+            serde_json::to_string(&Request::Status).unwrap(),
+            r#"{"cmd":"status"}"#
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"scale","workers":-1}"#).is_err());
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        for r in [
+            Reply::Reloaded { generation: 3 },
+            Reply::Scaled { workers: 2 },
+            Reply::Stopping,
+            Reply::failed("no"),
+        ] {
+            let text = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<Reply>(&text).unwrap(), r, "{text}");
+        }
+    }
+}

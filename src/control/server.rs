@@ -1,0 +1,301 @@
+//! The supervisor's end of the control socket: binding it, and its clients, none of which can
+//! block the event loop.
+//!
+//! Each connection is non-blocking and has its own buffers: the request line is read as it
+//! arrives (at most [`MAX_REQUEST`] bytes, within [`REQUEST_TIMEOUT`]), handed to the core,
+//! and the reply is queued and written whenever the socket takes more (the loop polls it for
+//! writability). At most [`MAX_CLIENTS`] connections are served at once; more are closed at
+//! once. A reply larger than [`MAX_REPLY`] is replaced by an error. A client that stops
+//! reading its reply for [`WRITE_TIMEOUT`] is dropped. `multinode stop` callers are held open
+//! after their reply until the supervisor exits.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::unistd::{Gid, Uid};
+
+use super::protocol::{MAX_REQUEST, Reply, Request};
+use crate::error::{Error, Result};
+use crate::socket::{Occupied, SocketFile, clear_stale, with_private_umask};
+
+/// Connections served at once.
+pub const MAX_CLIENTS: usize = 64;
+/// The largest reply sent (a `status` of thousands of workers fits easily).
+pub const MAX_REPLY: usize = 4 << 20;
+/// How long a client may take to send its request line.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a reply may wait for a client that does not read it.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections accepted per wake-up.
+const ACCEPT_BURST: usize = 16;
+
+pub type ClientId = u64;
+
+enum Phase {
+    /// Reading the request line, until the deadline.
+    Reading(Instant),
+    /// The request is with the core; the reply is not ready yet.
+    Waiting,
+    /// Writing the reply, until the deadline; then close, or hold.
+    Writing(Instant),
+    /// Reply sent; kept open until the supervisor exits.
+    Held,
+}
+
+struct Client {
+    id: ClientId,
+    stream: UnixStream,
+    buf: Vec<u8>,
+    sent: usize,
+    phase: Phase,
+    /// Keep it open after the reply, until the supervisor exits.
+    hold: bool,
+}
+
+/// What polling a client's socket is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Interest {
+    Read,
+    Write,
+}
+
+pub struct ControlServer {
+    listener: UnixListener,
+    pub path: PathBuf,
+    file: SocketFile,
+    clients: Vec<Client>,
+    next_id: ClientId,
+}
+
+impl ControlServer {
+    /// Binds the control socket, refusing one that another supervisor still serves. `owner`:
+    /// who the directory and socket must belong to (the user multinode is about to become).
+    pub fn bind(path: &Path, owner: Option<(Uid, Gid)>) -> Result<ControlServer> {
+        let shown = path.display();
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            Error::socket(format!("control socket {shown}: {what}: {e}"))
+        };
+        if let Some(dir) = path.parent() {
+            if !dir.exists() {
+                if let Some(base) = dir.parent() {
+                    std::fs::create_dir_all(base)
+                        .map_err(|e| fail("cannot create its directory", &e))?;
+                }
+                std::fs::create_dir(dir).map_err(|e| fail("cannot create its directory", &e))?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(|e| fail("cannot chmod its directory", &e))?;
+                if let Some((uid, gid)) = owner {
+                    nix::unistd::chown(dir, Some(uid), Some(gid))
+                        .map_err(|e| fail("cannot chown its directory", &e))?;
+                }
+            }
+        }
+        clear_stale(path).map_err(|o| match o {
+            Occupied::InUse => Error::socket(format!(
+                "control socket {shown} is in use by another running multinode; give this one another --name (or --control)"
+            )),
+            Occupied::NotSocket => fail("exists and is not a socket; refusing to replace it", &""),
+            Occupied::Io(what, e) => fail(what, &e),
+        })?;
+        let listener =
+            with_private_umask(|| UnixListener::bind(path)).map_err(|e| fail("cannot bind", &e))?;
+        // From here on, an error (or the end of the run) removes the file again.
+        let file = SocketFile::created(path).map_err(|e| fail("cannot stat", &e))?;
+        if let Some((uid, gid)) = owner {
+            nix::unistd::chown(path, Some(uid), Some(gid)).map_err(|e| fail("cannot chown", &e))?;
+        }
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| fail("cannot make it non-blocking", &e))?;
+        Ok(ControlServer {
+            listener,
+            path: path.to_path_buf(),
+            file,
+            clients: Vec::new(),
+            next_id: 0,
+        })
+    }
+
+    /// Removes the socket file if it is still ours.
+    pub fn remove(&mut self) -> std::io::Result<()> {
+        self.file.remove().map(drop)
+    }
+
+    /// Accepts waiting connections (a burst); over [`MAX_CLIENTS`] they are closed at once.
+    pub fn accept(&mut self, now: Instant) {
+        for _ in 0..ACCEPT_BURST {
+            let Ok((stream, _)) = self.listener.accept() else {
+                return;
+            };
+            if self.clients.len() >= MAX_CLIENTS || stream.set_nonblocking(true).is_err() {
+                continue; // dropped: closed
+            }
+            self.next_id += 1;
+            self.clients.push(Client {
+                id: self.next_id,
+                stream,
+                buf: Vec::new(),
+                sent: 0,
+                phase: Phase::Reading(now + REQUEST_TIMEOUT),
+                hold: false,
+            });
+        }
+    }
+
+    /// The clients to poll, and for what.
+    pub fn polled(&self) -> impl Iterator<Item = (ClientId, BorrowedFd<'_>, Interest)> {
+        self.clients.iter().filter_map(|c| {
+            let interest = match c.phase {
+                Phase::Reading(_) => Interest::Read,
+                Phase::Writing(_) => Interest::Write,
+                Phase::Waiting | Phase::Held => return None,
+            };
+            Some((c.id, c.stream.as_fd(), interest))
+        })
+    }
+
+    /// A client's socket is readable: its request, once the line is complete. A malformed
+    /// request is answered here and never reaches the core.
+    pub fn read(&mut self, id: ClientId, now: Instant) -> Option<Request> {
+        let c = self.clients.iter_mut().find(|c| c.id == id)?;
+        if !matches!(c.phase, Phase::Reading(_)) {
+            return None;
+        }
+        let mut chunk = [0u8; 1024];
+        let line_end = loop {
+            match c.stream.read(&mut chunk) {
+                Ok(0) => break None,
+                Ok(n) => {
+                    c.buf.extend_from_slice(&chunk[..n]);
+                    if let Some(end) = c.buf.iter().position(|&b| b == b'\n') {
+                        break Some(end);
+                    }
+                    if c.buf.len() > MAX_REQUEST {
+                        break None;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break None,
+            }
+        };
+        let Some(end) = line_end else {
+            // End of file, an error or an overlong line: nothing to answer.
+            self.drop_client(id);
+            return None;
+        };
+        let parsed = serde_json::from_slice::<Request>(&c.buf[..end]);
+        c.buf.clear();
+        match parsed {
+            Ok(req) => {
+                c.phase = Phase::Waiting;
+                Some(req)
+            }
+            Err(e) => {
+                let reply = Reply::failed(format!("not a valid request: {e}"));
+                self.reply(id, &reply, now);
+                None
+            }
+        }
+    }
+
+    /// Queues `reply` for a client and writes what the socket takes now.
+    pub fn reply(&mut self, id: ClientId, reply: &Reply, now: Instant) {
+        let Some(c) = self.clients.iter_mut().find(|c| c.id == id) else {
+            return;
+        };
+        let mut text = serde_json::to_vec(reply).unwrap_or_default();
+        if text.len() > MAX_REPLY {
+            let too_big = Reply::failed(format!(
+                "the reply is larger than {} MiB; ask for less",
+                MAX_REPLY >> 20
+            ));
+            text = serde_json::to_vec(&too_big).unwrap_or_default();
+        }
+        text.push(b'\n');
+        c.buf = text;
+        c.sent = 0;
+        c.phase = Phase::Writing(now + WRITE_TIMEOUT);
+        self.write(id);
+    }
+
+    /// Marks a client to be held open after its reply (`multinode stop`), until the
+    /// supervisor exits.
+    pub fn hold(&mut self, id: ClientId) {
+        if let Some(c) = self.clients.iter_mut().find(|c| c.id == id) {
+            c.hold = true;
+        }
+    }
+
+    /// A client's socket is writable: send more of its reply.
+    pub fn write(&mut self, id: ClientId) {
+        let Some(c) = self.clients.iter_mut().find(|c| c.id == id) else {
+            return;
+        };
+        if !matches!(c.phase, Phase::Writing(_)) {
+            return;
+        }
+        while c.sent < c.buf.len() {
+            match c.stream.write(&c.buf[c.sent..]) {
+                Ok(0) => break,
+                Ok(n) => c.sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        if c.sent >= c.buf.len() && c.hold {
+            c.phase = Phase::Held;
+            c.buf = Vec::new();
+        } else {
+            self.drop_client(id);
+        }
+    }
+
+    /// Drops clients past their deadline.
+    pub fn expire(&mut self, now: Instant) {
+        self.clients.retain(|c| match c.phase {
+            Phase::Reading(until) | Phase::Writing(until) => until > now,
+            Phase::Waiting | Phase::Held => true,
+        });
+    }
+
+    /// The next client deadline.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.clients
+            .iter()
+            .filter_map(|c| match c.phase {
+                Phase::Reading(until) | Phase::Writing(until) => Some(until),
+                Phase::Waiting | Phase::Held => None,
+            })
+            .min()
+    }
+
+    /// The connections held open (`multinode stop` callers), to close last at exit; every
+    /// other client is dropped.
+    pub fn take_held(&mut self) -> Vec<UnixStream> {
+        let clients = std::mem::take(&mut self.clients);
+        clients
+            .into_iter()
+            .filter(|c| c.hold)
+            .map(|c| {
+                let _ = c.stream.set_nonblocking(false);
+                c.stream
+            })
+            .collect()
+    }
+
+    fn drop_client(&mut self, id: ClientId) {
+        self.clients.retain(|c| c.id != id);
+    }
+}
+
+impl AsFd for ControlServer {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.listener.as_fd()
+    }
+}

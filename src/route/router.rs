@@ -1,0 +1,362 @@
+//! Route mode's data plane: accepting, PROXY headers, choosing a worker by policy and keeping
+//! connections flowing through the worker channels. The core decides which workers take
+//! connections ([`Router::set_targets`], from `Core::route_targets`); everything per
+//! connection happens here, in the shell, without a round trip through the core.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::socket::{self, SockFlag};
+use nix::unistd::Pid;
+
+use super::channel::{self, Channel};
+use super::pending::{MAX_PENDING, Pending, Progress};
+use super::policy::{Candidate, choose};
+use super::{Conn, MAX_BACKLOG, RateLimit, peer_of};
+use crate::cli::RoutePolicy;
+use crate::log::{Event, Output};
+
+/// Connections accepted from one listening socket per wake-up, so one busy socket cannot
+/// starve the rest of the loop.
+const ACCEPT_BURST: usize = 256;
+/// How long accepting pauses when the supervisor is out of fds.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// A worker with route channels.
+struct Target {
+    pid: Pid,
+    slot: u32,
+    /// Its slot's worker (not draining): it takes new connections.
+    serving: bool,
+    ready: bool,
+    /// One per listening socket, in `--listen` order.
+    channels: Vec<Channel>,
+}
+
+/// What polling a router fd is for.
+pub enum Wake {
+    Pending(u64),
+    Channel(Pid, usize),
+}
+
+pub struct Router {
+    policy: RoutePolicy,
+    proxy: bool,
+    seq: u64,
+    turn: usize,
+    next_id: u64,
+    pending: Vec<Pending>,
+    /// Connections no worker could take yet.
+    backlog: VecDeque<Conn>,
+    /// One limiter per kind of warning (`proxy`, `accept`, `route`), so one cannot hide another.
+    logs: Vec<(&'static str, RateLimit)>,
+    /// Out of fds: listening sockets are not polled until then (they would stay readable and
+    /// spin the loop); connections wait in the kernel's accept queue meanwhile.
+    paused_until: Option<Instant>,
+    targets: Vec<Target>,
+}
+
+impl Router {
+    pub fn new(policy: RoutePolicy, proxy: bool) -> Router {
+        Router {
+            policy,
+            proxy,
+            seq: 0,
+            turn: 0,
+            next_id: 0,
+            pending: Vec::new(),
+            backlog: VecDeque::new(),
+            logs: Vec::new(),
+            paused_until: None,
+            targets: Vec::new(),
+        }
+    }
+
+    /// Channels for a worker about to start: ours, and the ends it inherits.
+    pub fn channels(n: usize) -> nix::Result<(Vec<Channel>, Vec<OwnedFd>)> {
+        let mut ours = Vec::with_capacity(n);
+        let mut theirs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (a, b) = channel::pair()?;
+            ours.push(a);
+            theirs.push(b);
+        }
+        Ok((ours, theirs))
+    }
+
+    /// A worker started with these channels.
+    pub fn add(&mut self, pid: Pid, slot: u32, channels: Vec<Channel>) {
+        self.targets.push(Target {
+            pid,
+            slot,
+            serving: true,
+            ready: false,
+            channels,
+        });
+    }
+
+    /// Which workers serve their slot and which are ready, as the core sees it.
+    pub fn set_targets(&mut self, serving: &[(Pid, u32, bool)]) {
+        for t in &mut self.targets {
+            match serving.iter().find(|(pid, _, _)| *pid == t.pid) {
+                Some(&(_, _, ready)) => {
+                    t.serving = true;
+                    t.ready = ready;
+                }
+                None => t.serving = false,
+            }
+        }
+    }
+
+    /// A worker is gone: connections it was never sent go to the others.
+    pub fn remove(&mut self, pid: Pid, out: &mut Output) {
+        let Some(i) = self.targets.iter().position(|t| t.pid == pid) else {
+            return;
+        };
+        let mut t = self.targets.swap_remove(i);
+        let unsent: Vec<Conn> = t.channels.iter_mut().flat_map(|c| c.take_queue()).collect();
+        for c in unsent {
+            self.dispatch(c, out);
+        }
+    }
+
+    /// Whether the listening sockets should be polled now.
+    pub fn accepting(&mut self, now: Instant) -> bool {
+        if self.paused_until.is_some_and(|t| t <= now) {
+            self.paused_until = None;
+        }
+        self.paused_until.is_none()
+    }
+
+    /// The fds to poll besides the listening sockets: connections awaiting a PROXY header,
+    /// and worker channels (readable: close notices; writable: room for queued connections).
+    pub fn polled(&self) -> impl Iterator<Item = (Wake, BorrowedFd<'_>, bool)> {
+        let pending = self
+            .pending
+            .iter()
+            .map(|p| (Wake::Pending(p.id), p.fd.as_fd(), false));
+        let channels = self.targets.iter().flat_map(|t| {
+            t.channels
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| !c.closed)
+                .map(move |(i, c)| (Wake::Channel(t.pid, i), c.as_fd(), c.wants_write()))
+        });
+        pending.chain(channels)
+    }
+
+    /// The next PROXY header deadline, channel retry or end of an accept pause.
+    pub fn deadline(&self) -> Option<Instant> {
+        let pending = self.pending.iter().map(|p| p.deadline);
+        let retries = self
+            .targets
+            .iter()
+            .flat_map(|t| t.channels.iter().filter_map(|c| c.retry_at));
+        pending.chain(retries).chain(self.paused_until).min()
+    }
+
+    /// A listening socket is readable: accept what is queued (up to a burst).
+    pub fn on_listener(&mut self, fd: BorrowedFd<'_>, listener: usize, out: &mut Output) {
+        let now = Instant::now();
+        for _ in 0..ACCEPT_BURST {
+            let raw = match socket::accept4(fd.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+                Ok(fd) => fd,
+                Err(Errno::EINTR) | Err(Errno::ECONNABORTED) => continue,
+                Err(Errno::EMFILE) | Err(Errno::ENFILE) => {
+                    self.paused_until = Some(now + ACCEPT_PAUSE);
+                    self.warn(
+                        "accept",
+                        "out of file descriptors; connections wait in the accept queue".into(),
+                        out,
+                    );
+                    break;
+                }
+                Err(_) => break,
+            };
+            // SAFETY: accept4 just returned this fd and nothing else owns it.
+            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            let peer = peer_of(&fd);
+            if self.proxy {
+                if self.pending.len() >= MAX_PENDING {
+                    drop(fd);
+                    let msg = format!(
+                        "{MAX_PENDING} connections already wait for a PROXY header; closing a new one"
+                    );
+                    self.warn("proxy", msg, out);
+                    continue;
+                }
+                self.next_id += 1;
+                self.pending
+                    .push(Pending::new(self.next_id, fd, listener, peer, now));
+            } else {
+                self.seq += 1;
+                let seq = self.seq;
+                self.dispatch(
+                    Conn {
+                        fd,
+                        peer,
+                        seq,
+                        listener,
+                    },
+                    out,
+                );
+            }
+        }
+    }
+
+    /// A connection waiting for its PROXY header is readable.
+    pub fn on_pending(&mut self, id: u64, out: &mut Output) {
+        let Some(idx) = self.pending.iter().position(|p| p.id == id) else {
+            return;
+        };
+        match self.pending[idx].advance() {
+            Progress::Waiting => {}
+            Progress::Done(client) => {
+                let p = self.pending.swap_remove(idx);
+                self.seq += 1;
+                let conn = Conn {
+                    fd: p.fd,
+                    peer: client,
+                    seq: self.seq,
+                    listener: p.listener,
+                };
+                self.dispatch(conn, out);
+            }
+            Progress::Failed(why) => {
+                let p = self.pending.swap_remove(idx);
+                drop(p.fd);
+                self.proxy_warn(why, p.peer, out);
+            }
+        }
+    }
+
+    /// Closes connections whose PROXY header did not arrive in time.
+    pub fn expire(&mut self, now: Instant, out: &mut Output) {
+        if !self.pending.iter().any(|p| p.deadline <= now) {
+            return;
+        }
+        let (late, keep): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| p.deadline <= now);
+        self.pending = keep;
+        for p in late {
+            drop(p.fd);
+            self.proxy_warn("no PROXY header within 5s", p.peer, out);
+        }
+    }
+
+    /// A worker channel is readable: its close notices (least-conn bookkeeping).
+    pub fn on_channel(&mut self, pid: Pid, idx: usize) {
+        if let Some(ch) = self
+            .targets
+            .iter_mut()
+            .find(|t| t.pid == pid)
+            .and_then(|t| t.channels.get_mut(idx))
+        {
+            // At end of file the worker is exiting; its end takes care of the rest.
+            let _ = ch.read_notices();
+        }
+    }
+
+    /// Sends what the channels hold; connections that waited for any worker go first, and
+    /// what a draining or vanished worker still had queued goes to the others.
+    pub fn flush(&mut self, out: &mut Output) {
+        let now = Instant::now();
+        if !self.backlog.is_empty() {
+            let waiting: Vec<Conn> = self.backlog.drain(..).collect();
+            for c in waiting {
+                self.dispatch(c, out);
+            }
+        }
+        let mut homeless = Vec::new();
+        for t in &mut self.targets {
+            for ch in &mut t.channels {
+                if !ch.has_queue() {
+                    continue;
+                }
+                // A worker asked to stop drains only what it already has: what is still
+                // queued here goes to the others.
+                if !t.serving || ch.flush(now).is_err() {
+                    homeless.extend(ch.take_queue());
+                }
+            }
+        }
+        for c in homeless {
+            self.dispatch(c, out);
+        }
+    }
+
+    /// Hands a connection to the worker the policy picks, or to the backlog while no worker
+    /// runs at all.
+    fn dispatch(&mut self, conn: Conn, out: &mut Output) {
+        match self.pick(&conn) {
+            Some(i) => self.targets[i].channels[conn.listener].push(conn),
+            None => {
+                let no_worker = !self.targets.iter().any(|t| t.serving);
+                if no_worker && self.backlog.len() < MAX_BACKLOG {
+                    self.backlog.push_back(conn);
+                } else {
+                    drop(conn);
+                    self.warn(
+                        "route",
+                        "every worker's channel is full; closed a connection".into(),
+                        out,
+                    );
+                }
+            }
+        }
+    }
+
+    /// The index (in `targets`) of the worker for `conn`: among serving workers whose channel
+    /// has room, the ready ones (a starting one only when none is ready), by policy.
+    fn pick(&mut self, conn: &Conn) -> Option<usize> {
+        let live = |t: &Target| t.serving && !t.channels.is_empty();
+        // Ready workers take connections; a worker still starting only when none is ready.
+        let any_ready = self.targets.iter().any(|t| live(t) && t.ready);
+        let mut idx: Vec<usize> = (0..self.targets.len())
+            .filter(|&i| {
+                let t = &self.targets[i];
+                live(t)
+                    && (t.ready || !any_ready)
+                    && t.channels.get(conn.listener).is_some_and(|c| !c.is_full())
+            })
+            .collect();
+        idx.sort_by_key(|&i| self.targets[i].slot);
+        let cands: Vec<Candidate> = idx
+            .iter()
+            .map(|&i| Candidate {
+                slot: self.targets[i].slot,
+                load: self.targets[i].channels.iter().map(|c| c.outstanding).sum(),
+            })
+            .collect();
+        let client = conn.peer.map(|p| p.ip());
+        choose(self.policy, client, &cands, &mut self.turn).map(|k| idx[k])
+    }
+
+    fn proxy_warn(&mut self, why: &str, peer: Option<SocketAddr>, out: &mut Output) {
+        let from = peer.map_or_else(String::new, |p| format!(" from {p}"));
+        self.warn("proxy", format!("closed a connection{from}: {why}"), out);
+    }
+
+    /// A rate-limited warning (one line a second at most, counting the rest).
+    fn warn(&mut self, kind: &'static str, msg: String, out: &mut Output) {
+        let i = match self.logs.iter().position(|(k, _)| *k == kind) {
+            Some(i) => i,
+            None => {
+                self.logs.push((kind, RateLimit::new()));
+                self.logs.len() - 1
+            }
+        };
+        if let Some(held) = self.logs[i].1.allow(Instant::now()) {
+            let more = if held > 0 {
+                format!(" ({held} more like it not shown)")
+            } else {
+                String::new()
+            };
+            out.event(Event::warn(kind, format!("{msg}{more}")).with("held", held));
+        }
+    }
+}

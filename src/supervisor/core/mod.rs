@@ -1,0 +1,604 @@
+//! The supervisor's decisions, without I/O.
+//!
+//! [`Core::handle`] takes an [`Event`] (a signal, a reaped child, a notify message, a control
+//! request, a timer, the result of an action) and the current time, changes the state, and
+//! returns the [`Action`]s the shell must carry out (spawn a worker, signal a process group,
+//! answer a client, notify systemd, log a line). It never touches the OS, reads no clock and
+//! draws no random number of its own, so every rule here is unit-tested without processes
+//! (see `tests.rs`). [`Core::next_deadline`] tells the shell when to come back with
+//! [`Event::Tick`]; without a deadline the shell sleeps until an fd wakes it.
+//!
+//! One spawn at a time: an action whose outcome the core needs (spawning, re-reading the
+//! config file, opening a reuseport slot) is answered by the shell with an event
+//! ([`Event::Spawned`], [`Event::ConfigRead`], [`Event::SlotOpened`]) before anything else
+//! happens, and the core emits at most one `Spawn` until its answer is in. So what the core
+//! believes and what exists never drift apart.
+//!
+//! The pieces: `lifecycle.rs` (start, exit, restart, stop, scale), `reload.rs` (rolling
+//! reload), `control.rs` (control requests, their waiters, status, systemd), `worker.rs`
+//! beside this directory (one worker's state machine).
+
+mod control;
+mod lifecycle;
+mod reload;
+#[cfg(test)]
+mod tests;
+
+use std::time::Instant;
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use super::backoff::{Backoff, Budget, Jitter};
+use super::worker::{ExitStatus, Leave, State, Worker, human};
+use crate::config::{Mode, Runtime};
+use crate::control::protocol::{Reply, Request};
+use crate::error::Exit;
+use crate::log::Event as Log;
+use reload::Reload;
+
+/// A control connection, as the shell numbers them.
+pub type ClientId = u64;
+
+/// The signals the supervisor acts on (the shell has already dropped the terminal's own
+/// job-control TTIN/TTOU).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sig {
+    Term,
+    Int,
+    Quit,
+    Hup,
+    Ttin,
+    Ttou,
+}
+
+impl Sig {
+    pub fn name(self) -> &'static str {
+        match self {
+            Sig::Term => "SIGTERM",
+            Sig::Int => "SIGINT",
+            Sig::Quit => "SIGQUIT",
+            Sig::Hup => "SIGHUP",
+            Sig::Ttin => "SIGTTIN",
+            Sig::Ttou => "SIGTTOU",
+        }
+    }
+}
+
+/// What happened.
+#[derive(Debug)]
+pub enum Event {
+    /// Start every slot.
+    Start,
+    Signal(Sig),
+    /// Answer to [`Action::Spawn`]: the worker runs.
+    Spawned {
+        slot: u32,
+        generation: u64,
+        pid: Pid,
+    },
+    /// Answer to [`Action::Spawn`]: it could not be started (`error` says why, with the path).
+    SpawnFailed {
+        slot: u32,
+        generation: u64,
+        error: String,
+    },
+    /// A worker's leader was reaped; `group_alive`: processes of its group live on.
+    Exited {
+        pid: Pid,
+        status: ExitStatus,
+        group_alive: bool,
+    },
+    /// The process group of a worker whose leader was reaped is gone.
+    GroupGone {
+        pid: Pid,
+    },
+    /// An sd_notify datagram credited to the worker `pid`.
+    Notify {
+        pid: Pid,
+        fields: Vec<(String, String)>,
+    },
+    /// `--watch` saw a change.
+    FilesChanged {
+        path: String,
+    },
+    /// Answer to [`Action::ReadConfig`]: `Ok(None)` when there is no config file.
+    ConfigRead(Result<Option<Reread>, String>),
+    /// Answer to [`Action::OpenSlot`].
+    SlotOpened {
+        slot: u32,
+        result: Result<(), String>,
+    },
+    Control {
+        client: ClientId,
+        request: Request,
+    },
+    /// A deadline passed (see [`Core::next_deadline`]).
+    Tick,
+    /// The shell cannot go on (poll failed): kill everything and exit.
+    Fatal(String),
+}
+
+/// What a config file read again for a reload changes at run time.
+#[derive(Debug)]
+pub struct Reread {
+    pub runtime: Runtime,
+    /// Options that changed but need a restart, by key.
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// What the shell must do.
+#[derive(Debug)]
+pub enum Action {
+    /// Start a worker for `slot` running `generation`'s program (`workers`: how many slots
+    /// there are, for its environment); answer with [`Event::Spawned`] or
+    /// [`Event::SpawnFailed`].
+    Spawn {
+        slot: u32,
+        generation: u64,
+        workers: u32,
+    },
+    /// Send `signal` to the worker's whole process group.
+    Signal {
+        pid: Pid,
+        signal: Signal,
+    },
+    Log(Log),
+    Reply {
+        client: ClientId,
+        reply: Reply,
+    },
+    /// Keep the client's connection open after its reply, until the supervisor exits
+    /// (`multinode stop`). Comes before that reply.
+    Hold {
+        client: ClientId,
+    },
+    Systemd(SdNote),
+    /// Read the config file again; answer with [`Event::ConfigRead`].
+    ReadConfig,
+    /// A reload is complete: `generation`'s program is the service's program now.
+    RolledOut {
+        generation: u64,
+    },
+    /// `--balance reuseport`: bind the sockets of a new slot; answer with
+    /// [`Event::SlotOpened`].
+    OpenSlot {
+        slot: u32,
+    },
+    /// `--balance reuseport`: close a removed slot's sockets.
+    CloseSlot {
+        slot: u32,
+    },
+}
+
+/// A notification to systemd (when it started multinode with `Type=notify`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum SdNote {
+    /// `READY=1` and the status line.
+    Ready(String),
+    Status(String),
+    /// `RELOADING=1` (the shell adds `MONOTONIC_USEC`).
+    Reloading,
+    Stopping,
+}
+
+/// What stays fixed for the supervisor's life.
+#[derive(Debug, Clone)]
+pub struct Fixed {
+    pub name: String,
+    pub mode: Mode,
+    /// systemd listens for notifications.
+    pub systemd: bool,
+    /// The control socket's path, for `status`.
+    pub control: Option<String>,
+    /// The supervisor's own pid, for `status`.
+    pub pid: u32,
+}
+
+/// The most workers multinode runs (`--workers`, `scale`, TTIN).
+pub const MAX_WORKERS: u32 = 4096;
+
+#[derive(Debug, Default)]
+struct Slot {
+    /// When the slot next gets a worker, while none serves it.
+    start_at: Option<Instant>,
+    /// `--balance reuseport`: its sockets are bound (a new slot waits for them).
+    open: bool,
+    backoff: Backoff,
+    /// The last start error printed, so a slot that cannot start says so once, not per try.
+    last_error: Option<String>,
+    /// Whether the slot's last worker ended well (exit 0, or by our stop signal).
+    last_ok: bool,
+    /// Workers of this slot that ended unasked (crashes and exits), for `status`.
+    restarts: u32,
+    /// How the last of those ended, for `status`.
+    last_exit: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Running,
+    /// Stop signal sent to every worker; SIGKILL at the deadline.
+    Stopping(Instant),
+    /// Everything SIGKILLed; waiting for the groups to be gone.
+    Killing,
+}
+
+pub struct Core {
+    rt: Runtime,
+    fixed: Fixed,
+    slots: Vec<Slot>,
+    workers: Vec<Worker>,
+    /// The generation every slot runs once no reload is under way.
+    generation: u64,
+    /// The highest generation a reload has taken.
+    newest: u64,
+    reload: Option<Reload>,
+    /// Why a config re-read was asked for, until its answer is in.
+    rereading: Option<String>,
+    /// `--watch`: reload once nothing changed until then; the first path that changed.
+    watch_at: Option<(Instant, String)>,
+    phase: Phase,
+    /// A spawn was asked for and its answer is not in yet.
+    spawning: bool,
+    budget: Budget,
+    jitter: Jitter,
+    waiters: control::Waiters,
+    /// The last STATUS= sent to systemd, and whether READY=1 was.
+    sd_status: String,
+    sd_ready: bool,
+    /// Whether any worker ever started: a program that cannot start at all is a start-up
+    /// error, not something to retry forever.
+    any_started: bool,
+    exit: Exit,
+    out: Vec<Action>,
+}
+
+impl Core {
+    pub fn new(rt: Runtime, fixed: Fixed, jitter: Jitter) -> Core {
+        let slots = (0..rt.workers)
+            .map(|_| Slot {
+                open: true,
+                ..Slot::default()
+            })
+            .collect();
+        Core {
+            budget: Budget::new(rt.max_restarts),
+            rt,
+            fixed,
+            slots,
+            workers: Vec::new(),
+            generation: 1,
+            newest: 1,
+            reload: None,
+            rereading: None,
+            watch_at: None,
+            phase: Phase::Running,
+            spawning: false,
+            jitter,
+            waiters: control::Waiters::default(),
+            sd_status: String::new(),
+            sd_ready: false,
+            any_started: false,
+            exit: Exit::Ok,
+            out: Vec::new(),
+        }
+    }
+
+    /// Takes one event; returns what to do about it, in order.
+    pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        match event {
+            Event::Start => {
+                for s in &mut self.slots {
+                    s.start_at = Some(now);
+                }
+            }
+            Event::Signal(sig) => self.on_signal(sig, now),
+            Event::Spawned {
+                slot,
+                generation,
+                pid,
+            } => self.spawned(slot, generation, pid, now),
+            Event::SpawnFailed {
+                slot,
+                generation,
+                error,
+            } => self.spawn_failed(slot, generation, error, now),
+            Event::Exited {
+                pid,
+                status,
+                group_alive,
+            } => self.leader_exited(pid, status, group_alive, now),
+            Event::GroupGone { pid } => self.group_gone(pid, now),
+            Event::Notify { pid, fields } => self.on_notify(pid, fields),
+            Event::FilesChanged { path } => {
+                if self.phase == Phase::Running {
+                    let first = self.watch_at.take().map_or(path, |(_, p)| p);
+                    let at = super::worker::later(now, self.rt.watch_debounce);
+                    self.watch_at = Some((at, first));
+                }
+            }
+            Event::ConfigRead(result) => self.config_read(result, now),
+            Event::SlotOpened { slot, result } => self.slot_opened(slot, result),
+            Event::Control { client, request } => self.on_request(client, request, now),
+            Event::Tick => self.tick(now),
+            Event::Fatal(msg) => {
+                self.log(Log::error(
+                    "internal",
+                    format!("{msg}; killing every worker and exiting"),
+                ));
+                self.exit = self.exit.worst(Exit::Internal);
+                self.kill_all();
+            }
+        }
+        self.reconcile(now);
+        self.housekeeping(now);
+        std::mem::take(&mut self.out)
+    }
+
+    /// When the shell must come back with [`Event::Tick`]; `None`: only an event wakes it.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let running = self.phase == Phase::Running;
+        let starts = self
+            .slots
+            .iter()
+            .filter(|s| running && s.open)
+            .filter_map(|s| s.start_at);
+        let workers = self
+            .workers
+            .iter()
+            .filter(|w| running || matches!(w.state, State::Starting { .. }))
+            .filter_map(|w| w.deadline());
+        let stop = match self.phase {
+            Phase::Stopping(at) => Some(at),
+            _ => None,
+        };
+        starts
+            .chain(workers)
+            .chain(stop)
+            .chain(self.watch_at.as_ref().map(|(at, _)| *at))
+            .chain(self.waiters.deadline())
+            .min()
+    }
+
+    /// Every worker is gone and none will start: the supervisor can exit.
+    pub fn finished(&self) -> bool {
+        self.workers.is_empty()
+            && !self.spawning
+            && (self.phase != Phase::Running || self.slots.iter().all(|s| s.start_at.is_none()))
+    }
+
+    /// The exit status, once [`Core::finished`].
+    pub fn outcome(&self) -> Exit {
+        if self.phase == Phase::Running && !self.slots.iter().all(|s| s.last_ok) {
+            // Every worker exited for good (--restart never / on-failure) and one failed.
+            return self.exit.worst(Exit::Unclean);
+        }
+        self.exit
+    }
+
+    /// Whether new connections are accepted (route mode): not once the service stops.
+    pub fn accepting(&self) -> bool {
+        self.phase == Phase::Running
+    }
+
+    /// The workers that take routed connections (route mode): (pid, slot, ready), ordered by
+    /// slot. Ready ones are preferred; a starting one gets connections only while none is.
+    pub fn route_targets(&self) -> Vec<(Pid, u32, bool)> {
+        let mut t: Vec<(Pid, u32, bool)> = self
+            .workers
+            .iter()
+            .filter(|w| w.serving())
+            .map(|w| (w.pid, w.slot, w.is_ready()))
+            .collect();
+        t.sort_by_key(|&(_, slot, _)| slot);
+        t
+    }
+
+    fn log(&mut self, ev: Log) {
+        self.out.push(Action::Log(ev));
+    }
+
+    fn signal(&mut self, pid: Pid, signal: Option<Signal>) {
+        if let Some(signal) = signal {
+            self.out.push(Action::Signal { pid, signal });
+        }
+    }
+
+    fn on_signal(&mut self, sig: Sig, now: Instant) {
+        match sig {
+            Sig::Term | Sig::Int if self.phase == Phase::Running => self.stop(sig.name(), now),
+            Sig::Term | Sig::Int => {
+                self.log(
+                    Log::warn(
+                        "kill",
+                        format!("{} again: killing every worker now", sig.name()),
+                    )
+                    .with("signal", sig.name()),
+                );
+                self.kill_all();
+            }
+            Sig::Quit => {
+                self.log(
+                    Log::warn("kill", "SIGQUIT: fast stop, killing every worker now")
+                        .with("signal", "SIGQUIT"),
+                );
+                self.kill_all();
+            }
+            Sig::Hup => self.request_reload("SIGHUP".into()),
+            Sig::Ttin => self.scale_up("SIGTTIN", now),
+            Sig::Ttou => self.scale_down("SIGTTOU", now),
+        }
+    }
+
+    /// sd_notify datagrams of a worker: readiness, status text, stopping.
+    fn on_notify(&mut self, pid: Pid, fields: Vec<(String, String)>) {
+        let Some(i) = self.workers.iter().position(|w| w.pid == pid) else {
+            return;
+        };
+        if self.workers[i].exit_status().is_some() {
+            return;
+        }
+        for (k, v) in fields {
+            let w = &mut self.workers[i];
+            let (slot, raw) = (w.slot, w.pid.as_raw());
+            match k.as_str() {
+                "READY" if v == "1" && w.ready() => {
+                    self.log(
+                        Log::info("ready", "ready (READY=1)")
+                            .worker(slot, raw)
+                            .with("via", "notify"),
+                    );
+                }
+                "STATUS" => w.status_text = Some(v),
+                "STOPPING" if v == "1" => self.log(
+                    Log::info("worker-stopping", "reports it is stopping (STOPPING=1)")
+                        .worker(slot, raw),
+                ),
+                _ => {}
+            }
+        }
+    }
+
+    /// Deadlines: readiness delays and timeouts, SIGKILL after grace, the stop deadline, the
+    /// file watcher's debounce. (Restarts that are due are started by `reconcile`.)
+    fn tick(&mut self, now: Instant) {
+        if self.phase == Phase::Running {
+            if let Some((at, path)) = self.watch_at.take() {
+                if at <= now {
+                    self.request_reload(format!("change in {path}"));
+                } else {
+                    self.watch_at = Some((at, path));
+                }
+            }
+        }
+        if let Phase::Stopping(at) = self.phase {
+            if at <= now {
+                let left = self.workers.len();
+                self.log(
+                    Log::warn(
+                        "kill",
+                        format!(
+                            "{left} worker(s) did not stop within --grace {}; sending SIGKILL",
+                            human(self.rt.grace)
+                        ),
+                    )
+                    .with("workers", left)
+                    .with("grace_ms", self.rt.grace.as_millis() as u64),
+                );
+                self.kill_all();
+            }
+        }
+        let running = self.phase == Phase::Running;
+        let mut late = Vec::new();
+        for i in 0..self.workers.len() {
+            let (slot, pid, state) = {
+                let w = &self.workers[i];
+                (w.slot, w.pid, w.state)
+            };
+            match state {
+                State::Starting { ready_at, deadline } => {
+                    if ready_at.is_some_and(|t| t <= now) {
+                        self.workers[i].ready();
+                        self.log(
+                            Log::info("ready", "ready (up for the --ready delay)")
+                                .worker(slot, pid.as_raw())
+                                .with("via", "delay"),
+                        );
+                    } else if deadline <= now {
+                        late.push(pid);
+                    }
+                }
+                // While the service stops, its own deadline rules.
+                State::Draining { why, kill_at } if running && kill_at <= now => {
+                    let sig = self.workers[i].kill(why);
+                    self.killed_late(slot, pid, sig);
+                }
+                State::Exited {
+                    why,
+                    kill_at: Some(at),
+                    ..
+                } if running && at <= now => {
+                    let sig = self.workers[i].kill(why.unwrap_or(Leave::Leftovers));
+                    self.killed_late(slot, pid, sig);
+                }
+                _ => {}
+            }
+        }
+        for pid in late {
+            self.not_ready_in_time(pid, now);
+        }
+    }
+
+    /// A worker outlived its `--grace`: SIGKILL, and the run is no longer clean.
+    fn killed_late(&mut self, slot: u32, pid: Pid, sig: Option<Signal>) {
+        self.log(
+            Log::warn(
+                "kill",
+                format!(
+                    "did not stop within --grace {}; sending SIGKILL",
+                    human(self.rt.grace)
+                ),
+            )
+            .worker(slot, pid.as_raw())
+            .with("grace_ms", self.rt.grace.as_millis() as u64),
+        );
+        self.signal(pid, sig);
+        self.exit = self.exit.worst(Exit::Unclean);
+    }
+
+    /// Starts what should run and does not: the next worker of a rolling reload, or a slot
+    /// whose (re)start is due. One spawn at a time (see the module doc).
+    fn reconcile(&mut self, now: Instant) {
+        if self.phase != Phase::Running || self.spawning {
+            return;
+        }
+        if self.advance_reload(now) {
+            return;
+        }
+        for slot in 0..self.slots.len() {
+            let s = &self.slots[slot];
+            if !s.open || s.start_at.is_none_or(|t| t > now) {
+                continue;
+            }
+            if self.serving(slot as u32).is_some() {
+                // Something else (a reload) gave it a worker meanwhile.
+                self.slots[slot].start_at = None;
+                continue;
+            }
+            let generation = self.generation_for(slot as u32);
+            self.spawn(slot as u32, generation);
+            return;
+        }
+    }
+
+    fn spawn(&mut self, slot: u32, generation: u64) {
+        self.spawning = true;
+        if let Some(s) = self.slots.get_mut(slot as usize) {
+            s.start_at = None;
+        }
+        self.out.push(Action::Spawn {
+            slot,
+            generation,
+            workers: self.rt.workers,
+        });
+    }
+
+    /// The index of the worker serving `slot`, if any.
+    fn serving(&self, slot: u32) -> Option<usize> {
+        self.workers
+            .iter()
+            .position(|w| w.slot == slot && w.serving())
+    }
+
+    /// Every slot has a ready worker serving it.
+    fn all_ready(&self) -> bool {
+        self.ready_count() == self.rt.workers as usize
+    }
+
+    fn ready_count(&self) -> usize {
+        (0..self.rt.workers)
+            .filter(|&slot| self.workers.iter().any(|w| w.slot == slot && w.is_ready()))
+            .count()
+    }
+}

@@ -1,0 +1,181 @@
+//! Carrying out the core's actions: the shell's only side effects on workers, clients,
+//! systemd and the log. An action whose outcome the core needs returns the answering event.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
+
+use nix::sys::signal::{Signal, killpg};
+
+use super::core::{Action, Event, Reread, SdNote};
+use super::pipes::Pipes;
+use super::shell::Shell;
+use crate::config::{Config, Mode};
+use crate::route::router::Router;
+use crate::spawn::Spawner;
+
+impl Shell {
+    pub(super) fn execute(&mut self, action: Action) -> Option<Event> {
+        match action {
+            Action::Spawn {
+                slot,
+                generation,
+                workers,
+            } => Some(self.spawn(slot, generation, workers)),
+            Action::Signal { pid, signal } => {
+                let _ = killpg(pid, signal);
+                if signal == Signal::SIGKILL {
+                    if let Some(l) = self.lingering.iter_mut().find(|(p, _)| *p == pid) {
+                        l.1 = true;
+                    }
+                }
+                None
+            }
+            Action::Log(ev) => {
+                self.p.out.event(ev);
+                None
+            }
+            Action::Reply { client, reply } => {
+                if let Some(c) = &mut self.p.control {
+                    c.reply(client, &reply, Instant::now());
+                }
+                None
+            }
+            Action::Hold { client } => {
+                if let Some(c) = &mut self.p.control {
+                    c.hold(client);
+                }
+                None
+            }
+            Action::Systemd(note) => {
+                if let Some(n) = &self.p.systemd {
+                    n.send(&match note {
+                        SdNote::Ready(status) => format!("READY=1\nSTATUS={status}"),
+                        SdNote::Status(status) => format!("STATUS={status}"),
+                        SdNote::Reloading => format!(
+                            "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading",
+                            crate::systemd::monotonic_usec()
+                        ),
+                        SdNote::Stopping => "STOPPING=1\nSTATUS=stopping".into(),
+                    });
+                }
+                None
+            }
+            Action::ReadConfig => Some(Event::ConfigRead(self.reread())),
+            Action::RolledOut { generation } => {
+                if let Some((next, spawner)) = self.next.take() {
+                    self.p.spawner = spawner;
+                    self.cfg.program = next.program;
+                    self.cfg.env = next.env;
+                    self.cfg.workdir = next.workdir;
+                }
+                self.current_generation = generation;
+                None
+            }
+            Action::OpenSlot { slot } => {
+                let result = self
+                    .p
+                    .sockets
+                    .iter()
+                    .map(|b| crate::socket::bind_sibling(b, &b.local, None))
+                    .collect::<crate::error::Result<Vec<OwnedFd>>>()
+                    .map(|fds| {
+                        self.p.slot_fds.truncate(slot as usize);
+                        self.p.slot_fds.push(fds);
+                    })
+                    .map_err(|e| e.to_string());
+                Some(Event::SlotOpened { slot, result })
+            }
+            Action::CloseSlot { slot } => {
+                // The sockets close with the slot's last worker, which holds its own copies;
+                // connections still queued on them then are reset by the kernel.
+                self.p.slot_fds.truncate(slot as usize);
+                None
+            }
+        }
+    }
+
+    /// Starts a worker for `slot`: its sockets (shared, the slot's own, or new route
+    /// channels) at fds 3.., and the program of `generation`.
+    fn spawn(&mut self, slot: u32, generation: u64, workers: u32) -> Event {
+        let failed = |error: String| Event::SpawnFailed {
+            slot,
+            generation,
+            error,
+        };
+        let spawner = match &self.next {
+            Some((_, s)) if generation > self.current_generation => s,
+            _ => &self.p.spawner,
+        };
+        let mut channels = Vec::new();
+        let mut theirs = Vec::new();
+        let fds: Vec<BorrowedFd> = match self.cfg.mode {
+            Mode::Shared => self.p.sockets.iter().map(|b| b.fd.as_fd()).collect(),
+            Mode::ReusePort => match self.p.slot_fds.get(slot as usize) {
+                Some(set) => set.iter().map(|f| f.as_fd()).collect(),
+                None => return failed(format!("slot {slot} has no sockets")),
+            },
+            Mode::Route(_) => match Router::channels(self.p.sockets.len()) {
+                Ok((ours, t)) => {
+                    channels = ours;
+                    theirs = t;
+                    theirs.iter().map(|f| f.as_fd()).collect()
+                }
+                Err(e) => return failed(format!("cannot create a route channel: {e}")),
+            },
+        };
+        let named: Vec<(&str, BorrowedFd)> = self
+            .p
+            .sockets
+            .iter()
+            .map(|b| b.name.as_str())
+            .zip(fds)
+            .collect();
+        let spawned = spawner.spawn(&named, slot, workers, generation);
+        let program = spawner.program();
+        drop(named);
+        drop(theirs);
+        match spawned {
+            Ok(s) => {
+                if let Some(g) = &self.p.guard {
+                    g.track(s.pid);
+                }
+                self.procs.push(Pipes::new(s.pid, slot, s.stdout, s.stderr));
+                if let Some(r) = &mut self.router {
+                    r.add(s.pid, slot, channels);
+                }
+                Event::Spawned {
+                    slot,
+                    generation,
+                    pid: s.pid,
+                }
+            }
+            Err(e) => failed(format!("{program}: {}", crate::config::io_reason(&e))),
+        }
+    }
+
+    /// With `--config`, reads the file again: what may change at run time goes to the core,
+    /// the output format changes now, and the new generation gets its program (which becomes
+    /// the service's only once the roll succeeds).
+    fn reread(&mut self) -> Result<Option<Reread>, String> {
+        if self.cfg.source.args.config.is_none() {
+            self.next = None;
+            return Ok(None);
+        }
+        let src = self.cfg.source.clone();
+        let new = Config::from_args(src.args, src.explicit).map_err(|e| e.to_string())?;
+        let plan = self.cfg.reload_plan(new);
+        let mut env = self.p.overrides.clone();
+        env.extend(plan.next.env.iter().map(|(k, v)| (k.clone(), v.into())));
+        let spawner = Spawner::new(&plan.next.program, &env, plan.next.workdir.as_deref())
+            .map_err(|e| format!("worker command: {e}"))?;
+        self.next = Some((plan.next, spawner));
+        self.p.out.set_format(plan.log_format, plan.color);
+        self.cfg.log_format = plan.log_format;
+        self.cfg.color = plan.color;
+        self.cfg.runtime = plan.runtime.clone();
+        Ok(Some(Reread {
+            runtime: plan.runtime,
+            needs_restart: plan.needs_restart,
+        }))
+    }
+}

@@ -1,0 +1,442 @@
+//! The thin shell around the core: the one event loop. It owns every fd — the signalfd, the
+//! notify socket, the file watcher's pipe, the control socket and its clients, the workers'
+//! output pipes, and in route mode the listening sockets and worker channels — sleeps in one
+//! `poll` until one of them or the core's next deadline wakes it, turns what happened into
+//! [`Event`]s for the core, and carries out the [`Action`]s the core returns (`execute.rs`).
+//!
+//! Only this thread forks, so the workers' parent-death signal (which belongs to the forking
+//! thread) fires only when the supervisor itself dies. With no deadline and no traffic the
+//! loop sleeps in `poll` with no timeout: an idle supervisor uses no CPU.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::signalfd::SignalFd;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use super::backoff::Jitter;
+use super::core::{Core, Event, Fixed, Sig};
+use super::pipes::Pipes;
+use super::worker::ExitStatus;
+use crate::config::{Config, Mode};
+use crate::control::server::{ControlServer, Interest};
+use crate::error::Exit;
+use crate::guard::Guard;
+use crate::log::{Event as Log, Output, Stream};
+use crate::notify::NotifyServer;
+use crate::route::router::{Router, Wake as RouteWake};
+use crate::socket::Bound;
+use crate::spawn::Spawner;
+use crate::systemd::Notifier;
+use crate::watch::Watch;
+
+/// How often a group whose leader died after a SIGKILL is re-checked: the rare case where its
+/// last member is not our child, so no SIGCHLD tells us it is gone.
+const RECHECK: Duration = Duration::from_millis(100);
+
+/// What the event loop needs besides the config: sockets, the spawner and the I/O endpoints.
+pub struct Parts {
+    pub sockets: Vec<Bound>,
+    /// `--balance reuseport`: each slot's own sockets, in `sockets` order.
+    pub slot_fds: Vec<Vec<OwnedFd>>,
+    pub spawner: Spawner,
+    pub out: Output,
+    pub signals: SignalFd,
+    pub notify: NotifyServer,
+    pub watch: Option<Watch>,
+    pub control: Option<ControlServer>,
+    /// systemd's NOTIFY_SOCKET, when it started us.
+    pub systemd: Option<Notifier>,
+    /// Kills the workers' process groups if the supervisor dies.
+    pub guard: Option<Guard>,
+    /// `multinode stop` callers, answered already; their connections close when these drop,
+    /// which the caller does last, after cleaning up.
+    pub stop_clients: Vec<UnixStream>,
+    /// Environment every worker gets on top of ours (USER, HOME, NOTIFY_SOCKET, ...), before
+    /// the configured `env`: what a reload needs to build a new spawner.
+    pub overrides: Vec<(String, std::ffi::OsString)>,
+}
+
+pub(super) struct Shell {
+    pub(super) cfg: Config,
+    pub(super) p: Parts,
+    pub(super) core: Core,
+    /// Output pipes of every worker process that exists.
+    pub(super) procs: Vec<Pipes>,
+    /// Workers whose leader was reaped while their group lives on; true once SIGKILLed.
+    pub(super) lingering: Vec<(Pid, bool)>,
+    pub(super) router: Option<Router>,
+    /// The program of a reload's generation, until the roll is complete: the generation the
+    /// current spawner runs, and the next one's spawner.
+    pub(super) current_generation: u64,
+    pub(super) next: Option<(crate::config::NextGeneration, Spawner)>,
+}
+
+enum Wake {
+    Signals,
+    Notify,
+    Watch,
+    Control,
+    Client(u64, Interest),
+    Pipe(Pid, Stream),
+    Listener(usize),
+    Route(RouteWake),
+}
+
+/// Runs the supervisor until every worker is gone; returns the exit status and the parts (for
+/// cleanup).
+pub fn run(cfg: Config, p: Parts) -> (Exit, Parts) {
+    let fixed = Fixed {
+        name: cfg.name.clone(),
+        mode: cfg.mode,
+        systemd: p.systemd.is_some(),
+        control: p.control.as_ref().map(|c| c.path.display().to_string()),
+        pid: std::process::id(),
+    };
+    let router = match cfg.mode {
+        Mode::Route(policy) => Some(Router::new(policy, cfg.proxy_protocol)),
+        _ => None,
+    };
+    let mut sh = Shell {
+        core: Core::new(cfg.runtime.clone(), fixed, Jitter::new()),
+        cfg,
+        p,
+        procs: Vec::new(),
+        lingering: Vec::new(),
+        router,
+        current_generation: 1,
+        next: None,
+    };
+    if sh.router.is_some() {
+        for b in &sh.p.sockets {
+            if let Err(e) = crate::route::channel::set_nonblocking(&b.fd) {
+                let msg = format!("{}: cannot make it non-blocking: {e}", b.local);
+                sh.p.out.event(Log::error("internal", msg));
+                return (Exit::Internal, sh.p);
+            }
+        }
+    }
+    sh.dispatch(Event::Start);
+    while !sh.core.finished() {
+        let wakes = match sh.wait() {
+            Ok(w) => w,
+            Err(e) => {
+                // Without poll the loop can neither reap nor read: kill the workers (their
+                // parent-death signal and the guard finish the job) and leave.
+                sh.dispatch(Event::Fatal(format!("poll failed: {e}")));
+                break;
+            }
+        };
+        for wake in wakes {
+            sh.on_wake(wake);
+        }
+        sh.check_lingering();
+        let now = Instant::now();
+        if sh.core.next_deadline().is_some_and(|t| t <= now) {
+            sh.dispatch(Event::Tick);
+        }
+        if let Some(c) = &mut sh.p.control {
+            c.expire(now);
+        }
+        if let Some(r) = &mut sh.router {
+            r.expire(now, &mut sh.p.out);
+            r.flush(&mut sh.p.out);
+        }
+    }
+    let exit = sh.core.outcome();
+    if let Some(c) = &mut sh.p.control {
+        sh.p.stop_clients = c.take_held();
+    }
+    (exit, sh.p)
+}
+
+impl Shell {
+    /// Hands one event to the core and carries out what it decides, including the events
+    /// those actions answer with, before anything else happens.
+    pub(super) fn dispatch(&mut self, event: Event) {
+        let mut queue = VecDeque::from([event]);
+        while let Some(ev) = queue.pop_front() {
+            for action in self.core.handle(ev, Instant::now()) {
+                if let Some(answer) = self.execute(action) {
+                    queue.push_back(answer);
+                }
+            }
+        }
+        if let Some(r) = &mut self.router {
+            r.set_targets(&self.core.route_targets());
+        }
+    }
+
+    /// Sleeps in poll until an fd is ready or the next deadline; returns what woke it.
+    fn wait(&mut self) -> nix::Result<Vec<Wake>> {
+        let now = Instant::now();
+        let recheck = self
+            .lingering
+            .iter()
+            .any(|(_, killed)| *killed)
+            .then(|| now + RECHECK);
+        let deadline = [
+            self.core.next_deadline(),
+            self.router.as_ref().and_then(Router::deadline),
+            self.p.control.as_ref().and_then(ControlServer::deadline),
+            recheck,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let timeout = match deadline {
+            None => PollTimeout::NONE,
+            Some(at) => {
+                let ms = at.saturating_duration_since(now).as_millis();
+                // Round up so the loop never wakes a millisecond early and spins.
+                PollTimeout::try_from(ms.saturating_add(1).min(i32::MAX as u128) as i32)
+                    .unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let mut keys = vec![Wake::Signals, Wake::Notify];
+        let mut fds = vec![
+            PollFd::new(self.p.signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.p.notify.as_fd(), PollFlags::POLLIN),
+        ];
+        if let Some(w) = &self.p.watch {
+            keys.push(Wake::Watch);
+            fds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
+        }
+        if let Some(c) = &self.p.control {
+            keys.push(Wake::Control);
+            fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
+            for (id, fd, interest) in c.polled() {
+                let ev = match interest {
+                    Interest::Read => PollFlags::POLLIN,
+                    Interest::Write => PollFlags::POLLOUT,
+                };
+                keys.push(Wake::Client(id, interest));
+                fds.push(PollFd::new(fd, ev));
+            }
+        }
+        for w in &self.procs {
+            for (stream, fd) in w.fds() {
+                keys.push(Wake::Pipe(w.pid, stream));
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            }
+        }
+        if let Some(r) = &mut self.router {
+            if self.core.accepting() && r.accepting(now) {
+                for (i, b) in self.p.sockets.iter().enumerate() {
+                    keys.push(Wake::Listener(i));
+                    fds.push(PollFd::new(b.fd.as_fd(), PollFlags::POLLIN));
+                }
+            }
+        }
+        if let Some(r) = &self.router {
+            for (key, fd, write) in r.polled() {
+                let mut ev = PollFlags::POLLIN;
+                if write {
+                    ev |= PollFlags::POLLOUT;
+                }
+                keys.push(Wake::Route(key));
+                fds.push(PollFd::new(fd, ev));
+            }
+        }
+        match poll(&mut fds, timeout) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        Ok(keys
+            .into_iter()
+            .zip(ready)
+            .filter(|(_, r)| *r)
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    fn on_wake(&mut self, wake: Wake) {
+        match wake {
+            Wake::Signals => self.on_signals(),
+            Wake::Notify => self.on_notify(),
+            Wake::Watch => {
+                let first = self
+                    .p
+                    .watch
+                    .as_ref()
+                    .and_then(|w| w.drain().into_iter().next());
+                if let Some(path) = first {
+                    let path = path.display().to_string();
+                    self.dispatch(Event::FilesChanged { path });
+                }
+            }
+            Wake::Control => {
+                if let Some(c) = &mut self.p.control {
+                    c.accept(Instant::now());
+                }
+            }
+            Wake::Client(id, Interest::Read) => {
+                let req = self
+                    .p
+                    .control
+                    .as_mut()
+                    .and_then(|c| c.read(id, Instant::now()));
+                if let Some(request) = req {
+                    self.dispatch(Event::Control {
+                        client: id,
+                        request,
+                    });
+                }
+            }
+            Wake::Client(id, Interest::Write) => {
+                if let Some(c) = &mut self.p.control {
+                    c.write(id);
+                }
+            }
+            Wake::Pipe(pid, stream) => {
+                if let Some(w) = self.procs.iter_mut().find(|w| w.pid == pid) {
+                    w.read(stream, &mut self.p.out);
+                }
+            }
+            Wake::Listener(i) => {
+                if let (Some(r), Some(b)) = (&mut self.router, self.p.sockets.get(i)) {
+                    r.on_listener(b.fd.as_fd(), i, &mut self.p.out);
+                }
+            }
+            Wake::Route(RouteWake::Pending(id)) => {
+                if let Some(r) = &mut self.router {
+                    r.on_pending(id, &mut self.p.out);
+                }
+            }
+            Wake::Route(RouteWake::Channel(pid, i)) => {
+                if let Some(r) = &mut self.router {
+                    r.on_channel(pid, i);
+                }
+            }
+        }
+    }
+
+    fn on_signals(&mut self) {
+        while let Ok(Some(info)) = self.p.signals.read_signal() {
+            let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+                continue;
+            };
+            let sig = match sig {
+                Signal::SIGCHLD => {
+                    self.reap();
+                    continue;
+                }
+                // The terminal sends these too (job control: a background process reading
+                // it, or writing to it with `stty tostop`); only a process's kill means
+                // "scale".
+                Signal::SIGTTIN | Signal::SIGTTOU if info.ssi_code == libc::SI_KERNEL => continue,
+                Signal::SIGTERM => Sig::Term,
+                Signal::SIGINT => Sig::Int,
+                Signal::SIGQUIT => Sig::Quit,
+                Signal::SIGHUP => Sig::Hup,
+                Signal::SIGTTIN => Sig::Ttin,
+                Signal::SIGTTOU => Sig::Ttou,
+                _ => continue,
+            };
+            self.dispatch(Event::Signal(sig));
+        }
+    }
+
+    /// Reaps every exited child: workers and any orphan reparented to us (we are a subreaper).
+    fn reap(&mut self) {
+        loop {
+            let (pid, status) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Code(code)),
+                Ok(WaitStatus::Signaled(pid, signal, core_dumped)) => (
+                    pid,
+                    ExitStatus::Signal {
+                        signal,
+                        core_dumped,
+                    },
+                ),
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(_) => break,
+            };
+            if !self.procs.iter().any(|w| w.pid == pid) {
+                continue; // an orphan: reaped, nothing more
+            }
+            let group_alive = group_alive(pid);
+            if group_alive {
+                self.lingering.push((pid, false));
+            } else {
+                self.release(pid);
+            }
+            self.dispatch(Event::Exited {
+                pid,
+                status,
+                group_alive,
+            });
+        }
+    }
+
+    /// Workers whose leader exited and whose group has now gone too.
+    fn check_lingering(&mut self) {
+        if self.lingering.is_empty() {
+            return;
+        }
+        let gone: Vec<Pid> = self
+            .lingering
+            .iter()
+            .map(|(pid, _)| *pid)
+            .filter(|&pid| !group_alive(pid))
+            .collect();
+        for pid in gone {
+            self.lingering.retain(|(p, _)| *p != pid);
+            self.release(pid);
+            self.dispatch(Event::GroupGone { pid });
+        }
+    }
+
+    /// A worker's processes are all gone: print the rest of its output, stop guarding its
+    /// group, and give the connections it was never sent to the others.
+    fn release(&mut self, pid: Pid) {
+        if let Some(i) = self.procs.iter().position(|w| w.pid == pid) {
+            let mut w = self.procs.swap_remove(i);
+            w.drain(&mut self.p.out);
+        }
+        if let Some(g) = &self.p.guard {
+            g.untrack(pid);
+        }
+        if let Some(r) = &mut self.router {
+            r.remove(pid, &mut self.p.out);
+        }
+    }
+
+    /// sd_notify datagrams: credited to the worker that sent them, or to the worker whose
+    /// process group the sender is in; anything else is ignored.
+    fn on_notify(&mut self) {
+        for msg in self.p.notify.recv_all() {
+            let sender = Pid::from_raw(msg.pid);
+            let worker = if self.procs.iter().any(|w| w.pid == sender) {
+                Some(sender)
+            } else {
+                nix::unistd::getpgid(Some(sender))
+                    .ok()
+                    .filter(|pgid| self.procs.iter().any(|w| w.pid == *pgid))
+            };
+            if let Some(pid) = worker {
+                self.dispatch(Event::Notify {
+                    pid,
+                    fields: msg.fields,
+                });
+            }
+        }
+    }
+}
+
+/// True while any process of the group `pgid` exists.
+fn group_alive(pgid: Pid) -> bool {
+    !matches!(killpg(pgid, None), Err(Errno::ESRCH))
+}
