@@ -193,7 +193,7 @@ impl Config {
             backlog: args.backlog,
             user: args.user,
             group: args.group,
-            socket_mode: args.socket_mode,
+            socket_mode: args.socket_mode.0,
             program,
             mode: match (args.route, args.balance) {
                 (Some(policy), _) => Mode::Route(policy),
