@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 
 use crate::config::{ReadyMode, parse_duration, parse_ready, parse_signal};
 use crate::error::exit_codes_help;
-use crate::socket::{ListenSpec, parse_listen};
+use crate::listen::{ListenSpec, parse_listen};
 
 /// Run N copies of any server program on sockets multinode binds once.
 ///

@@ -13,7 +13,7 @@ use nix::sys::signal::Signal;
 
 use crate::cli::{Balance, LogFormat, RestartPolicy, RoutePolicy, ServeArgs};
 use crate::error::{Error, Result};
-use crate::socket::ListenSpec;
+use crate::listen::ListenSpec;
 
 #[derive(Debug)]
 pub struct Config {

@@ -590,7 +590,7 @@ mod tests {
         );
         let e = error("listen = [\"127.0.0.1:80\", \"nowhere\"]\n");
         assert!(e.contains(":1:27: listen: "), "{e}");
-        let cli = crate::socket::parse_listen("nowhere").unwrap_err();
+        let cli = crate::listen::parse_listen("nowhere").unwrap_err();
         assert!(e.ends_with(&cli), "{e} / {cli}");
         let e = error("stop-signal = \"NOPE\"\n");
         assert!(

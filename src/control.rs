@@ -23,7 +23,7 @@ use nix::unistd::{Gid, Uid};
 use serde_json::{Value, json};
 
 use crate::error::{Error, Exit, Result};
-use crate::socket::{Occupied, SocketFile, clear_stale, with_private_umask};
+use crate::socket::file::{Occupied, SocketFile, clear_stale, with_private_umask};
 
 /// The directory the control sockets of all supervisors of this user are in.
 pub fn base_dir() -> PathBuf {
