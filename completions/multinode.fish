@@ -38,7 +38,7 @@ complete -c multinode -n "__fish_multinode_needs_command" -f -a "help" -d 'Print
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -s c -l config -d 'Read options from this TOML file; options given on the command line win' -r -F
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l name -d 'Name of this service: picks its control socket [default: the program\'s file name]' -r
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l control -d 'Path of the control socket [default: /run/multinode/NAME/control.sock as root, else $XDG_RUNTIME_DIR/multinode/NAME/control.sock]' -r -F
-complete -c multinode -n "__fish_multinode_using_subcommand serve" -l workdir -d 'Working directory of the workers [default: multinode\'s]' -r -F
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l workdir -d 'Working directory of the workers [default: multinode\'s]' -r -f -a "(__fish_complete_directories)"
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -s e -l env -d 'Set an environment variable for the workers; repeatable' -r
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -s w -l workers -d 'Number of worker processes [default: the number of CPUs]' -r
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -s l -l listen -d 'Address to listen on; repeat for several sockets, passed in this order' -r
@@ -77,7 +77,7 @@ complete -c multinode -n "__fish_multinode_using_subcommand serve" -s V -l versi
 complete -c multinode -n "__fish_multinode_using_subcommand check" -s c -l config -d 'Read options from this TOML file; options given on the command line win' -r -F
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l name -d 'Name of this service: picks its control socket [default: the program\'s file name]' -r
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l control -d 'Path of the control socket [default: /run/multinode/NAME/control.sock as root, else $XDG_RUNTIME_DIR/multinode/NAME/control.sock]' -r -F
-complete -c multinode -n "__fish_multinode_using_subcommand check" -l workdir -d 'Working directory of the workers [default: multinode\'s]' -r -F
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l workdir -d 'Working directory of the workers [default: multinode\'s]' -r -f -a "(__fish_complete_directories)"
 complete -c multinode -n "__fish_multinode_using_subcommand check" -s e -l env -d 'Set an environment variable for the workers; repeatable' -r
 complete -c multinode -n "__fish_multinode_using_subcommand check" -s w -l workers -d 'Number of worker processes [default: the number of CPUs]' -r
 complete -c multinode -n "__fish_multinode_using_subcommand check" -s l -l listen -d 'Address to listen on; repeat for several sockets, passed in this order' -r

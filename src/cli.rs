@@ -1,16 +1,17 @@
-//! The command line, defined once: `--help`, the man pages and the shell completions are all
-//! generated from these clap definitions.
+//! The command line, defined once: `--help`, the man pages, the shell completions and the
+//! config file's keys (config_file.rs) all come from these clap definitions. A `value_hint`
+//! of a path type also makes the file's relative values relative to the file.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum, ValueHint};
 use nix::sys::signal::Signal;
 
 use crate::config::{ReadyMode, parse_duration, parse_ready, parse_signal};
 use crate::error::exit_codes_help;
-use crate::socket::{ListenSpec, parse_listen};
+use crate::listen::{ListenSpec, parse_listen};
 
 /// Run N copies of any server program on sockets multinode binds once.
 ///
@@ -82,6 +83,7 @@ pub enum Command {
     #[command(name = "__generate", hide = true)]
     Generate {
         /// Directory that receives man/ and completions/
+        #[arg(value_hint = ValueHint::DirPath)]
         dir: PathBuf,
     },
 }
@@ -111,14 +113,14 @@ pub struct Target {
     #[arg(short, long, value_name = "NAME")]
     pub name: Option<String>,
     /// Its control socket, when started with --control
-    #[arg(long, value_name = "PATH", conflicts_with = "name")]
+    #[arg(long, value_name = "PATH", value_hint = ValueHint::FilePath, conflicts_with = "name")]
     pub control: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]
 pub struct ServeArgs {
     /// Read options from this TOML file; options given on the command line win
-    #[arg(short, long, value_name = "FILE")]
+    #[arg(short, long, value_name = "FILE", value_hint = ValueHint::FilePath)]
     pub config: Option<PathBuf>,
 
     /// Name of this service: picks its control socket [default: the program's file name]
@@ -127,11 +129,11 @@ pub struct ServeArgs {
 
     /// Path of the control socket [default: /run/multinode/NAME/control.sock as root,
     /// else $XDG_RUNTIME_DIR/multinode/NAME/control.sock]
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_hint = ValueHint::FilePath)]
     pub control: Option<PathBuf>,
 
     /// Working directory of the workers [default: multinode's]
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_hint = ValueHint::DirPath)]
     pub workdir: Option<PathBuf>,
 
     /// Set an environment variable for the workers; repeatable
@@ -171,7 +173,7 @@ pub struct ServeArgs {
 
     /// Permissions of Unix socket files (octal); their owner is the user multinode runs as
     #[arg(long, value_name = "MODE", default_value = "660", value_parser = parse_mode)]
-    pub socket_mode: u32,
+    pub socket_mode: FileMode,
 
     /// How connections reach workers when not routed: `shared` (every worker accepts on the
     /// same sockets; the kernel balances) or `reuseport` (one SO_REUSEPORT socket per worker
@@ -236,7 +238,7 @@ pub struct ServeArgs {
     pub reload_parallel: u32,
 
     /// Reload when this file or directory (recursively) changes; repeatable
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_hint = ValueHint::AnyPath)]
     pub watch: Vec<PathBuf>,
 
     /// Ignore changes to paths matching this glob (`*`, `?`, `**`); repeatable.
@@ -261,8 +263,7 @@ pub struct ServeArgs {
     pub command: Vec<OsString>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RestartPolicy {
     /// Restart a worker whatever way it exited
     Always,
@@ -272,8 +273,7 @@ pub enum RestartPolicy {
     Never,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Balance {
     /// All workers accept on the same sockets
     Shared,
@@ -281,8 +281,7 @@ pub enum Balance {
     Reuseport,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RoutePolicy {
     /// The same client address always goes to the same slot (rendezvous hashing)
     IpHash,
@@ -292,8 +291,7 @@ pub enum RoutePolicy {
     LeastConn,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ColorChoice {
     /// Colour when the output is a terminal and NO_COLOR is not set
     Auto,
@@ -301,8 +299,7 @@ pub enum ColorChoice {
     Never,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     /// Prefixed lines: `worker.2[1234] | text` and `multinode | event`
     Text,
@@ -319,9 +316,16 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
     }
 }
 
-pub fn parse_mode(s: &str) -> Result<u32, String> {
+/// Permission bits written in octal (`660`). A type of its own, not a `u32`, because it is
+/// not a number to the user: the config file takes it as a string, so `660` never becomes
+/// decimal 660 and `0o660` in TOML never becomes decimal 432.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileMode(pub u32);
+
+fn parse_mode(s: &str) -> Result<FileMode, String> {
     u32::from_str_radix(s.trim_start_matches("0o"), 8)
         .ok()
         .filter(|m| *m <= 0o777)
+        .map(FileMode)
         .ok_or_else(|| format!("'{s}' is not an octal file mode such as 660"))
 }

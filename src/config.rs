@@ -13,7 +13,7 @@ use nix::sys::signal::Signal;
 
 use crate::cli::{Balance, LogFormat, RestartPolicy, RoutePolicy, ServeArgs};
 use crate::error::{Error, Result};
-use crate::socket::ListenSpec;
+use crate::listen::ListenSpec;
 
 #[derive(Debug)]
 pub struct Config {
@@ -193,7 +193,7 @@ impl Config {
             backlog: args.backlog,
             user: args.user,
             group: args.group,
-            socket_mode: args.socket_mode,
+            socket_mode: args.socket_mode.0,
             program,
             mode: match (args.route, args.balance) {
                 (Some(policy), _) => Mode::Route(policy),

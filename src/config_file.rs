@@ -1,89 +1,51 @@
 //! `--config FILE`: the TOML layer under the command line.
 //!
-//! Every `serve` option has a key of the same name (`backoff-max = "30s"`), plus `command`
-//! (the program and its arguments), `workdir` and an `[env]` table. Options given on the
-//! command line win over the file; `[env]` and `--env` merge, the command line winning per
-//! variable. Relative paths in the file (`command`'s program when it has a `/`, `watch`,
+//! The keys are not listed here: each one is the long name of a `multinode serve` option
+//! (`backoff-max = "30s"` is `--backoff-max 30s`), looked up in the clap definition of
+//! `serve`, so an option added to `cli.rs` is a key without further code. Two keys are more
+//! than an option: `command` (the program and its arguments, what follows `--`) and the
+//! `[env]` table (`NAME = "value"` lines, the `--env` option's values).
+//!
+//! A value is turned into the words the command line would have given (`workers = 4` is
+//! `--workers=4`, `proxy-protocol = true` is `--proxy-protocol`, `listen = ["a", "b"]` is
+//! `--listen=a --listen=b`) and parsed by that option's own clap value parser, so the file
+//! and the command line accept the same values with the same messages. The TOML type a key
+//! takes follows from the option: `true`/`false` for a flag, a number for a numeric option, a
+//! duration as a string or a number of seconds, a list for a repeatable option (an empty list
+//! is the same as leaving the key out), a string otherwise.
+//!
+//! Options given on the command line win over the file; `[env]` and `--env` merge, the
+//! command line winning per variable. Relative paths in the file (`command`'s program when it
+//! has a `/`, and the options whose clap `value_hint` says they take a path: `watch`,
 //! `workdir`, `control`) are taken relative to the file's directory, so a file works from
-//! wherever multinode is started. Unknown keys and values of the wrong type are errors that
-//! name the file, line and column.
+//! wherever multinode is started. Every error names the file, line and column.
 //!
 //! multinode does not pick up a `multinode.toml` from the current directory by itself: it
 //! usually starts as root, and a file that decides which program runs as whom should be named
 //! on purpose.
 
-use std::collections::BTreeMap;
+use std::any::TypeId;
 use std::ffi::OsString;
+use std::ops::Range;
 use std::path::Path;
+use std::time::Duration;
 
-use serde::Deserialize;
+use clap::builder::Resettable;
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{Arg, ArgAction, CommandFactory, FromArgMatches, ValueHint};
 use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
-use crate::cli::{
-    Balance, ColorChoice, LogFormat, RestartPolicy, RoutePolicy, ServeArgs, parse_mode,
-};
-use crate::config::{parse_duration, parse_ready, parse_signal};
+use crate::cli::{Cli, ServeArgs};
 use crate::error::{Error, Result};
-use crate::socket::parse_listen;
 
-/// A duration in the file: `"250ms"`, `"2m"`, or a number of seconds (`10`, `1.5`).
-#[derive(Debug, Deserialize)]
-#[serde(
-    untagged,
-    expecting = "a duration such as \"500ms\", \"10s\", \"2m\" or a number of seconds"
-)]
-enum Dur {
-    Secs(u64),
-    Frac(f64),
-    Text(String),
-}
-
-impl Dur {
-    fn text(&self) -> String {
-        match self {
-            Dur::Secs(n) => n.to_string(),
-            Dur::Frac(f) => f.to_string(),
-            Dur::Text(s) => s.clone(),
-        }
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileConfig {
-    command: Option<Spanned<Vec<String>>>,
-    name: Option<Spanned<String>>,
-    control: Option<Spanned<String>>,
-    workdir: Option<Spanned<String>>,
-    env: Option<BTreeMap<String, Spanned<String>>>,
-    workers: Option<Spanned<u32>>,
-    listen: Option<Spanned<Vec<String>>>,
-    backlog: Option<Spanned<u32>>,
-    user: Option<Spanned<String>>,
-    group: Option<Spanned<String>>,
-    socket_mode: Option<Spanned<String>>,
-    balance: Option<Spanned<Balance>>,
-    route: Option<Spanned<RoutePolicy>>,
-    proxy_protocol: Option<Spanned<bool>>,
-    restart: Option<Spanned<RestartPolicy>>,
-    backoff_max: Option<Spanned<Dur>>,
-    min_uptime: Option<Spanned<Dur>>,
-    max_restarts: Option<Spanned<u32>>,
-    restart_window: Option<Spanned<Dur>>,
-    stop_signal: Option<Spanned<String>>,
-    grace: Option<Spanned<Dur>>,
-    ready: Option<Spanned<String>>,
-    ready_timeout: Option<Spanned<Dur>>,
-    reload_parallel: Option<Spanned<u32>>,
-    watch: Option<Spanned<Vec<String>>>,
-    watch_ignore: Option<Spanned<Vec<String>>>,
-    watch_debounce: Option<Spanned<Dur>>,
-    color: Option<Spanned<ColorChoice>>,
-    log_format: Option<Spanned<LogFormat>>,
-}
+/// Options of `serve` that are not keys of the file.
+const NOT_KEYS: [&str; 3] = ["config", "help", "version"];
 
 /// Reads `path` and fills every option of `args` that was not given on the command line
-/// (`explicit` holds the ids of those that were).
+/// (`explicit` holds the ids of those that were). The file's values are checked even where
+/// the command line overrides them, so `multinode check` finds a bad file either way.
 pub fn apply(path: &Path, args: &mut ServeArgs, explicit: &[String]) -> Result<()> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         Error::usage(format!(
@@ -92,226 +54,403 @@ pub fn apply(path: &Path, args: &mut ServeArgs, explicit: &[String]) -> Result<(
             crate::config::io_reason(&e)
         ))
     })?;
-    let file: FileConfig = toml::from_str(&text).map_err(|e| {
+    let doc = DeTable::parse(&text).map_err(|e| {
         let at = e
             .span()
             .map_or_else(String::new, |s| position(&text, s.start));
         Error::usage(format!("{}{at}: {}", path.display(), e.message().trim()))
     })?;
-    let base = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let l = Layer {
+    let file = File {
         path,
         text: &text,
-        explicit,
+        base: path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
     };
+    let given = |id: &str| explicit.iter().any(|e| e == id);
+    let mut options = Options::new();
+    // What the command line would have said for the file's options it did not give.
+    let mut words: Vec<OsString> = Vec::new();
 
-    if let Some(cmd) = &file.command {
-        if !l.given("command") {
-            let v = cmd.get_ref();
-            if v.is_empty() {
-                return Err(l.err(
-                    cmd.span(),
-                    "command is empty: give the program and its arguments",
-                ));
+    let mut entries: Vec<_> = doc.get_ref().iter().collect();
+    entries.sort_by_key(|(k, _)| k.span().start);
+    for (key, value) in entries {
+        let name: &str = key.get_ref();
+        if name == "command" {
+            let argv = file.command(value)?;
+            if !given("command") {
+                args.command = argv;
             }
-            let mut argv: Vec<OsString> = v.iter().map(OsString::from).collect();
-            if v[0].contains('/') && Path::new(&v[0]).is_relative() {
-                argv[0] = base.join(&v[0]).into_os_string();
-            }
-            args.command = argv;
+            continue;
+        }
+        let Some(arg) = options.find(name) else {
+            return Err(file.err(key.span(), &unknown_key(name, &options)));
+        };
+        if name == "env" {
+            let from_file = file.env(value, &arg, &mut options)?;
+            // The command line's values come last, so they win.
+            let cli = std::mem::replace(&mut args.env, from_file);
+            args.env.extend(cli);
+            continue;
+        }
+        let said = file.words(name, &arg, value, &mut options)?;
+        if !given(arg.get_id().as_str()) {
+            words.extend(said);
         }
     }
-    set(&l, "name", &file.name, &mut args.name, |s| {
-        Ok(Some(s.to_string()))
-    })?;
-    set(&l, "control", &file.control, &mut args.control, |s| {
-        Ok(Some(base.join(s)))
-    })?;
-    set(&l, "workdir", &file.workdir, &mut args.workdir, |s| {
-        Ok(Some(base.join(s)))
-    })?;
-    if let Some(env) = &file.env {
-        let cli: Vec<(String, String)> = std::mem::take(&mut args.env);
-        for (k, v) in env {
-            if k.is_empty() || k.contains('=') {
-                return Err(l.err(
-                    v.span(),
-                    &format!("'{k}' is not an environment variable name"),
-                ));
-            }
-            args.env.push((k.clone(), v.get_ref().clone()));
-        }
-        // The command line's values come last, so they win.
-        args.env.extend(cli);
+
+    let mut matches = options
+        .cmd
+        .try_get_matches_from_mut(&words)
+        .map_err(|e| file.whole(&clap_reason(&e)))?;
+    // Only what the file said may reach `args`: not the defaults the parse filled in.
+    let filled: Vec<String> = matches
+        .ids()
+        .filter(|id| matches.value_source(id.as_str()) != Some(ValueSource::CommandLine))
+        .map(|id| id.as_str().to_string())
+        .collect();
+    for id in filled {
+        let _ = matches.try_clear_id(&id);
     }
-    set_copy(&l, "workers", &file.workers, &mut args.workers, Some)?;
-    set(
-        &l,
-        "listen",
-        &file.listen,
-        &mut args.listen,
-        |v: &Vec<String>| v.iter().map(|s| parse_listen(s)).collect(),
-    )?;
-    set_copy(&l, "backlog", &file.backlog, &mut args.backlog, |v| v)?;
-    set(&l, "user", &file.user, &mut args.user, |s| {
-        Ok(Some(s.to_string()))
-    })?;
-    set(&l, "group", &file.group, &mut args.group, |s| {
-        Ok(Some(s.to_string()))
-    })?;
-    set(
-        &l,
-        "socket_mode",
-        &file.socket_mode,
-        &mut args.socket_mode,
-        |s| parse_mode(s),
-    )?;
-    set_copy(&l, "balance", &file.balance, &mut args.balance, |v| v)?;
-    set_copy(&l, "route", &file.route, &mut args.route, Some)?;
-    set_copy(
-        &l,
-        "proxy_protocol",
-        &file.proxy_protocol,
-        &mut args.proxy_protocol,
-        |v| v,
-    )?;
-    set_copy(&l, "restart", &file.restart, &mut args.restart, |v| v)?;
-    set(
-        &l,
-        "backoff_max",
-        &file.backoff_max,
-        &mut args.backoff_max,
-        |d| parse_duration(&d.text()),
-    )?;
-    set(
-        &l,
-        "min_uptime",
-        &file.min_uptime,
-        &mut args.min_uptime,
-        |d| parse_duration(&d.text()),
-    )?;
-    set_copy(
-        &l,
-        "max_restarts",
-        &file.max_restarts,
-        &mut args.max_restarts,
-        Some,
-    )?;
-    set(
-        &l,
-        "restart_window",
-        &file.restart_window,
-        &mut args.restart_window,
-        |d| parse_duration(&d.text()),
-    )?;
-    set(
-        &l,
-        "stop_signal",
-        &file.stop_signal,
-        &mut args.stop_signal,
-        |s| parse_signal(s),
-    )?;
-    set(&l, "grace", &file.grace, &mut args.grace, |d| {
-        parse_duration(&d.text())
-    })?;
-    set(&l, "ready", &file.ready, &mut args.ready, |s| {
-        parse_ready(s)
-    })?;
-    set(
-        &l,
-        "ready_timeout",
-        &file.ready_timeout,
-        &mut args.ready_timeout,
-        |d| parse_duration(&d.text()),
-    )?;
-    set_copy(
-        &l,
-        "reload_parallel",
-        &file.reload_parallel,
-        &mut args.reload_parallel,
-        |v| v,
-    )?;
-    set(
-        &l,
-        "watch",
-        &file.watch,
-        &mut args.watch,
-        |v: &Vec<String>| Ok(v.iter().map(|p| base.join(p)).collect()),
-    )?;
-    set(
-        &l,
-        "watch_ignore",
-        &file.watch_ignore,
-        &mut args.watch_ignore,
-        |v: &Vec<String>| Ok(v.clone()),
-    )?;
-    set(
-        &l,
-        "watch_debounce",
-        &file.watch_debounce,
-        &mut args.watch_debounce,
-        |d| parse_duration(&d.text()),
-    )?;
-    set_copy(&l, "color", &file.color, &mut args.color, |v| v)?;
-    set_copy(
-        &l,
-        "log_format",
-        &file.log_format,
-        &mut args.log_format,
-        |v| v,
-    )?;
-    Ok(())
+    args.update_from_arg_matches(&matches)
+        .map_err(|e| file.whole(&clap_reason(&e)))
 }
 
-struct Layer<'a> {
+/// The `serve` command that parses the file's values: without the relations between options
+/// (`--proxy-protocol` requires `--route`), which `Config::from_args` checks once the file and
+/// the command line are put together.
+struct Options {
+    cmd: clap::Command,
+}
+
+impl Options {
+    fn new() -> Self {
+        let serve = Cli::command()
+            .find_subcommand("serve")
+            .expect("cli.rs defines serve")
+            .clone();
+        let mut cmd = serve.no_binary_name(true).mut_args(|a| {
+            a.requires(Resettable::Reset)
+                .conflicts_with(Resettable::Reset)
+                .overrides_with(Resettable::Reset)
+                .required(false)
+        });
+        cmd.build();
+        Options { cmd }
+    }
+
+    /// The option whose long name is `key`, if it is a key of the file.
+    fn find(&self, key: &str) -> Option<Arg> {
+        self.keys().find(|a| a.get_long() == Some(key)).cloned()
+    }
+
+    /// Every option that is a key of the file.
+    fn keys(&self) -> impl Iterator<Item = &Arg> {
+        self.cmd
+            .get_arguments()
+            .filter(|a| a.get_long().is_some_and(|l| !NOT_KEYS.contains(&l)))
+    }
+
+    /// Parses one value as the command line would, with the option's own value parser.
+    fn check(&mut self, arg: &Arg, word: &OsString) -> std::result::Result<(), String> {
+        self.cmd
+            .try_get_matches_from_mut([word])
+            .map(drop)
+            .map_err(|e| clap_reason_for(&e, arg))
+    }
+}
+
+/// What TOML type an option's value has in the file, from its clap definition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// A flag: `true` or `false`; the field is the flag's action.
+    Flag(bool),
+    /// `-v -v -v`: a count.
+    Count,
+    Integer,
+    Float,
+    /// A string such as `"10s"`, or a number of seconds.
+    Duration,
+    Bool,
+    Text,
+}
+
+impl Kind {
+    fn of(arg: &Arg) -> Kind {
+        match arg.get_action() {
+            ArgAction::SetTrue => return Kind::Flag(true),
+            ArgAction::SetFalse => return Kind::Flag(false),
+            ArgAction::Count => return Kind::Count,
+            _ => {}
+        }
+        let t = arg.get_value_parser().type_id();
+        let any = |ids: &[TypeId]| ids.iter().any(|id| t == *id);
+        if any(&[
+            TypeId::of::<u8>(),
+            TypeId::of::<u16>(),
+            TypeId::of::<u32>(),
+            TypeId::of::<u64>(),
+            TypeId::of::<usize>(),
+            TypeId::of::<i8>(),
+            TypeId::of::<i16>(),
+            TypeId::of::<i32>(),
+            TypeId::of::<i64>(),
+            TypeId::of::<isize>(),
+        ]) {
+            Kind::Integer
+        } else if any(&[TypeId::of::<f32>(), TypeId::of::<f64>()]) {
+            Kind::Float
+        } else if any(&[TypeId::of::<Duration>()]) {
+            Kind::Duration
+        } else if any(&[TypeId::of::<bool>()]) {
+            Kind::Bool
+        } else {
+            Kind::Text
+        }
+    }
+
+    /// What a value of this kind is, for a message: (one, several).
+    fn expected(self) -> (&'static str, &'static str) {
+        match self {
+            Kind::Flag(_) | Kind::Bool => ("true or false", "true or false"),
+            Kind::Count | Kind::Integer | Kind::Float => ("a number", "numbers"),
+            Kind::Duration => (
+                "a duration such as \"10s\" or a number of seconds",
+                "durations such as \"10s\" or numbers of seconds",
+            ),
+            Kind::Text => ("a string", "strings"),
+        }
+    }
+
+    /// The command line's text for a TOML value, if the value has the right type.
+    fn text(self, v: &DeValue) -> std::result::Result<String, String> {
+        let integer = |i: &toml::de::DeInteger| i64::from_str_radix(i.as_str(), i.radix()).ok();
+        let float = |f: &toml::de::DeFloat| f.as_str().parse::<f64>().ok();
+        let ok = match (self, v) {
+            (Kind::Text | Kind::Duration, DeValue::String(s)) => Some(s.to_string()),
+            (Kind::Integer | Kind::Float | Kind::Duration, DeValue::Integer(i)) => {
+                integer(i).map(|n| n.to_string())
+            }
+            (Kind::Float | Kind::Duration, DeValue::Float(f)) => float(f).map(|f| f.to_string()),
+            (Kind::Bool, DeValue::Boolean(b)) => Some(b.to_string()),
+            (Kind::Integer, DeValue::Float(_)) => return Err("expected a whole number".into()),
+            _ => None,
+        };
+        ok.ok_or_else(|| format!("expected {}", self.expected().0))
+    }
+}
+
+/// The file being read, for messages and relative paths.
+struct File<'a> {
     path: &'a Path,
     text: &'a str,
-    explicit: &'a [String],
+    base: &'a Path,
 }
 
-impl Layer<'_> {
-    fn given(&self, id: &str) -> bool {
-        self.explicit.iter().any(|e| e == id)
-    }
-
-    fn err(&self, span: std::ops::Range<usize>, msg: &str) -> Error {
+impl File<'_> {
+    fn err(&self, span: Range<usize>, msg: &str) -> Error {
         Error::usage(format!(
             "{}{}: {msg}",
             self.path.display(),
             position(self.text, span.start)
         ))
     }
-}
 
-/// Takes the file's value for `id` unless the command line gave one, parsing it with `parse`.
-fn set<S, T>(
-    l: &Layer,
-    id: &str,
-    value: &Option<Spanned<S>>,
-    slot: &mut T,
-    parse: impl FnOnce(&S) -> std::result::Result<T, String>,
-) -> Result<()> {
-    let Some(v) = value else { return Ok(()) };
-    if l.given(id) {
-        return Ok(());
+    /// An error about the file as a whole (the values were checked one by one already).
+    fn whole(&self, msg: &str) -> Error {
+        Error::usage(format!("{}: {msg}", self.path.display()))
     }
-    *slot = parse(v.get_ref())
-        .map_err(|msg| l.err(v.span(), &format!("{}: {msg}", id.replace('_', "-"))))?;
-    Ok(())
+
+    /// `command = ["./app", "-v"]`: the worker program and its arguments.
+    fn command(&self, value: &Spanned<DeValue>) -> Result<Vec<OsString>> {
+        let expected = "command: expected a list of strings (the program and its arguments)";
+        let Some(list) = value.get_ref().as_array() else {
+            return Err(self.err(value.span(), expected));
+        };
+        let mut argv = Vec::new();
+        for item in list {
+            let Some(s) = item.get_ref().as_str() else {
+                return Err(self.err(item.span(), expected));
+            };
+            argv.push(OsString::from(s));
+        }
+        let Some(program) = list.iter().next().and_then(|p| p.get_ref().as_str()) else {
+            return Err(self.err(
+                value.span(),
+                "command is empty: give the program and its arguments",
+            ));
+        };
+        if program.contains('/') && Path::new(program).is_relative() {
+            argv[0] = self.base.join(program).into_os_string();
+        }
+        Ok(argv)
+    }
+
+    /// The `[env]` table, each variable checked as `--env NAME=VALUE` would be.
+    fn env(
+        &self,
+        value: &Spanned<DeValue>,
+        arg: &Arg,
+        options: &mut Options,
+    ) -> Result<Vec<(String, String)>> {
+        let Some(table) = value.get_ref().as_table() else {
+            return Err(self.err(
+                value.span(),
+                "env: expected a table: an [env] line, then NAME = \"value\" lines",
+            ));
+        };
+        let mut vars: Vec<_> = table.iter().collect();
+        vars.sort_by_key(|(k, _)| k.span().start);
+        let mut env = Vec::new();
+        for (k, v) in vars {
+            let name: &str = k.get_ref();
+            if name.is_empty() || name.contains('=') {
+                return Err(self.err(
+                    k.span(),
+                    &format!("'{name}' is not an environment variable name"),
+                ));
+            }
+            let Some(s) = v.get_ref().as_str() else {
+                return Err(self.err(v.span(), &format!("env.{name}: expected a string")));
+            };
+            let mut word = OsString::from("--env=");
+            word.push(format!("{name}={s}"));
+            options
+                .check(arg, &word)
+                .map_err(|m| self.err(v.span(), &format!("env.{name}: {m}")))?;
+            env.push((name.to_string(), s.to_string()));
+        }
+        Ok(env)
+    }
+
+    /// The command-line words for `key = value`, each value checked by the option's parser.
+    fn words(
+        &self,
+        key: &str,
+        arg: &Arg,
+        value: &Spanned<DeValue>,
+        options: &mut Options,
+    ) -> Result<Vec<OsString>> {
+        let kind = Kind::of(arg);
+        let flag = OsString::from(format!("--{key}"));
+        match (kind, value.get_ref()) {
+            (Kind::Flag(sets), DeValue::Boolean(b)) => {
+                return Ok(if *b == sets { vec![flag] } else { vec![] });
+            }
+            (Kind::Count, DeValue::Integer(i)) => {
+                let n = i64::from_str_radix(i.as_str(), i.radix())
+                    .ok()
+                    .filter(|n| (0..=255).contains(n))
+                    .ok_or_else(|| self.err(value.span(), &format!("{key}: expected 0 to 255")))?;
+                return Ok(vec![flag; n as usize]);
+            }
+            (Kind::Flag(_) | Kind::Count, _) => {
+                let msg = format!("{key}: expected {}", kind.expected().0);
+                return Err(self.err(value.span(), &msg));
+            }
+            _ => {}
+        }
+        let items: Vec<&Spanned<DeValue>> = if matches!(arg.get_action(), ArgAction::Append) {
+            let Some(list) = value.get_ref().as_array() else {
+                let msg = format!("{key}: expected a list of {}", kind.expected().1);
+                return Err(self.err(value.span(), &msg));
+            };
+            list.iter().collect()
+        } else {
+            vec![value]
+        };
+        let path = matches!(
+            arg.get_value_hint(),
+            ValueHint::FilePath | ValueHint::DirPath | ValueHint::AnyPath
+        );
+        let mut words = Vec::new();
+        for item in items {
+            let text = kind.text(item.get_ref()).map_err(|m| {
+                let msg = if item.span() == value.span() {
+                    format!("{key}: {m}")
+                } else {
+                    format!("{key}: expected a list of {}", kind.expected().1)
+                };
+                self.err(item.span(), &msg)
+            })?;
+            let mut word = OsString::from(format!("--{key}="));
+            if path && Path::new(&text).is_relative() {
+                word.push(self.base.join(&text));
+            } else {
+                word.push(&text);
+            }
+            options
+                .check(arg, &word)
+                .map_err(|m| self.err(item.span(), &format!("{key}: {m}")))?;
+            words.push(word);
+        }
+        Ok(words)
+    }
 }
 
-/// [`set`] for values the TOML types already checked.
-fn set_copy<S: Clone, T>(
-    l: &Layer,
-    id: &str,
-    value: &Option<Spanned<S>>,
-    slot: &mut T,
-    f: impl FnOnce(S) -> T,
-) -> Result<()> {
-    set(l, id, value, slot, |v| Ok(f(v.clone())))
+/// The message for a key that is no option, with the nearest one when it is close.
+fn unknown_key(key: &str, options: &Options) -> String {
+    if NOT_KEYS.contains(&key) {
+        return format!("`{key}`: an option of the command line only, not a key of the file");
+    }
+    let nearest = options
+        .keys()
+        .filter_map(Arg::get_long)
+        .chain(["command"])
+        .map(|k| (edit_distance(key, k), k))
+        .min();
+    match nearest {
+        Some((d, k)) if d <= 2 || d * 3 <= key.chars().count() => {
+            format!("`{key}`: unknown key; did you mean `{k}`?")
+        }
+        _ => format!(
+            "`{key}`: unknown key; the keys are the long options of `multinode serve --help`, \
+             plus `command` and `[env]`"
+        ),
+    }
+}
+
+/// Levenshtein distance: the fewest characters to insert, delete or replace.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (row[j + 1] + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+/// clap's reason for rejecting a value, without naming the option the way the command line
+/// does (the file's message names the key).
+fn clap_reason_for(e: &clap::Error, arg: &Arg) -> String {
+    if e.kind() == ErrorKind::ValueValidation {
+        if let Some(source) = std::error::Error::source(e) {
+            return source.to_string();
+        }
+    }
+    clap_reason(e).replace(&format!(" for '{arg}'"), "")
+}
+
+/// A clap error as one line, without its usage block.
+fn clap_reason(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let body: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let msg = body.join(" ");
+    msg.strip_prefix("error: ").unwrap_or(&msg).to_string()
 }
 
 /// `:line:column` (1-based) of a byte offset.
@@ -326,6 +465,7 @@ fn position(text: &str, offset: usize) -> String {
 mod tests {
     use super::*;
     use clap::Parser;
+    use std::collections::BTreeMap;
     use std::path::PathBuf;
 
     fn args(cli: &[&str]) -> ServeArgs {
@@ -345,6 +485,14 @@ mod tests {
         let p = dir.join("multinode.toml");
         std::fs::write(&p, text).unwrap();
         (dir, p)
+    }
+
+    /// The error `text` as a file gives, with the command line empty.
+    fn error(text: &str) -> String {
+        let (dir, p) = write(text);
+        let e = apply(&p, &mut args(&[]), &[]).unwrap_err().to_string();
+        std::fs::remove_dir_all(dir).unwrap();
+        e
     }
 
     #[test]
@@ -368,22 +516,16 @@ mod tests {
 
     #[test]
     fn errors_name_file_line_and_column() {
-        let (dir, p) = write("workers = 2\nwokers = 3\n");
-        let e = apply(&p, &mut args(&[]), &[]).unwrap_err().to_string();
+        let e = error("workers = 2\nwokers = 3\n");
         assert!(e.contains("multinode.toml:2:1"), "{e}");
         assert!(e.contains("wokers"), "{e}");
-        std::fs::remove_dir_all(dir).unwrap();
 
-        let (dir, p) = write("workers = 2\n\ngrace = \"soon\"\n");
-        let e = apply(&p, &mut args(&[]), &[]).unwrap_err().to_string();
+        let e = error("workers = 2\n\ngrace = \"soon\"\n");
         assert!(e.contains("multinode.toml:3:9"), "{e}");
         assert!(e.contains("grace"), "{e}");
-        std::fs::remove_dir_all(dir).unwrap();
 
-        let (dir, p) = write("workers = \"four\"\n");
-        let e = apply(&p, &mut args(&[]), &[]).unwrap_err().to_string();
+        let e = error("workers = \"four\"\n");
         assert!(e.contains("multinode.toml:1:11"), "{e}");
-        std::fs::remove_dir_all(dir).unwrap();
 
         let (dir, p) = write("grace = 5\nbackoff-max = 1.5\n");
         let mut a = args(&[]);
@@ -392,12 +534,203 @@ mod tests {
         assert_eq!(a.backoff_max, std::time::Duration::from_millis(1500));
         std::fs::remove_dir_all(dir).unwrap();
 
-        let (dir, p) = write("route = \"sticky\"\n");
-        let e = apply(&p, &mut args(&[]), &[]).unwrap_err().to_string();
+        let e = error("route = \"sticky\"\n");
         assert!(
             e.contains("multinode.toml:1:9") && e.contains("sticky"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_wrong_type_is_named_in_the_users_terms() {
+        for (text, want) in [
+            ("workers = \"four\"", ":1:11: workers: expected a number"),
+            ("workers = 1.5", ":1:11: workers: expected a whole number"),
+            (
+                "proxy-protocol = \"yes\"",
+                ":1:18: proxy-protocol: expected true or false",
+            ),
+            (
+                "listen = \"127.0.0.1:80\"",
+                ":1:10: listen: expected a list of strings",
+            ),
+            (
+                "listen = [\"127.0.0.1:80\", 8080]",
+                ":1:27: listen: expected a list of strings",
+            ),
+            (
+                "grace = true",
+                ":1:9: grace: expected a duration such as \"10s\" or a number of seconds",
+            ),
+            ("name = 5", ":1:8: name: expected a string"),
+            ("socket-mode = 660", ":1:15: socket-mode: expected a string"),
+            (
+                "command = \"./app\"",
+                ":1:11: command: expected a list of strings",
+            ),
+            ("env = [\"A=B\"]", ":1:7: env: expected a table"),
+            ("[env]\nA = 1", ":2:5: env.A: expected a string"),
+        ] {
+            let e = error(&format!("{text}\n"));
+            assert!(e.contains(want), "{text}: {e}");
+            assert!(
+                !e.contains("u32") && !e.contains("invalid type"),
+                "{text}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn values_get_the_command_lines_messages() {
+        // The option's own value parser speaks, as it does for the command line.
+        let e = error("workers = -1\n");
+        assert!(
+            e.contains(":1:11: workers: -1 is not in 0..=4294967295"),
+            "{e}"
+        );
+        let e = error("listen = [\"127.0.0.1:80\", \"nowhere\"]\n");
+        assert!(e.contains(":1:27: listen: "), "{e}");
+        let cli = crate::listen::parse_listen("nowhere").unwrap_err();
+        assert!(e.ends_with(&cli), "{e} / {cli}");
+        let e = error("stop-signal = \"NOPE\"\n");
+        assert!(
+            e.ends_with(&crate::config::parse_signal("NOPE").unwrap_err()),
+            "{e}"
+        );
+        let e = error("restart = \"sometimes\"\n");
+        assert!(e.contains("restart: invalid value 'sometimes'"), "{e}");
+        assert!(e.contains("always, on-failure, never"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_key_suggests_the_nearest() {
+        let e = error("workers = 2\nwokers = 3\n");
+        assert!(
+            e.ends_with(":2:1: `wokers`: unknown key; did you mean `workers`?"),
+            "{e}"
+        );
+        let e = error("backoff_max = \"1s\"\n");
+        assert!(e.ends_with("did you mean `backoff-max`?"), "{e}");
+        let e = error("comand = [\"x\"]\n");
+        assert!(e.ends_with("did you mean `command`?"), "{e}");
+        let e = error("frobnicate = 1\n");
+        assert!(e.contains("`frobnicate`: unknown key; the keys are"), "{e}");
+        let e = error("config = \"other.toml\"\n");
+        assert!(
+            e.contains("`config`: an option of the command line only"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_command_line_wins_but_the_file_is_still_checked() {
+        let (dir, p) = write("workers = 3\nlisten = [\"a=127.0.0.1:1\"]\nproxy-protocol = true\n");
+        let mut a = args(&["-w", "5", "--proxy-protocol", "--route", "ip-hash"]);
+        apply(
+            &p,
+            &mut a,
+            &["workers".into(), "proxy_protocol".into(), "route".into()],
+        )
+        .unwrap();
+        assert_eq!(a.workers, Some(5));
+        assert!(a.proxy_protocol);
+        assert_eq!(a.listen.len(), 1);
+        assert_eq!(a.listen[0].name, "a");
+        std::fs::write(&p, "workers = \"many\"\n").unwrap();
+        let mut a = args(&["-w", "5"]);
+        assert!(apply(&p, &mut a, &["workers".into()]).is_err());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn paths_are_relative_to_the_file() {
+        let (dir, p) = write(
+            "workdir = \"wd\"\ncontrol = \"/run/x.sock\"\nwatch = [\"src\", \"/etc/app\"]\nwatch-ignore = [\"*.swp\"]\n",
+        );
+        let mut a = args(&[]);
+        apply(&p, &mut a, &[]).unwrap();
+        assert_eq!(a.workdir, Some(dir.join("wd")));
+        assert_eq!(a.control, Some(PathBuf::from("/run/x.sock")));
+        assert_eq!(a.watch, vec![dir.join("src"), PathBuf::from("/etc/app")]);
+        assert_eq!(a.watch_ignore, vec!["*.swp".to_string()]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Every long option of `serve`, taken from clap so that an option added later is covered
+    /// too: a file giving it a valid value is accepted and the value reaches `ServeArgs`.
+    #[test]
+    fn every_serve_option_is_a_key() {
+        let options = Options::new();
+        let mut checker = Options::new();
+        let mut seen = 0;
+        for arg in options.keys() {
+            let key = arg.get_long().unwrap();
+            let kind = Kind::of(arg);
+            let default: Vec<String> = arg
+                .get_default_values()
+                .iter()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect();
+            let sample = if key == "env" {
+                "[env]\nSAMPLE = \"7\"".to_string()
+            } else {
+                let value = match kind {
+                    Kind::Flag(sets) => sets.to_string(),
+                    Kind::Count => "2".into(),
+                    Kind::Integer => "7".into(),
+                    Kind::Float => "7.5".into(),
+                    Kind::Duration => "7.5".into(),
+                    Kind::Bool => (default != ["true"]).to_string(),
+                    Kind::Text => {
+                        // The first of these the option's own parser takes, that is not its
+                        // default: a new option whose values none of them fits fails here.
+                        let possible: Vec<String> = arg
+                            .get_possible_values()
+                            .iter()
+                            .map(|p| p.get_name().to_string())
+                            .collect();
+                        let candidates = possible.iter().map(String::as_str).chain([
+                            "sample",
+                            "USR1",
+                            "notify",
+                            "640",
+                            "sample=127.0.0.1:7",
+                        ]);
+                        let found =
+                            candidates
+                                .filter(|c| !default.iter().any(|d| d == c))
+                                .find(|c| {
+                                    checker
+                                        .check(arg, &OsString::from(format!("--{key}={c}")))
+                                        .is_ok()
+                                });
+                        let Some(c) = found else {
+                            panic!("no sample value for --{key}: add one to this test")
+                        };
+                        format!("\"{c}\"")
+                    }
+                };
+                if matches!(arg.get_action(), ArgAction::Append) {
+                    format!("{key} = [{value}]")
+                } else {
+                    format!("{key} = {value}")
+                }
+            };
+            let (dir, p) = write(&format!("{sample}\n"));
+            let mut a = args(&[]);
+            let before = format!("{a:?}");
+            let r = apply(&p, &mut a, &[]);
+            assert!(r.is_ok(), "{sample}: {}", r.unwrap_err());
+            assert_ne!(before, format!("{a:?}"), "{sample} did not reach ServeArgs");
+            // The command line still wins.
+            let mut a = args(&[]);
+            apply(&p, &mut a, &[arg.get_id().to_string()]).unwrap();
+            if key != "env" {
+                assert_eq!(before, format!("{a:?}"), "{sample} beat the command line");
+            }
+            std::fs::remove_dir_all(dir).unwrap();
+            seen += 1;
+        }
+        assert!(seen > 20, "only {seen} options");
     }
 }

@@ -10,6 +10,7 @@ mod control;
 mod docs;
 mod error;
 mod guard;
+mod listen;
 mod log;
 mod notify;
 mod privilege;

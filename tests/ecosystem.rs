@@ -173,10 +173,14 @@ fn config_errors_name_file_line_and_column() {
         let name = unique_name();
         let out = mn(&[sub, "--name", &name, "--config", typo.to_str().unwrap()]);
         let at = format!("{}:3:1:", typo.display());
-        assert_error(&out, 2, &[&at, "unknown field `wokers`", "`workers`"]);
+        assert_error(
+            &out,
+            2,
+            &[&at, "`wokers`: unknown key; did you mean `workers`?"],
+        );
         let out = mn(&[sub, "--name", &name, "--config", wrong.to_str().unwrap()]);
         let at = format!("{}:1:11:", wrong.display());
-        assert_error(&out, 2, &[&at, "invalid type", "\"two\""]);
+        assert_error(&out, 2, &[&at, "workers: expected a number"]);
     }
 }
 

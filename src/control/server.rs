@@ -19,7 +19,7 @@ use nix::unistd::{Gid, Uid};
 
 use super::protocol::{MAX_REQUEST, Reply, Request};
 use crate::error::{Error, Result};
-use crate::socket::{Occupied, SocketFile, clear_stale, with_private_umask};
+use crate::socket::file::{Occupied, SocketFile, clear_stale, with_private_umask};
 
 /// Connections served at once.
 pub const MAX_CLIENTS: usize = 64;

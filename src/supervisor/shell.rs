@@ -199,11 +199,19 @@ impl Shell {
                     .unwrap_or(PollTimeout::MAX)
             }
         };
-        let mut keys = vec![Wake::Signals, Wake::Notify];
-        let mut fds = vec![
-            PollFd::new(self.p.signals.as_fd(), PollFlags::POLLIN),
-            PollFd::new(self.p.notify.as_fd(), PollFlags::POLLIN),
-        ];
+        // Worker output first: what a worker printed before it notified or exited is shown
+        // before the supervisor's line about it.
+        let mut keys = Vec::new();
+        let mut fds = Vec::new();
+        for w in &self.procs {
+            for (stream, fd) in w.fds() {
+                keys.push(Wake::Pipe(w.pid, stream));
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            }
+        }
+        keys.extend([Wake::Signals, Wake::Notify]);
+        fds.push(PollFd::new(self.p.signals.as_fd(), PollFlags::POLLIN));
+        fds.push(PollFd::new(self.p.notify.as_fd(), PollFlags::POLLIN));
         if let Some(w) = &self.p.watch {
             keys.push(Wake::Watch);
             fds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
@@ -218,12 +226,6 @@ impl Shell {
                 };
                 keys.push(Wake::Client(id, interest));
                 fds.push(PollFd::new(fd, ev));
-            }
-        }
-        for w in &self.procs {
-            for (stream, fd) in w.fds() {
-                keys.push(Wake::Pipe(w.pid, stream));
-                fds.push(PollFd::new(fd, PollFlags::POLLIN));
             }
         }
         if let Some(r) = &mut self.router {

@@ -1,18 +1,20 @@
-//! Listen specs (`[NAME=]ADDR`) and binding them: TCP v4/v6 and Unix stream sockets.
+//! Binding the listening sockets: TCP v4/v6 and Unix stream sockets, from the `--listen`
+//! specs (listen.rs), plus the per-slot SO_REUSEPORT siblings of `--balance reuseport`.
 //!
 //! The supervisor binds every socket once, before it drops privileges, and keeps them open for
 //! its whole life; workers inherit duplicates. All fds here are CLOEXEC: only the spawn path
 //! hands them to a worker, at the fd numbers the worker contract promises.
 //!
-//! Unix socket files: a stale file (nothing accepts on it) is replaced; a live one is an error.
-//! The file is removed when multinode exits if the directory still lets the (dropped) user do
-//! it; otherwise it stays and the next start replaces it as stale.
+//! Unix socket files (file.rs): a stale file (nothing accepts on it) is replaced; a live one is
+//! an error. The file is removed when multinode exits if the directory still lets the (dropped)
+//! user do it; otherwise it stays and the next start replaces it as stale.
 
-use std::io;
+pub mod file;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 use nix::errno::Errno;
 use nix::sys::socket::{
@@ -20,100 +22,9 @@ use nix::sys::socket::{
 };
 use nix::unistd::{Gid, Uid};
 
+use self::file::{Occupied, SocketFile, clear_stale, with_private_umask};
 use crate::error::{Error, Result};
-
-/// Longest path a `sockaddr_un` holds (108 bytes with the terminating NUL).
-const UNIX_PATH_MAX: usize = 107;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ListenAddr {
-    Tcp(SocketAddr),
-    /// `:PORT`: every interface, one dual-stack IPv6 socket where the machine has IPv6.
-    AnyTcp(u16),
-    Unix(PathBuf),
-}
-
-/// One `--listen` value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenSpec {
-    /// The name in LISTEN_FDNAMES; empty until the config gives unnamed sockets `listenN`.
-    pub name: String,
-    pub addr: ListenAddr,
-    /// The value as the user wrote it, for messages.
-    pub text: String,
-}
-
-/// Parses `[NAME=]ADDR` (clap value parser for `--listen`).
-pub fn parse_listen(s: &str) -> std::result::Result<ListenSpec, String> {
-    let (name, addr_text) = match s.split_once('=') {
-        Some((n, rest)) if !n.contains(':') && !n.contains('/') => {
-            if !valid_name(n) {
-                return Err(format!(
-                    "'{n}' is not a socket name: use letters, digits, '_', '-' or '.'"
-                ));
-            }
-            (n.to_string(), rest)
-        }
-        _ => (String::new(), s),
-    };
-    let addr = parse_addr(addr_text)?;
-    Ok(ListenSpec {
-        name,
-        addr,
-        text: s.to_string(),
-    })
-}
-
-fn valid_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 255
-        && n.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
-}
-
-fn parse_addr(s: &str) -> std::result::Result<ListenAddr, String> {
-    if let Some(path) = s.strip_prefix("unix:") {
-        if path.is_empty() {
-            return Err("unix: needs a path, e.g. unix:/run/app.sock".into());
-        }
-        if path.starts_with('@') {
-            return Err(format!(
-                "'{s}': abstract Unix sockets are not supported (any local user can reach them); use a path"
-            ));
-        }
-        if path.len() > UNIX_PATH_MAX {
-            return Err(format!(
-                "Unix socket path is {} bytes long, the limit is {UNIX_PATH_MAX}: choose a shorter path",
-                path.len()
-            ));
-        }
-        return Ok(ListenAddr::Unix(PathBuf::from(path)));
-    }
-    let bad = || {
-        format!(
-            "'{s}' is not an address: use HOST:PORT (127.0.0.1:8080), :PORT, [::1]:PORT or unix:PATH"
-        )
-    };
-    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("'{s}': port '{port}' is not a number from 0 to 65535"))?;
-    let ip: IpAddr = match host {
-        "" | "*" => return Ok(ListenAddr::AnyTcp(port)),
-        "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        h if h.starts_with('[') && h.ends_with(']') => {
-            IpAddr::V6(h[1..h.len() - 1].parse::<Ipv6Addr>().map_err(|_| bad())?)
-        }
-        h => h.parse::<Ipv4Addr>().map(IpAddr::V4).map_err(|_| {
-            if h.contains(':') {
-                format!("'{s}': write an IPv6 address in brackets, e.g. [{h}]:{port}")
-            } else {
-                bad()
-            }
-        })?,
-    };
-    Ok(ListenAddr::Tcp(SocketAddr::new(ip, port)))
-}
+use crate::listen::{ListenAddr, ListenSpec};
 
 /// A bound, listening socket owned by the supervisor.
 #[derive(Debug)]
@@ -374,139 +285,4 @@ fn bind_unix(
         tcp: None,
         backlog,
     })
-}
-
-/// Why a path cannot take a new Unix socket.
-#[derive(Debug)]
-pub enum Occupied {
-    /// Something other than a socket is there.
-    NotSocket,
-    /// A server accepts on the socket there.
-    InUse,
-    /// It could not be checked or the stale socket could not be removed.
-    Io(&'static str, io::Error),
-}
-
-/// Clears `path` for a new socket: nothing there is fine, a socket nobody accepts on (left by
-/// a process that died) is removed; a live socket or a file of another kind is refused.
-pub fn clear_stale(path: &Path) -> std::result::Result<(), Occupied> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Occupied::Io("cannot stat", e)),
-    };
-    if !meta.file_type().is_socket() {
-        return Err(Occupied::NotSocket);
-    }
-    match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => Err(Occupied::InUse),
-        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => std::fs::remove_file(path)
-            .map_err(|e| Occupied::Io("cannot replace the stale socket", e)),
-        Err(e) => Err(Occupied::Io("cannot check whether something listens on", e)),
-    }
-}
-
-/// Runs `bind` with umask 0177, so that a socket file it creates is reachable by its owner
-/// alone until the caller sets its mode and owner.
-pub fn with_private_umask<T>(bind: impl FnOnce() -> T) -> T {
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let r = bind();
-    nix::sys::stat::umask(old);
-    r
-}
-
-/// A socket file this process created, identified by device and inode so that a file some
-/// other process put at the same path since is never removed.
-#[derive(Debug)]
-pub struct SocketFile {
-    pub path: PathBuf,
-    dev: u64,
-    ino: u64,
-}
-
-impl SocketFile {
-    /// The socket file just bound at `path`.
-    pub fn created(path: &Path) -> io::Result<SocketFile> {
-        let meta = std::fs::metadata(path)?;
-        Ok(SocketFile {
-            path: path.to_path_buf(),
-            dev: meta.dev(),
-            ino: meta.ino(),
-        })
-    }
-
-    /// Removes the file if it is still ours. `Ok(false)`: it was already gone or replaced.
-    pub fn remove(&mut self) -> io::Result<bool> {
-        let ours = std::fs::symlink_metadata(&self.path)
-            .map(|m| m.dev() == self.dev && m.ino() == self.ino)
-            .unwrap_or(false);
-        if !ours {
-            self.ino = 0;
-            return Ok(false);
-        }
-        std::fs::remove_file(&self.path)?;
-        self.ino = 0;
-        Ok(true)
-    }
-}
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        if self.ino != 0 {
-            let _ = self.remove();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn addr(s: &str) -> ListenAddr {
-        parse_listen(s).unwrap().addr
-    }
-
-    #[test]
-    fn listen_specs() {
-        assert_eq!(
-            addr("127.0.0.1:8080"),
-            ListenAddr::Tcp("127.0.0.1:8080".parse().unwrap())
-        );
-        assert_eq!(addr(":80"), ListenAddr::AnyTcp(80));
-        assert_eq!(addr("*:80"), ListenAddr::AnyTcp(80));
-        assert_eq!(
-            addr("[::1]:9000"),
-            ListenAddr::Tcp("[::1]:9000".parse().unwrap())
-        );
-        assert_eq!(
-            addr("localhost:1"),
-            ListenAddr::Tcp("127.0.0.1:1".parse().unwrap())
-        );
-        assert_eq!(
-            addr("unix:/run/a=b.sock"),
-            ListenAddr::Unix("/run/a=b.sock".into())
-        );
-        let named = parse_listen("admin=unix:/run/app.sock").unwrap();
-        assert_eq!(named.name, "admin");
-        assert_eq!(named.addr, ListenAddr::Unix("/run/app.sock".into()));
-        assert_eq!(parse_listen("web=:8080").unwrap().name, "web");
-    }
-
-    #[test]
-    fn bad_listen_specs() {
-        for bad in [
-            "8080",
-            "127.0.0.1",
-            "1.2.3.4:99999",
-            "host.example:80",
-            "::1:80",
-            "unix:",
-            "bad name=:80",
-            "unix:@abstract",
-        ] {
-            assert!(parse_listen(bad).is_err(), "{bad} should be rejected");
-        }
-        let long = format!("unix:/tmp/{}", "x".repeat(200));
-        assert!(parse_listen(&long).unwrap_err().contains("limit is 107"));
-    }
 }
