@@ -62,7 +62,7 @@
 //!   [`Listeners::listener_or_bind`] for a worker that should accept a
 //!   route channel as well.
 //!
-//! The channel's wire format is small and documented in [`route`], for
+//! The channel's wire format is small and documented in [`wire`], for
 //! workers in other languages; `examples/python/routed.py` in the multinode
 //! repository is a complete stdlib-Python worker.
 //!
@@ -137,6 +137,7 @@ mod listener;
 mod notify;
 pub mod route;
 mod stop;
+pub mod wire;
 
 pub use activation::{Listeners, UNKNOWN_NAME, listeners};
 pub use error::Error;
