@@ -134,16 +134,16 @@ compile_error!("multinode-worker supports Linux only, like multinode");
 mod activation;
 mod error;
 mod listener;
-mod notify;
 pub mod route;
+pub mod sd_notify;
 mod stop;
 pub mod wire;
 
 pub use activation::{Listeners, UNKNOWN_NAME, listeners};
 pub use error::Error;
 pub use listener::{Accepted, Connection, Listener, PeerAddr};
-pub use notify::{notify, ready, status, stopping, watchdog};
 pub use route::{CloseNotice, RouteChannel, RoutedConnection};
+pub use sd_notify::{notify, ready, status, stopping, watchdog};
 pub use stop::{Stop, catch_stop_signals};
 
 /// `MULTINODE_WORKER_ID`: this worker's slot, 0..N-1. Stable across
