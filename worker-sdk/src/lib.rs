@@ -66,6 +66,14 @@
 //! workers in other languages; `examples/python/routed.py` in the multinode
 //! repository is a complete stdlib-Python worker.
 //!
+//! # The protocols, for supervisors too
+//!
+//! multinode itself uses this crate for the three protocols it shares with
+//! its workers, so each is written once: [`wire`] (the route channel's
+//! datagrams), [`sd_notify`] (readiness datagrams: building, parsing,
+//! sending) and [`activation`] (`LISTEN_*` and the checks of inherited
+//! fds).
+//!
 //! # Example
 //!
 //! A worker that serves whatever it inherited, or binds `127.0.0.1:0` when
@@ -131,7 +139,7 @@
 #[cfg(not(target_os = "linux"))]
 compile_error!("multinode-worker supports Linux only, like multinode");
 
-mod activation;
+pub mod activation;
 mod error;
 mod listener;
 pub mod route;
