@@ -1,17 +1,13 @@
 //! Route mode (`--route`): the supervisor accepts every connection itself, picks a worker by
 //! policy, and hands the connected socket over a per-worker Unix SOCK_SEQPACKET channel with
 //! SCM_RIGHTS — the seed article's master.js/worker.js design, for any worker that reads the
-//! channel (the SDK does; the wire format below is simple enough for any language).
+//! channel (the SDK does; the wire format is simple enough for any language).
 //!
-//! # Wire format (one datagram per batch, supervisor → worker)
-//! ```text
-//! header   8 bytes   "MNRT" | version u8 = 1 | flags u8 = 0 | count u16 LE (1..=253)
-//! record  32 bytes   seq u64 LE | family u8 (0 none, 4 IPv4, 6 IPv6) | 0 u8 | port u16 LE
-//!  × count           | address 16 bytes (IPv4 in the first 4) | 4 bytes zero
-//! SCM_RIGHTS         count connected sockets, in record order
-//! ```
-//! Worker → supervisor, optional (it feeds `least-conn`): `"MNRC" | 1 | 0 | count u16 LE`
-//! then `count` × seq u64 LE, one per routed connection the worker has closed.
+//! # Wire format
+//! One datagram per batch, supervisor → worker, with the connections as SCM_RIGHTS; close
+//! notices back (they feed `least-conn`). The format and its one codec live in the worker SDK,
+//! `multinode_worker::wire`, which the workers decode with; here are only the sends and
+//! receives.
 //!
 //! # Back-pressure
 //! Each worker's channel has a bounded queue in the supervisor ([`MAX_QUEUE`] connections)
@@ -28,18 +24,16 @@ use std::io::IoSlice;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
+use multinode_worker::wire::{self, Record};
 use nix::errno::Errno;
 use nix::sys::socket::{self, ControlMessage, MsgFlags, SockaddrStorage};
 
 /// The most fds the kernel passes in one message (SCM_MAX_FD).
-pub const MAX_BATCH: usize = 253;
+pub use multinode_worker::wire::MAX_BATCH;
 /// Connections held per channel while its socket buffer is full.
 pub const MAX_QUEUE: usize = 1024;
 /// Connections held while no worker at all can take them.
 pub const MAX_BACKLOG: usize = 4096;
-
-const HEADER: usize = 8;
-const RECORD: usize = 32;
 
 /// An accepted connection on its way to a worker.
 #[derive(Debug)]
@@ -114,11 +108,18 @@ impl Channel {
             return Ok(());
         }
         self.retry_at = None;
+        let mut msg = Vec::new();
         while !self.queue.is_empty() {
             let n = self.queue.len().min(MAX_BATCH);
-            let batch: Vec<&Conn> = self.queue.iter().take(n).collect();
-            let msg = encode(&batch);
-            let fds: Vec<RawFd> = batch.iter().map(|c| c.fd.as_raw_fd()).collect();
+            let batch = self.queue.iter().take(n);
+            wire::encode_batch(
+                batch.clone().map(|c| Record {
+                    seq: c.seq,
+                    peer: c.peer,
+                }),
+                &mut msg,
+            );
+            let fds: Vec<RawFd> = batch.map(|c| c.fd.as_raw_fd()).collect();
             let cmsg = [ControlMessage::ScmRights(&fds)];
             let r = socket::sendmsg::<()>(
                 self.fd.as_raw_fd(),
@@ -149,7 +150,7 @@ impl Channel {
 
     /// Reads the worker's close notices; `Err(Gone)` at end of file.
     pub fn read_notices(&mut self) -> Result<(), Gone> {
-        let mut buf = [0u8; 8 + 8 * 512];
+        let mut buf = [0u8; wire::MAX_NOTICE_LEN];
         loop {
             match socket::recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
                 Ok(0) => {
@@ -157,8 +158,9 @@ impl Channel {
                     return Err(Gone);
                 }
                 Ok(n) => {
-                    if let Some(count) = decode_notice(&buf[..n]) {
-                        self.outstanding = self.outstanding.saturating_sub(count);
+                    // A malformed notice is ignored: it only skews least-conn.
+                    if let Ok(notice) = wire::decode_notice(&buf[..n]) {
+                        self.outstanding = self.outstanding.saturating_sub(notice.len() as u64);
                     }
                 }
                 Err(Errno::EAGAIN) => return Ok(()),
@@ -176,43 +178,6 @@ impl AsFd for Channel {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
-}
-
-/// The datagram for a batch.
-pub fn encode(batch: &[&Conn]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(HEADER + RECORD * batch.len());
-    m.extend_from_slice(b"MNRT");
-    m.push(1);
-    m.push(0);
-    m.extend_from_slice(&(batch.len() as u16).to_le_bytes());
-    for c in batch {
-        let mut r = [0u8; RECORD];
-        r[..8].copy_from_slice(&c.seq.to_le_bytes());
-        match c.peer {
-            Some(SocketAddr::V4(a)) => {
-                r[8] = 4;
-                r[10..12].copy_from_slice(&a.port().to_le_bytes());
-                r[12..16].copy_from_slice(&a.ip().octets());
-            }
-            Some(SocketAddr::V6(a)) => {
-                r[8] = 6;
-                r[10..12].copy_from_slice(&a.port().to_le_bytes());
-                r[12..28].copy_from_slice(&a.ip().octets());
-            }
-            None => {}
-        }
-        m.extend_from_slice(&r);
-    }
-    m
-}
-
-/// The number of closes a worker's notice reports.
-fn decode_notice(m: &[u8]) -> Option<u64> {
-    if m.len() < HEADER || &m[..4] != b"MNRC" || m[4] != 1 {
-        return None;
-    }
-    let count = u16::from_le_bytes([m[6], m[7]]) as usize;
-    (m.len() >= HEADER + 8 * count).then_some(count as u64)
 }
 
 /// The peer of an accepted socket, as a std address.
@@ -411,26 +376,62 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::net::UnixDatagram;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
 
+    /// What `flush` sends, the SDK's channel receives: each connection, its seq and peer.
     #[test]
-    fn records_carry_seq_and_address() {
-        let (a, _b) = UnixDatagram::pair().unwrap();
-        let fd: OwnedFd = a.into();
-        let c = Conn {
-            fd,
-            peer: Some("192.0.2.1:4242".parse().unwrap()),
-            seq: 7,
-            listener: 0,
-        };
-        let m = encode(&[&c]);
-        assert_eq!(m.len(), HEADER + RECORD);
-        assert_eq!(&m[..4], b"MNRT");
-        assert_eq!(u16::from_le_bytes([m[6], m[7]]), 1);
-        assert_eq!(u64::from_le_bytes(m[8..16].try_into().unwrap()), 7);
-        assert_eq!(m[16], 4);
-        assert_eq!(u16::from_le_bytes([m[18], m[19]]), 4242);
-        assert_eq!(&m[20..24], &[192, 0, 2, 1]);
+    fn the_sdk_receives_what_flush_sends() {
+        let (sup, worker) = socket::socketpair(
+            socket::AddressFamily::Unix,
+            socket::SockType::SeqPacket,
+            None,
+            socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let mut ch = Channel::new(sup);
+        let rx = multinode_worker::RouteChannel::new(worker).unwrap();
+        let peers: [Option<SocketAddr>; 3] = [
+            Some("192.0.2.1:4242".parse().unwrap()),
+            Some("[2001:db8::7]:443".parse().unwrap()),
+            None,
+        ];
+        // More than one batch, the last one short.
+        let total = MAX_BATCH + 2;
+        let mut kept = Vec::new();
+        for i in 0..total {
+            let (a, b) = UnixStream::pair().unwrap();
+            kept.push(b);
+            ch.push(Conn {
+                fd: a.into(),
+                peer: peers[i % 3],
+                seq: 100 + i as u64,
+                listener: 0,
+            });
+        }
+        ch.flush(std::time::Instant::now()).unwrap();
+        assert!(!ch.has_queue());
+        for (i, k) in kept.iter_mut().enumerate() {
+            let mut got = rx.accept().unwrap();
+            assert_eq!(got.seq, Some(100 + i as u64));
+            match peers[i % 3] {
+                Some(p) => assert_eq!(got.peer.to_string(), p.to_string()),
+                None => assert_eq!(got.peer.to_string(), "unix:(unnamed)"),
+            }
+            // The connection is the one pushed.
+            got.conn.write_all(&[i as u8]).unwrap();
+            let mut b = [0u8; 1];
+            k.read_exact(&mut b).unwrap();
+            assert_eq!(b[0], i as u8);
+            drop(got);
+        }
+        // Every close came back as a notice.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(ch.outstanding, total as u64);
+        ch.read_notices().unwrap();
+        assert_eq!(ch.outstanding, 0);
+        drop(rx);
+        assert!(ch.read_notices().is_err(), "EOF when the worker leaves");
     }
 
     #[test]
@@ -445,14 +446,5 @@ mod tests {
         let mut per = [0usize; 5];
         ips.iter().for_each(|ip| per[best(ip, 5) as usize] += 1);
         assert!(per.iter().all(|&n| n > 300), "uneven: {per:?}");
-    }
-
-    #[test]
-    fn notices() {
-        let mut m = b"MNRC\x01\x00\x02\x00".to_vec();
-        m.extend_from_slice(&1u64.to_le_bytes());
-        m.extend_from_slice(&2u64.to_le_bytes());
-        assert_eq!(decode_notice(&m), Some(2));
-        assert_eq!(decode_notice(b"junk"), None);
     }
 }
