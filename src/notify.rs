@@ -19,7 +19,8 @@ use nix::sys::socket::{
 
 use crate::error::{Error, Result};
 
-/// One datagram: the sender's pid and its `KEY=VALUE` assignments.
+/// One datagram: the sender's pid and its `KEY=VALUE` assignments (at most
+/// `multinode_worker::sd_notify::MAX_ASSIGNMENTS`, in order).
 pub struct Message {
     pub pid: i32,
     pub fields: Vec<(String, String)>,
@@ -84,12 +85,7 @@ impl NotifyServer {
                 Err(_) => break,
             };
             let Some(pid) = pid else { continue };
-            let text = String::from_utf8_lossy(&buf[..len]);
-            let fields = text
-                .lines()
-                .filter_map(|l| l.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
+            let fields = multinode_worker::sd_notify::parse(&buf[..len]);
             out.push(Message { pid, fields });
         }
         out
