@@ -19,11 +19,15 @@ use nix::sys::socket::{
 
 use crate::error::{Error, Result};
 
-/// One datagram: the sender's pid and its `KEY=VALUE` assignments.
+/// One datagram: the sender's pid and its `KEY=VALUE` assignments (at most
+/// `multinode_worker::sd_notify::MAX_ASSIGNMENTS`, in order).
 pub struct Message {
     pub pid: i32,
     pub fields: Vec<(String, String)>,
 }
+
+/// Datagrams read per wake-up.
+pub const BURST: usize = 64;
 
 pub struct NotifyServer {
     fd: OwnedFd,
@@ -58,11 +62,12 @@ impl NotifyServer {
         &self.path
     }
 
-    /// Every datagram waiting now (the socket is non-blocking).
+    /// The datagrams waiting now, at most [`BURST`] per call, so a flood cannot hold up the
+    /// loop or fill memory: the rest wait in the socket's bounded buffer for the next turn.
     pub fn recv_all(&self) -> Vec<Message> {
         let mut out = Vec::new();
         let mut buf = [0u8; 4096];
-        loop {
+        for _ in 0..BURST {
             let mut cmsg = nix::cmsg_space!(libc::ucred);
             let mut iov = [IoSliceMut::new(&mut buf)];
             let (len, pid) = match socket::recvmsg::<()>(
@@ -84,12 +89,7 @@ impl NotifyServer {
                 Err(_) => break,
             };
             let Some(pid) = pid else { continue };
-            let text = String::from_utf8_lossy(&buf[..len]);
-            let fields = text
-                .lines()
-                .filter_map(|l| l.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
+            let fields = multinode_worker::sd_notify::parse(&buf[..len]);
             out.push(Message { pid, fields });
         }
         out

@@ -2,68 +2,61 @@
 //! instead of binding) and readiness notifications to systemd (`Type=notify`).
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
 
 use nix::sys::socket::{self, SockaddrStorage, sockopt};
+
+use multinode_worker::activation::{self, SocketKind};
 
 use crate::error::{Error, Result};
 use crate::socket::Bound;
 
 /// The sockets systemd (or `systemd-socket-activate`) passed to this process, if any: fds
-/// 3.. with LISTEN_PID naming us, as sd_listen_fds(3) reads them. Each must be a listening
+/// 3.. with LISTEN_PID naming us, as sd_listen_fds(3) reads them (the worker SDK's parser and
+/// fd checks, so multinode and its workers read the variables alike). Each must be a listening
 /// stream socket. They are marked CLOEXEC; workers get their own copies at the same numbers.
+/// A malformed variable is a usage error (exit 2), a bad fd a socket error (exit 3).
 pub fn inherited(backlog: u32) -> Result<Option<Vec<Bound>>> {
-    let pid_ok =
-        std::env::var("LISTEN_PID").is_ok_and(|p| p.trim() == std::process::id().to_string());
-    let Some(n) = std::env::var("LISTEN_FDS").ok().filter(|_| pid_ok) else {
-        return Ok(None);
-    };
-    let n: usize = n
-        .trim()
-        .parse()
-        .ok()
-        .filter(|n| *n <= 1024)
-        .ok_or_else(|| {
-            Error::usage(format!("LISTEN_FDS={n} from systemd is not a socket count"))
-        })?;
-    if n == 0 {
+    let plan = activation::from_env().map_err(|e| Error::usage(e.to_string()))?;
+    if plan.is_empty() {
         return Ok(None);
     }
-    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
-        .map(|v| v.split(':').map(str::to_string).collect())
-        .unwrap_or_default();
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let raw = 3 + i as RawFd;
-        let bad = |what: &str| {
-            Error::socket(format!(
-                "fd {raw} passed by systemd (LISTEN_FDS={n}): {what}"
-            ))
-        };
-        // SAFETY: F_GETFD on an fd number only reads its flags; on a closed number it fails
-        // with EBADF. No memory is involved.
-        if unsafe { libc::fcntl(raw, libc::F_GETFD) } == -1 {
-            return Err(bad("not open"));
-        }
-        // SAFETY: the fd is open (checked above) and was passed to us by systemd for us to own
-        // (LISTEN_FDS); nothing else wraps it.
+    let n = plan.len();
+    // Unnamed (the SDK's "unknown"): listen0, listen1, … like the sockets multinode binds.
+    let name_of = |fd: RawFd, name: String| {
+        Some(name)
+            .filter(|s| s != activation::UNKNOWN_NAME)
+            .unwrap_or_else(|| format!("listen{}", fd - activation::LISTEN_FDS_START))
+    };
+    let bad = |fd: RawFd, name: String, problem: &str| {
+        Error::socket(format!(
+            "fd {fd} passed by systemd (LISTEN_FDS={n}, named {:?}) {problem}; multinode takes \
+             listening stream sockets (ListenStream= in the .socket unit)",
+            name_of(fd, name)
+        ))
+    };
+    let checked = activation::check_all(&plan).map_err(|e| match e {
+        multinode_worker::Error::BadFd { fd, name, problem } => bad(fd, name, &problem),
+        other => Error::socket(other.to_string()),
+    })?;
+    // A route channel passes the SDK's checks (workers take one); not ours. Checked for every
+    // fd before any is wrapped.
+    if let Some(c) = checked
+        .iter()
+        .find(|c| !matches!(c.kind, SocketKind::Tcp | SocketKind::Unix))
+    {
+        return Err(bad(
+            c.fd,
+            c.name.clone(),
+            "is a connected Unix seqpacket socket (a multinode route channel), not a listening \
+             socket",
+        ));
+    }
+    let mut out = Vec::with_capacity(checked.len());
+    for c in checked {
+        let raw = c.fd;
+        // SAFETY: the fd is open and a listening socket (checked above), and was passed to us
+        // by systemd for us to own (LISTEN_FDS); nothing else wraps it.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let st = nix::sys::stat::fstat(&fd)
-            .map_err(|e| bad(&format!("cannot stat it: {}", e.desc())))?;
-        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-            return Err(bad("not a socket"));
-        }
-        if !socket::getsockopt(&fd, sockopt::AcceptConn).unwrap_or(false) {
-            return Err(bad(
-                "not a listening socket (use ListenStream= in the .socket unit)",
-            ));
-        }
-        nix::fcntl::fcntl(
-            &fd,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        )
-        .map_err(|e| bad(&format!("cannot set FD_CLOEXEC: {}", e.desc())))?;
         let local = socket::getsockname::<SockaddrStorage>(raw).ok();
         let tcp = local.as_ref().and_then(|s| {
             let v6only = socket::getsockopt(&fd, sockopt::Ipv6V6Only).unwrap_or(true);
@@ -82,38 +75,34 @@ pub fn inherited(backlog: u32) -> Result<Option<Vec<Bound>>> {
             ),
             _ => format!("fd {raw}"),
         };
-        let name = names
-            .get(i)
-            .filter(|s| !s.is_empty() && *s != "unknown")
-            .cloned()
-            .unwrap_or_else(|| format!("listen{i}"));
-        out.push(Bound::adopted(name, shown, fd, tcp, backlog));
+        out.push(Bound::adopted(
+            name_of(raw, c.name),
+            shown,
+            fd,
+            tcp,
+            backlog,
+        ));
     }
     Ok(Some(out))
 }
 
 /// Notifications to the service manager that started us (NOTIFY_SOCKET), if any.
 pub struct Notifier {
-    sock: UnixDatagram,
-    addr: UnixAddr,
+    /// NOTIFY_SOCKET's value, checked: an absolute path or an @abstract name.
+    addr: std::ffi::OsString,
 }
 
 impl Notifier {
-    /// Reads NOTIFY_SOCKET once, at start (before the privilege drop: the socket is opened now).
+    /// Reads NOTIFY_SOCKET once, at start.
     pub fn from_env() -> Option<Notifier> {
-        let path = std::env::var_os("NOTIFY_SOCKET")?;
-        let bytes = path.as_encoded_bytes();
-        let addr = match bytes.strip_prefix(b"@") {
-            Some(abs) => UnixAddr::from_abstract_name(abs).ok()?,
-            None => UnixAddr::from_pathname(std::path::Path::new(&path)).ok()?,
-        };
-        let sock = UnixDatagram::unbound().ok()?;
-        Some(Notifier { sock, addr })
+        let addr = std::env::var_os("NOTIFY_SOCKET")?;
+        multinode_worker::sd_notify::address(&addr).ok()?;
+        Some(Notifier { addr })
     }
 
     /// Sends `KEY=VALUE` lines; failures are ignored (systemd may be gone, e.g. at shutdown).
     pub fn send(&self, state: &str) {
-        let _ = self.sock.send_to_addr(state.as_bytes(), &self.addr);
+        let _ = multinode_worker::sd_notify::send_to(&self.addr, state);
     }
 }
 

@@ -5,15 +5,11 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
+use multinode_worker::wire::{self, Record};
 use nix::errno::Errno;
 use nix::sys::socket::{self, ControlMessage, MsgFlags};
 
-use std::net::SocketAddr;
-
 use super::{Conn, MAX_BATCH, MAX_QUEUE};
-
-const HEADER: usize = 8;
-const RECORD: usize = 32;
 
 /// The supervisor's end of one worker channel.
 pub struct Channel {
@@ -77,11 +73,18 @@ impl Channel {
             return Ok(());
         }
         self.retry_at = None;
+        let mut msg = Vec::new();
         while !self.queue.is_empty() {
             let n = self.queue.len().min(MAX_BATCH);
-            let batch: Vec<&Conn> = self.queue.iter().take(n).collect();
-            let msg = encode(&batch);
-            let fds: Vec<RawFd> = batch.iter().map(|c| c.fd.as_raw_fd()).collect();
+            let batch = self.queue.iter().take(n);
+            wire::encode_batch(
+                batch.clone().map(|c| Record {
+                    seq: c.seq,
+                    peer: c.peer,
+                }),
+                &mut msg,
+            );
+            let fds: Vec<RawFd> = batch.map(|c| c.fd.as_raw_fd()).collect();
             let cmsg = [ControlMessage::ScmRights(&fds)];
             let r = socket::sendmsg::<()>(
                 self.fd.as_raw_fd(),
@@ -112,7 +115,7 @@ impl Channel {
 
     /// Reads the worker's close notices; `Err(Gone)` at end of file.
     pub fn read_notices(&mut self) -> Result<(), Gone> {
-        let mut buf = [0u8; 8 + 8 * 512];
+        let mut buf = [0u8; wire::MAX_NOTICE_LEN];
         loop {
             match socket::recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
                 Ok(0) => {
@@ -120,8 +123,9 @@ impl Channel {
                     return Err(Gone);
                 }
                 Ok(n) => {
-                    if let Some(count) = decode_notice(&buf[..n]) {
-                        self.outstanding = self.outstanding.saturating_sub(count);
+                    // A malformed notice is ignored: it only skews least-conn.
+                    if let Ok(notice) = wire::decode_notice(&buf[..n]) {
+                        self.outstanding = self.outstanding.saturating_sub(notice.len() as u64);
                     }
                 }
                 Err(Errno::EAGAIN) => return Ok(()),
@@ -141,43 +145,6 @@ impl AsFd for Channel {
     }
 }
 
-/// The datagram for a batch.
-fn encode(batch: &[&Conn]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(HEADER + RECORD * batch.len());
-    m.extend_from_slice(b"MNRT");
-    m.push(1);
-    m.push(0);
-    m.extend_from_slice(&(batch.len() as u16).to_le_bytes());
-    for c in batch {
-        let mut r = [0u8; RECORD];
-        r[..8].copy_from_slice(&c.seq.to_le_bytes());
-        match c.peer {
-            Some(SocketAddr::V4(a)) => {
-                r[8] = 4;
-                r[10..12].copy_from_slice(&a.port().to_le_bytes());
-                r[12..16].copy_from_slice(&a.ip().octets());
-            }
-            Some(SocketAddr::V6(a)) => {
-                r[8] = 6;
-                r[10..12].copy_from_slice(&a.port().to_le_bytes());
-                r[12..28].copy_from_slice(&a.ip().octets());
-            }
-            None => {}
-        }
-        m.extend_from_slice(&r);
-    }
-    m
-}
-
-/// The number of closes a worker's notice reports.
-fn decode_notice(m: &[u8]) -> Option<u64> {
-    if m.len() < HEADER || &m[..4] != b"MNRC" || m[4] != 1 {
-        return None;
-    }
-    let count = u16::from_le_bytes([m[6], m[7]]) as usize;
-    (m.len() >= HEADER + 8 * count).then_some(count as u64)
-}
-
 /// A SOCK_SEQPACKET pair for a route channel: (ours, non-blocking; the worker's end).
 pub fn pair() -> nix::Result<(Channel, OwnedFd)> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
@@ -195,4 +162,70 @@ pub fn set_nonblocking(fd: &impl AsFd) -> nix::Result<()> {
     use nix::fcntl::{FcntlArg, OFlag, fcntl};
     let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
     fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::SocketAddr;
+    use std::os::unix::net::UnixStream;
+
+    /// What `flush` sends, the SDK's channel receives: each connection, its seq and peer.
+    #[test]
+    fn the_sdk_receives_what_flush_sends() {
+        let (sup, worker) = socket::socketpair(
+            socket::AddressFamily::Unix,
+            socket::SockType::SeqPacket,
+            None,
+            socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let mut ch = Channel::new(sup);
+        let rx = multinode_worker::RouteChannel::new(worker).unwrap();
+        let peers: [Option<SocketAddr>; 3] = [
+            Some("192.0.2.1:4242".parse().unwrap()),
+            Some("[2001:db8::7]:443".parse().unwrap()),
+            None,
+        ];
+        // More than one batch, the last one short.
+        let total = MAX_BATCH + 2;
+        let mut kept = Vec::new();
+        for i in 0..total {
+            let (a, b) = UnixStream::pair().unwrap();
+            kept.push(b);
+            ch.push(Conn {
+                fd: a.into(),
+                peer: peers[i % 3],
+                seq: 100 + i as u64,
+                listener: 0,
+            });
+        }
+        ch.flush(std::time::Instant::now()).unwrap();
+        assert!(!ch.has_queue());
+        for (i, k) in kept.iter_mut().enumerate() {
+            let mut got = rx.accept().unwrap();
+            assert_eq!(got.seq, Some(100 + i as u64));
+            match peers[i % 3] {
+                Some(p) => assert_eq!(got.peer.to_string(), p.to_string()),
+                None => assert_eq!(got.peer.to_string(), "unix:(unnamed)"),
+            }
+            // The connection is the one pushed.
+            got.conn.write_all(&[i as u8]).unwrap();
+            let mut b = [0u8; 1];
+            k.read_exact(&mut b).unwrap();
+            assert_eq!(b[0], i as u8);
+            drop(got);
+        }
+        // Every close comes back as a notice.
+        assert_eq!(ch.outstanding, total as u64);
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while ch.outstanding > 0 && std::time::Instant::now() < end {
+            ch.read_notices().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(ch.outstanding, 0);
+        drop(rx);
+        assert!(ch.read_notices().is_err(), "EOF when the worker leaves");
+    }
 }

@@ -1,17 +1,18 @@
 //! Route mode (`--route`): the supervisor accepts every connection itself, picks a worker by
 //! policy, and hands the connected socket over a per-worker Unix SOCK_SEQPACKET channel with
 //! SCM_RIGHTS — the seed article's master.js/worker.js design, for any worker that reads the
-//! channel (the SDK does; the wire format below is simple enough for any language).
+//! channel (the SDK does; the wire format is simple enough for any language).
 //!
-//! # Wire format (one datagram per batch, supervisor → worker)
-//! ```text
-//! header   8 bytes   "MNRT" | version u8 = 1 | flags u8 = 0 | count u16 LE (1..=253)
-//! record  32 bytes   seq u64 LE | family u8 (0 none, 4 IPv4, 6 IPv6) | 0 u8 | port u16 LE
-//!  × count           | address 16 bytes (IPv4 in the first 4) | 4 bytes zero
-//! SCM_RIGHTS         count connected sockets, in record order
-//! ```
-//! Worker → supervisor, optional (it feeds `least-conn`): `"MNRC" | 1 | 0 | count u16 LE`
-//! then `count` × seq u64 LE, one per routed connection the worker has closed.
+//! # Wire format
+//! One datagram per batch, supervisor → worker, with the connections as SCM_RIGHTS; close
+//! notices back (they feed `least-conn`). The format and its one codec live in the worker SDK,
+//! `multinode_worker::wire`, which the workers decode with; here are only the sends and
+//! receives.
+//!
+//! # Pieces
+//! `router.rs` (accept, PROXY headers, dispatch, the channels of every worker), `channel.rs`
+//! (one worker's channel and its queue), `pending.rs` (connections awaiting a PROXY header),
+//! `policy.rs` (which worker: ip-hash, round-robin, least-conn).
 //!
 //! # Back-pressure
 //! Each worker's channel has a bounded queue in the supervisor ([`MAX_QUEUE`] connections)
@@ -34,7 +35,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use nix::sys::socket::{self, SockaddrStorage};
 
 /// The most fds the kernel passes in one message (SCM_MAX_FD).
-pub const MAX_BATCH: usize = 253;
+pub use multinode_worker::wire::MAX_BATCH;
 /// Connections held per channel while its socket buffer is full.
 pub const MAX_QUEUE: usize = 1024;
 /// Connections held while no worker at all can take them.

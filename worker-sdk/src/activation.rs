@@ -1,5 +1,17 @@
-//! Taking over inherited listening sockets: `LISTEN_PID`, `LISTEN_FDS`,
-//! `LISTEN_FDNAMES` as sd_listen_fds(3) defines them.
+//! Socket activation: the inherited sockets that `LISTEN_PID`,
+//! `LISTEN_FDS` and `LISTEN_FDNAMES` describe, as sd_listen_fds(3) defines
+//! them.
+//!
+//! Most programs want [`listeners()`], which does all of it, once per
+//! process. The steps are public for programs that take inherited sockets
+//! over themselves (multinode does, when systemd socket-activates it):
+//!
+//! 1. [`parse`] (or [`from_env`]) reads the variables into a [`Plan`]: how
+//!    many fds from 3 on, and their names.
+//! 2. [`check_all`] checks that every fd the plan names is open and a
+//!    socket a server can use ([`check_fd`]) and marks it close-on-exec, but
+//!    takes none over: on error nothing has been wrapped or closed.
+//! 3. The caller wraps each fd (`OwnedFd::from_raw_fd`), exactly once.
 
 use std::env;
 use std::io;
@@ -14,7 +26,7 @@ use crate::listener::Listener;
 use crate::route::{self, RouteChannel};
 
 /// The first inherited descriptor (`SD_LISTEN_FDS_START`).
-pub(crate) const LISTEN_FDS_START: RawFd = 3;
+pub const LISTEN_FDS_START: RawFd = 3;
 
 /// The name systemd gives a socket when `LISTEN_FDNAMES` does not name it.
 pub const UNKNOWN_NAME: &str = "unknown";
@@ -40,7 +52,7 @@ static TAKEN: AtomicBool = AtomicBool::new(false);
 /// or a multinode route channel (a connected Unix `SOCK_SEQPACKET` socket,
 /// what a worker gets instead of the listening socket under
 /// `multinode serve --route …`; it becomes a [`Listener::Routed`], see
-/// [`route`](crate::route)). Anything else (not open, a pipe, a file, a UDP
+/// [`route`]). Anything else (not open, a pipe, a file, a UDP
 /// socket, a connected TCP socket, …) is an [`Error`] naming the fd and what
 /// it is. No fd is taken over (or closed) unless all of them pass. They are
 /// marked close-on-exec, so programs this worker runs do not inherit them.
@@ -69,10 +81,7 @@ pub fn listeners() -> Result<Listeners, Error> {
     if TAKEN.swap(true, Ordering::SeqCst) {
         return Ok(Listeners::default());
     }
-    let read = |var| env::var_os(var).map(|v| v.to_string_lossy().into_owned());
-    let pid = read("LISTEN_PID");
-    let fds = read("LISTEN_FDS");
-    let names = read("LISTEN_FDNAMES");
+    let vars = read_env();
     for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
         // SAFETY: `remove_var` is unsound only while another thread accesses
         // the environment. The documented contract of `listeners()` is that
@@ -81,6 +90,7 @@ pub fn listeners() -> Result<Listeners, Error> {
         // which calls unsetenv).
         unsafe { env::remove_var(var) };
     }
+    let [pid, fds, names] = &vars;
     let plan = parse(
         pid.as_deref(),
         fds.as_deref(),
@@ -90,30 +100,15 @@ pub fn listeners() -> Result<Listeners, Error> {
 
     // Check every fd before taking any: on error nothing is wrapped, so
     // nothing is closed behind the caller's back.
-    let mut found = Vec::new();
-    for i in 0..plan.count {
-        let fd = LISTEN_FDS_START + i as RawFd;
-        let name = plan.name(i);
-        let kind = check_fd(fd).map_err(|problem| Error::BadFd {
-            fd,
-            name: name.to_owned(),
-            problem,
-        })?;
-        found.push((fd, name.to_owned(), kind));
-    }
+    let found = check_all(&plan)?;
     // What a route channel needs besides its fd, made before any fd is
     // wrapped, for the same reason.
     let mut wakes = Vec::new();
-    for (fd, name, kind) in &found {
-        set_cloexec(*fd).map_err(|e| Error::BadFd {
-            fd: *fd,
-            name: name.clone(),
-            problem: format!("cannot be marked close-on-exec: {e}"),
-        })?;
-        if *kind == Kind::Route {
+    for f in &found {
+        if f.kind == SocketKind::Route {
             wakes.push(route::new_wake().map_err(|e| Error::BadFd {
-                fd: *fd,
-                name: name.clone(),
+                fd: f.fd,
+                name: f.name.clone(),
                 problem: format!("is a route channel, but its eventfd cannot be made: {e}"),
             })?);
         }
@@ -121,16 +116,16 @@ pub fn listeners() -> Result<Listeners, Error> {
     let mut wakes = wakes.into_iter();
     let items = found
         .into_iter()
-        .map(|(fd, name, kind)| {
+        .map(|InheritedFd { fd, name, kind }| {
             // SAFETY: `fd` is open (fstat succeeded) and is a socket of
             // `kind`. The protocol hands it to this process, and the TAKEN
             // flag guarantees this is the only place that wraps it, so the
             // new owner is its only owner.
             let owned = unsafe { OwnedFd::from_raw_fd(fd) };
             let listener = match kind {
-                Kind::Tcp => Listener::Tcp(TcpListener::from(owned)),
-                Kind::Unix => Listener::Unix(UnixListener::from(owned)),
-                Kind::Route => {
+                SocketKind::Tcp => Listener::Tcp(TcpListener::from(owned)),
+                SocketKind::Unix => Listener::Unix(UnixListener::from(owned)),
+                SocketKind::Route => {
                     let wake = wakes.next().expect("one eventfd per route channel");
                     Listener::Routed(RouteChannel::with_wake(owned, wake))
                 }
@@ -335,28 +330,124 @@ impl IntoIterator for Listeners {
     }
 }
 
-/// What the environment promises: `count` fds from 3, with these names.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Plan {
-    pub(crate) count: u32,
+/// What the environment promises: [`len`](Self::len) fds from
+/// [`LISTEN_FDS_START`] on, with their names. From [`parse`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    count: u32,
     /// Exactly `count` names, or `None`: every socket is `"unknown"`.
     names: Option<Vec<String>>,
 }
 
 impl Plan {
-    pub(crate) fn name(&self, i: u32) -> &str {
+    /// How many fds were passed (`LISTEN_FDS`), 0 when the variables are
+    /// missing or meant for another process.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// No fds were passed.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The name of the `i`-th fd (fd `3 + i`): its entry in
+    /// `LISTEN_FDNAMES`, or [`UNKNOWN_NAME`] when that entry is empty, when
+    /// `LISTEN_FDNAMES` is missing or does not have exactly
+    /// [`len`](Self::len) entries, or when `i` is out of range.
+    pub fn name(&self, i: usize) -> &str {
         self.names
             .as_ref()
-            .map_or(UNKNOWN_NAME, |names| names[i as usize].as_str())
+            .and_then(|names| names.get(i))
+            .map_or(UNKNOWN_NAME, String::as_str)
     }
+
+    /// Each fd with its name, in order.
+    pub fn fds(&self) -> impl Iterator<Item = (RawFd, &str)> + '_ {
+        (0..self.len()).map(|i| (LISTEN_FDS_START + i as RawFd, self.name(i)))
+    }
+}
+
+/// One inherited fd that [`check_all`] checked, not taken over yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InheritedFd {
+    /// The descriptor number, from [`LISTEN_FDS_START`].
+    pub fd: RawFd,
+    /// Its name (see [`Plan::name`]).
+    pub name: String,
+    /// What kind of socket it is.
+    pub kind: SocketKind,
+}
+
+/// Checks every fd of `plan` ([`check_fd`]), then marks each close-on-exec,
+/// so programs this process runs do not inherit them. It takes none over:
+/// the caller wraps each one (once). The first fd that fails is an
+/// [`Error::BadFd`] naming it; none is closed.
+///
+/// A route channel ([`SocketKind::Route`]) passes; a caller that serves
+/// only listening sockets rejects it.
+pub fn check_all(plan: &Plan) -> Result<Vec<InheritedFd>, Error> {
+    check_each(plan.fds())
+}
+
+/// [`check_all`] of these fds (tests pass fds of their own).
+fn check_each<'a>(fds: impl Iterator<Item = (RawFd, &'a str)>) -> Result<Vec<InheritedFd>, Error> {
+    let mut found = Vec::new();
+    for (fd, name) in fds {
+        let kind = check_fd(fd).map_err(|problem| Error::BadFd {
+            fd,
+            name: name.to_owned(),
+            problem,
+        })?;
+        found.push(InheritedFd {
+            fd,
+            name: name.to_owned(),
+            kind,
+        });
+    }
+    for f in &found {
+        set_cloexec(f.fd).map_err(|e| Error::BadFd {
+            fd: f.fd,
+            name: f.name.clone(),
+            problem: format!("cannot be marked close-on-exec: {e}"),
+        })?;
+    }
+    Ok(found)
+}
+
+/// The three variables, lossily converted to UTF-8.
+fn read_env() -> [Option<String>; 3] {
+    ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"]
+        .map(|var| env::var_os(var).map(|v| v.to_string_lossy().into_owned()))
+}
+
+/// [`parse`] of this process's environment (values lossily converted to
+/// UTF-8), with this process's pid. Unlike [`listeners()`] it leaves the
+/// variables in place.
+pub fn from_env() -> Result<Plan, Error> {
+    let [pid, fds, names] = read_env();
+    parse(
+        pid.as_deref(),
+        fds.as_deref(),
+        names.as_deref(),
+        std::process::id(),
+    )
 }
 
 /// The largest `LISTEN_FDS` whose fds 3..3+n-1 are all valid `int`s.
 const MAX_LISTEN_FDS: u32 = (i32::MAX - LISTEN_FDS_START) as u32 + 1;
 
-/// Reads the three variables (already fetched, so tests need not touch the
-/// real environment) the way sd_listen_fds(3) does.
-pub(crate) fn parse(
+/// Reads the three variables' values (`None`: unset) the way
+/// sd_listen_fds(3) does, for the process `my_pid`:
+///
+/// - `LISTEN_PID` unset, or another pid: the fds are not this process's;
+///   an empty [`Plan`]. Not a positive decimal number: [`Error::BadEnv`].
+/// - `LISTEN_FDS` unset or `0`: an empty plan. Not a decimal number (no
+///   sign, no spaces), or so large that the fds would run past the largest
+///   fd number: [`Error::BadEnv`].
+/// - `LISTEN_FDNAMES`: names separated by `:`; see [`Plan::name`].
+pub fn parse(
     pid: Option<&str>,
     fds: Option<&str>,
     names: Option<&str>,
@@ -428,19 +519,23 @@ fn decimal(s: &str) -> Result<u64, Decimal> {
     s.parse().map_err(|_| Decimal::TooLarge)
 }
 
-/// The socket kinds a worker can serve.
+/// The kinds of inherited socket a server can use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
+#[non_exhaustive]
+pub enum SocketKind {
+    /// A listening TCP socket, IPv4 or IPv6.
     Tcp,
+    /// A listening Unix stream socket.
     Unix,
-    /// A route channel: a connected Unix SOCK_SEQPACKET socket.
+    /// A multinode route channel: a connected Unix `SOCK_SEQPACKET` socket
+    /// (see [`route`]).
     Route,
 }
 
 /// Checks that `fd` is a listening TCP or Unix stream socket, or a route
-/// channel, without taking it over. `Err` says what it is instead, as a phrase that follows
-/// "fd N …", e.g. "is a pipe or FIFO, not a socket".
-pub(crate) fn check_fd(fd: RawFd) -> Result<Kind, String> {
+/// channel, without taking it over. `Err` says what it is instead, as a
+/// phrase that follows "fd N …", e.g. "is a pipe or FIFO, not a socket".
+pub fn check_fd(fd: RawFd) -> Result<SocketKind, String> {
     // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
     let mut st: libc::stat = unsafe { mem::zeroed() };
     // SAFETY: fstat only writes into `st`; an invalid fd yields EBADF.
@@ -470,9 +565,9 @@ pub(crate) fn check_fd(fd: RawFd) -> Result<Kind, String> {
     let ty = sockopt_int(fd, libc::SO_TYPE).map_err(|e| inspect("type (SO_TYPE)", e))?;
     let family = socket_family(fd).map_err(|e| inspect("address family", e))?;
     let kind = match (family, ty) {
-        (libc::AF_INET | libc::AF_INET6, libc::SOCK_STREAM) => Kind::Tcp,
-        (libc::AF_UNIX, libc::SOCK_STREAM) => Kind::Unix,
-        (libc::AF_UNIX, libc::SOCK_SEQPACKET) => Kind::Route,
+        (libc::AF_INET | libc::AF_INET6, libc::SOCK_STREAM) => SocketKind::Tcp,
+        (libc::AF_UNIX, libc::SOCK_STREAM) => SocketKind::Unix,
+        (libc::AF_UNIX, libc::SOCK_SEQPACKET) => SocketKind::Route,
         _ => {
             return Err(format!(
                 "is {}, not a TCP or Unix stream socket or a route channel",
@@ -482,7 +577,7 @@ pub(crate) fn check_fd(fd: RawFd) -> Result<Kind, String> {
     };
     let listening =
         sockopt_int(fd, libc::SO_ACCEPTCONN).map_err(|e| inspect("state (SO_ACCEPTCONN)", e))?;
-    if kind == Kind::Route {
+    if kind == SocketKind::Route {
         // A route channel is one end of a connected pair, never listening.
         if listening != 0 {
             return Err("is a listening Unix seqpacket socket, not a route channel \
@@ -571,7 +666,8 @@ pub(crate) fn socket_family(fd: RawFd) -> io::Result<libc::c_int> {
     Ok(libc::c_int::from(ss.ss_family))
 }
 
-fn set_cloexec(fd: RawFd) -> io::Result<()> {
+/// Sets `FD_CLOEXEC` on `fd`, if it is not set yet.
+pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
     // SAFETY: F_GETFD/F_SETFD only read and write the fd's flags.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
     if flags == -1 {
@@ -721,13 +817,13 @@ mod tests {
     #[test]
     fn listening_sockets_pass() {
         let tcp = high(TcpListener::bind("127.0.0.1:0").unwrap());
-        assert_eq!(check_fd(tcp.as_raw_fd()), Ok(Kind::Tcp));
+        assert_eq!(check_fd(tcp.as_raw_fd()), Ok(SocketKind::Tcp));
         if let Ok(v6) = TcpListener::bind("[::1]:0") {
-            assert_eq!(check_fd(high(v6).as_raw_fd()), Ok(Kind::Tcp));
+            assert_eq!(check_fd(high(v6).as_raw_fd()), Ok(SocketKind::Tcp));
         }
         let dir = TempDir::new("listen");
         let unix = high(UnixListener::bind(dir.0.join("s")).unwrap());
-        assert_eq!(check_fd(unix.as_raw_fd()), Ok(Kind::Unix));
+        assert_eq!(check_fd(unix.as_raw_fd()), Ok(SocketKind::Unix));
     }
 
     #[test]
@@ -819,10 +915,10 @@ mod tests {
         let (ours, theirs) =
             unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let theirs = high(theirs);
-        assert_eq!(check_fd(theirs.as_raw_fd()), Ok(Kind::Route));
+        assert_eq!(check_fd(theirs.as_raw_fd()), Ok(SocketKind::Route));
         // Still one after the supervisor's end is gone (it then reads EOF).
         drop(ours);
-        assert_eq!(check_fd(theirs.as_raw_fd()), Ok(Kind::Route));
+        assert_eq!(check_fd(theirs.as_raw_fd()), Ok(SocketKind::Route));
     }
 
     #[test]
@@ -859,6 +955,85 @@ mod tests {
         }
         let len = mem::offset_of!(libc::sockaddr_un, sun_path) + p.as_os_str().len() + 1;
         (sun, len as libc::socklen_t)
+    }
+
+    fn cloexec(fd: RawFd) -> bool {
+        // SAFETY: reads the fd flags only.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        flags & libc::FD_CLOEXEC == libc::FD_CLOEXEC
+    }
+
+    fn clear_cloexec(fd: RawFd) {
+        // SAFETY: clears the flag of an fd owned by the test.
+        assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
+    }
+
+    #[test]
+    fn the_plan_lists_fds_from_3_with_names() {
+        let p = parse(Some("4242"), Some("3"), Some("http::admin"), ME).unwrap();
+        assert_eq!((p.len(), p.is_empty()), (3, false));
+        assert_eq!(
+            p.fds().collect::<Vec<_>>(),
+            [(3, "http"), (4, "unknown"), (5, "admin")]
+        );
+        assert_eq!(p.name(3), UNKNOWN_NAME, "out of range");
+        let none = parse(None, None, None, ME).unwrap();
+        assert!(none.is_empty() && none.fds().next().is_none());
+        assert!(check_all(&none).unwrap().is_empty());
+        // The test harness is not socket-activated.
+        assert!(from_env().unwrap().is_empty());
+    }
+
+    #[test]
+    fn check_each_checks_all_then_marks_all() {
+        let tcp = high(TcpListener::bind("127.0.0.1:0").unwrap());
+        let dir = TempDir::new("check");
+        let unix = high(UnixListener::bind(dir.0.join("s")).unwrap());
+        let (Listener::Routed(r), _sup) = routed() else {
+            unreachable!("routed() makes a route channel")
+        };
+        let route = high(OwnedFd::from(r));
+        let fds = [
+            (tcp.as_raw_fd(), "http"),
+            (unix.as_raw_fd(), "unknown"),
+            (route.as_raw_fd(), "api"),
+        ];
+        fds.iter().for_each(|(fd, _)| clear_cloexec(*fd));
+        let found = check_each(fds.into_iter()).unwrap();
+        let kinds: Vec<_> = found
+            .iter()
+            .map(|f| (f.fd, f.name.as_str(), f.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (tcp.as_raw_fd(), "http", SocketKind::Tcp),
+                (unix.as_raw_fd(), "unknown", SocketKind::Unix),
+                (route.as_raw_fd(), "api", SocketKind::Route),
+            ]
+        );
+        assert!(fds.iter().all(|(fd, _)| cloexec(*fd)));
+
+        // A bad fd anywhere: an error naming it, and no fd marked.
+        let file = high(File::open("/proc/self/status").unwrap());
+        clear_cloexec(tcp.as_raw_fd());
+        let e = check_each([(tcp.as_raw_fd(), "http"), (file.as_raw_fd(), "web")].into_iter())
+            .unwrap_err();
+        match &e {
+            Error::BadFd { fd, name, problem } => {
+                assert_eq!((*fd, name.as_str()), (file.as_raw_fd(), "web"));
+                assert_eq!(problem, "is a regular file, not a socket");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!cloexec(tcp.as_raw_fd()), "checked before marking");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "socket activation: inherited fd {} (named \"web\") is a regular file, not a socket",
+                file.as_raw_fd()
+            )
+        );
     }
 
     #[test]

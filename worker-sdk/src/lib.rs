@@ -62,9 +62,17 @@
 //!   [`Listeners::listener_or_bind`] for a worker that should accept a
 //!   route channel as well.
 //!
-//! The channel's wire format is small and documented in [`route`], for
+//! The channel's wire format is small and documented in [`wire`], for
 //! workers in other languages; `examples/python/routed.py` in the multinode
 //! repository is a complete stdlib-Python worker.
+//!
+//! # The protocols, for supervisors too
+//!
+//! multinode itself uses this crate for the three protocols it shares with
+//! its workers, so each is written once: [`wire`] (the route channel's
+//! datagrams), [`sd_notify`] (readiness datagrams: building, parsing,
+//! sending) and [`activation`] (`LISTEN_*` and the checks of inherited
+//! fds).
 //!
 //! # Example
 //!
@@ -131,18 +139,19 @@
 #[cfg(not(target_os = "linux"))]
 compile_error!("multinode-worker supports Linux only, like multinode");
 
-mod activation;
+pub mod activation;
 mod error;
 mod listener;
-mod notify;
 pub mod route;
+pub mod sd_notify;
 mod stop;
+pub mod wire;
 
 pub use activation::{Listeners, UNKNOWN_NAME, listeners};
 pub use error::Error;
 pub use listener::{Accepted, Connection, Listener, PeerAddr};
-pub use notify::{notify, ready, status, stopping, watchdog};
 pub use route::{CloseNotice, RouteChannel, RoutedConnection};
+pub use sd_notify::{notify, ready, status, stopping, watchdog};
 pub use stop::{Stop, catch_stop_signals};
 
 /// `MULTINODE_WORKER_ID`: this worker's slot, 0..N-1. Stable across

@@ -14,46 +14,10 @@
 //!
 //! # Wire format
 //!
-//! Enough to implement a worker in any language that can `recvmsg` file
-//! descriptors; `examples/python/routed.py` in the multinode repository is
-//! a complete one in stdlib Python. All integers are little-endian.
-//!
-//! Supervisor → worker, one datagram per batch of connections:
-//!
-//! ```text
-//! header   8 bytes   "MNRT" | version u8 = 1 | flags u8 = 0 | count u16 (1..=253)
-//! record  32 bytes   seq u64 | family u8 | 0 u8 | port u16 | address 16 bytes | 4 zero bytes
-//!  × count
-//! SCM_RIGHTS         count connected stream sockets, in record order
-//! ```
-//!
-//! - `seq` numbers the supervisor's connections (from 1, unique per
-//!   supervisor run).
-//! - `family` 4: IPv4, the address in the first 4 bytes; 6: IPv6, all 16
-//!   bytes; 0: no address (a connection from a Unix socket; ask the socket,
-//!   `getpeername`). `port` is the client's port. With `--proxy-protocol`
-//!   the address is the one the PROXY header named, not the TCP peer.
-//! - A message is exactly `8 + 32 × count` bytes and carries exactly
-//!   `count` descriptors; 253 is the kernel's limit per message (`SCM_MAX_FD`),
-//!   so receive with room for `8 + 32 × 253 = 8104` bytes of data and 253
-//!   descriptors of control data. The descriptors arrive without
-//!   close-on-exec unless the receiver asks (`MSG_CMSG_CLOEXEC`).
-//!
-//! Worker → supervisor, optional (it feeds `--route least-conn`, which
-//! otherwise counts every connection as open forever):
-//!
-//! ```text
-//! header   8 bytes   "MNRC" | version u8 = 1 | flags u8 = 0 | count u16
-//! seq      8 bytes   u64, once per connection the worker has closed
-//!  × count
-//! ```
-//!
-//! at most [`MAX_NOTICE`] seqs per notice. Send it without blocking
-//! (`MSG_DONTWAIT`): a notice lost to a full socket only skews the
-//! least-conn count.
-//!
-//! The channel reaching end of file means the supervisor closed it: no
-//! more connections will come on it.
+//! The channel carries one datagram per batch of connections, their
+//! descriptors attached, and the worker's close notices back. The format
+//! and its codec are in [`wire`], for workers in any language
+//! that can `recvmsg` file descriptors.
 //!
 //! # What this implementation does
 //!
@@ -85,7 +49,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::mem;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -93,23 +57,15 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use crate::activation::{peer_name, socket_family, sockopt_int};
 use crate::listener::{Accepted, Connection, PeerAddr};
 use crate::stop::{self, Stop};
+use crate::wire;
+pub use crate::wire::{MAX_BATCH, MAX_NOTICE};
 
-/// The most connections one message carries: the kernel's limit of
-/// descriptors per `SCM_RIGHTS` message (`SCM_MAX_FD`).
-pub const MAX_BATCH: usize = 253;
-
-/// The most seqs one close notice may carry: multinode reads notices into
-/// a buffer of `8 + 8 × 512` bytes and ignores a longer one.
-pub const MAX_NOTICE: usize = 512;
-
-const HEADER: usize = 8;
-const RECORD: usize = 32;
 /// The longest valid message: a full batch.
-const MAX_MESSAGE: usize = HEADER + RECORD * MAX_BATCH;
+const MAX_MESSAGE: usize = wire::MAX_BATCH_LEN;
 
 /// The worker's end of a route channel: hands out the connections the
-/// supervisor routes to this worker. See the [module docs](self) for the
-/// protocol.
+/// supervisor routes to this worker. See the [module docs](self) for what
+/// it does, and [`wire`] for the protocol.
 ///
 /// Usually reached as [`Listener::Routed`](crate::Listener::Routed), whose
 /// methods cover every kind of listener; use it directly when you know the
@@ -177,13 +133,6 @@ enum Next {
 enum Received {
     Batch(Vec<Item>),
     Eof,
-}
-
-/// One connection's record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Record {
-    seq: u64,
-    peer: Option<SocketAddr>,
 }
 
 impl RouteChannel {
@@ -535,8 +484,9 @@ pub(crate) fn new_wake() -> io::Result<OwnedFd> {
 /// without blocking; errors are ignored (a lost notice only skews the
 /// supervisor's least-conn count).
 fn send_notice(fd: BorrowedFd<'_>, seqs: &[u64]) {
+    let mut m = Vec::new();
     for chunk in seqs.chunks(MAX_NOTICE) {
-        let m = encode_notice(chunk);
+        wire::encode_notice(chunk, &mut m);
         // SAFETY: sends `m.len()` bytes from `m`.
         unsafe {
             libc::send(
@@ -547,18 +497,6 @@ fn send_notice(fd: BorrowedFd<'_>, seqs: &[u64]) {
             )
         };
     }
-}
-
-fn encode_notice(seqs: &[u64]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(HEADER + 8 * seqs.len());
-    m.extend_from_slice(b"MNRC");
-    m.push(1);
-    m.push(0);
-    m.extend_from_slice(&(seqs.len() as u16).to_le_bytes());
-    for s in seqs {
-        m.extend_from_slice(&s.to_le_bytes());
-    }
-    m
 }
 
 fn invalid(why: String) -> io::Error {
@@ -611,22 +549,22 @@ fn receive(fd: BorrowedFd<'_>, max_fds: usize) -> io::Result<Received> {
             fds.len()
         )));
     }
-    let records = decode(data).map_err(|why| {
+    let batch = wire::decode_batch(data).map_err(|why| {
         invalid(format!(
             "route channel: malformed message ({why}); closed its {} connection(s)",
             fds.len()
         ))
     })?;
-    if records.len() != fds.len() {
+    if batch.len() != fds.len() {
         return Err(invalid(format!(
             "route channel: malformed message ({} records but {} connections); closed them",
-            records.len(),
+            batch.len(),
             fds.len()
         )));
     }
     Ok(Received::Batch(
-        records
-            .into_iter()
+        batch
+            .records()
             .zip(fds)
             .map(|(r, fd)| Item {
                 fd,
@@ -667,11 +605,11 @@ fn take_fds(msg: &libc::msghdr) -> Vec<OwnedFd> {
 fn truncated(channel: BorrowedFd<'_>, data: &[u8], fds: Vec<OwnedFd>) -> io::Error {
     let arrived = fds.len();
     drop(fds);
-    let what = match decode(data) {
-        Ok(records) => {
-            let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+    let what = match wire::decode_batch(data) {
+        Ok(batch) => {
+            let seqs: Vec<u64> = batch.records().map(|r| r.seq).collect();
             send_notice(channel, &seqs);
-            format!("{} connection(s)", records.len())
+            format!("{} connection(s)", batch.len())
         }
         Err(_) => "a malformed message".to_owned(),
     };
@@ -679,54 +617,6 @@ fn truncated(channel: BorrowedFd<'_>, data: &[u8], fds: Vec<OwnedFd>) -> io::Err
         "route channel: lost {what}: only {arrived} of its descriptors arrived \
          (MSG_CTRUNC; is the process out of file descriptors?), closed them"
     ))
-}
-
-/// The records of a message, checked.
-fn decode(m: &[u8]) -> Result<Vec<Record>, String> {
-    if m.len() < HEADER {
-        return Err(format!("{} bytes, shorter than the header", m.len()));
-    }
-    if &m[..4] != b"MNRT" {
-        return Err(format!("magic {:?}, not \"MNRT\"", m[..4].escape_ascii()));
-    }
-    if m[4] != 1 {
-        return Err(format!("version {}, this SDK speaks version 1", m[4]));
-    }
-    let count = usize::from(u16::from_le_bytes([m[6], m[7]]));
-    if count == 0 || count > MAX_BATCH {
-        return Err(format!("count {count}, not 1..={MAX_BATCH}"));
-    }
-    if m.len() != HEADER + RECORD * count {
-        return Err(format!(
-            "{} bytes for {count} records, not {}",
-            m.len(),
-            HEADER + RECORD * count
-        ));
-    }
-    m[HEADER..]
-        .chunks_exact(RECORD)
-        .enumerate()
-        .map(|(i, r)| {
-            let seq = u64::from_le_bytes(r[..8].try_into().expect("8 bytes"));
-            let port = u16::from_le_bytes([r[10], r[11]]);
-            let addr: [u8; 16] = r[12..28].try_into().expect("16 bytes");
-            let peer = match r[8] {
-                0 => None,
-                4 => {
-                    let v4 = Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]);
-                    Some(SocketAddr::V4(SocketAddrV4::new(v4, port)))
-                }
-                6 => Some(SocketAddr::V6(SocketAddrV6::new(
-                    Ipv6Addr::from(addr),
-                    port,
-                    0,
-                    0,
-                ))),
-                other => return Err(format!("record {i}: address family {other}")),
-            };
-            Ok(Record { seq, peer })
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -756,24 +646,14 @@ pub(crate) mod tests {
         (a, RouteChannel::new(b).unwrap())
     }
 
+    const HEADER: usize = wire::HEADER_LEN;
+    const RECORD: usize = wire::RECORD_LEN;
+
     /// A record as the supervisor encodes it.
     pub(crate) fn record(seq: u64, peer: Option<SocketAddr>) -> [u8; RECORD] {
-        let mut r = [0u8; RECORD];
-        r[..8].copy_from_slice(&seq.to_le_bytes());
-        match peer {
-            Some(SocketAddr::V4(a)) => {
-                r[8] = 4;
-                r[10..12].copy_from_slice(&a.port().to_le_bytes());
-                r[12..16].copy_from_slice(&a.ip().octets());
-            }
-            Some(SocketAddr::V6(a)) => {
-                r[8] = 6;
-                r[10..12].copy_from_slice(&a.port().to_le_bytes());
-                r[12..28].copy_from_slice(&a.ip().octets());
-            }
-            None => {}
-        }
-        r
+        let mut m = Vec::new();
+        wire::encode_batch([wire::Record { seq, peer }], &mut m);
+        m[HEADER..].try_into().unwrap()
     }
 
     pub(crate) fn message(records: &[[u8; RECORD]]) -> Vec<u8> {
@@ -849,15 +729,7 @@ pub(crate) mod tests {
             if n <= 0 {
                 return seqs;
             }
-            let m = &buf[..n as usize];
-            assert_eq!(&m[..6], b"MNRC\x01\x00");
-            let count = usize::from(u16::from_le_bytes([m[6], m[7]]));
-            assert_eq!(m.len(), HEADER + 8 * count);
-            seqs.extend(
-                m[HEADER..]
-                    .chunks_exact(8)
-                    .map(|c| u64::from_le_bytes(c.try_into().unwrap())),
-            );
+            seqs.extend(wire::decode_notice(&buf[..n as usize]).unwrap().seqs());
         }
     }
 
