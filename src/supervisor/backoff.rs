@@ -72,6 +72,12 @@ impl Jitter {
         Jitter(t ^ (u64::from(std::process::id()) << 32) | 1)
     }
 
+    /// A generator with a fixed seed, so a test sees the same jitter every run.
+    #[cfg(test)]
+    pub fn seeded(seed: u64) -> Self {
+        Jitter(seed | 1)
+    }
+
     /// A value in [0, 1).
     pub fn next(&mut self) -> f64 {
         let mut x = self.0;

@@ -78,6 +78,20 @@ impl Core {
                 return;
             }
         };
+        if self.fixed.systemd {
+            self.out.push(Action::Systemd(SdNote::Reloading));
+        }
+        self.newest += 1;
+        let generation = self.newest;
+        // The roll covers the slots there are now; slots a re-read config adds start on the
+        // new generation directly, and slots it removes are skipped.
+        self.reload = Some(Reload {
+            generation,
+            why: why.clone(),
+            queue: (0..self.rt.workers).collect(),
+            in_flight: Vec::new(),
+            replaced: 0,
+        });
         if let Some(r) = reread {
             if !r.needs_restart.is_empty() {
                 self.log(
@@ -99,11 +113,6 @@ impl Core {
             self.budget = Budget::new(self.rt.max_restarts);
             self.scale_to(workers, "config reload", now);
         }
-        if self.fixed.systemd {
-            self.out.push(Action::Systemd(SdNote::Reloading));
-        }
-        self.newest += 1;
-        let generation = self.newest;
         self.log(
             Log::info(
                 "reload",
@@ -117,13 +126,6 @@ impl Core {
             .with("workers", self.rt.workers)
             .with("parallel", self.rt.reload_parallel),
         );
-        self.reload = Some(Reload {
-            generation,
-            why,
-            queue: (0..self.rt.workers).collect(),
-            in_flight: Vec::new(),
-            replaced: 0,
-        });
     }
 
     /// Moves the roll on: drains the old worker of every slot whose new worker is ready,
