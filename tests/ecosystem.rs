@@ -796,10 +796,14 @@ fn socket_activate_bin() -> Option<PathBuf> {
 /// `systemd-socket-activate -l 127.0.0.1:PORT <sa_args> multinode serve <args>` on a free
 /// port, once it listens (it starts multinode at the first connection). None: not installed.
 fn socket_activated(sa_args: &[&str], args: &[&str]) -> Option<(Multinode, std::net::SocketAddr)> {
-    let Some(sa) = socket_activate_bin() else {
-        eprintln!("skipped: systemd-socket-activate is not installed (Debian package systemd)");
+    let sa = socket_activate_bin();
+    if !require(
+        sa.is_some(),
+        "systemd-socket-activate is not installed (Debian package systemd)",
+    ) {
         return None;
-    };
+    }
+    let sa = sa.unwrap();
     for _ in 0..20 {
         // A port that was free a moment ago; another process may take it first: then retry.
         let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -207,7 +207,7 @@ fn sd_notify_crate_readiness_and_reload() {
     }
 }
 
-/// The interop venv, or None (with the reason printed) when it is missing outside CI.
+/// The interop venv; when it is missing, the test is reported skipped (a failure under CI).
 fn venv(program: &str) -> Option<PathBuf> {
     let dir = std::env::var_os("MULTINODE_INTEROP_VENV").map_or_else(
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("target/interop-venv"),
@@ -221,10 +221,7 @@ fn venv(program: &str) -> Option<PathBuf> {
         "{} not found: run .ci/interop-setup (it creates the venv with gunicorn and uvicorn)",
         bin.display()
     );
-    if std::env::var_os("CI").is_some_and(|v| v == "true") {
-        panic!("{why}; CI runs it before the tests, so this is a CI setup failure");
-    }
-    eprintln!("skipped: {why}");
+    skip(&why);
     None
 }
 

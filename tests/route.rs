@@ -366,8 +366,10 @@ fn ip_hash_sticks_clients_to_slots_across_a_crash() {
 /// An IPv6 listener: a client from ::1 hashes by its address and always reaches one worker.
 #[test]
 fn ip_hash_ipv6_client_sticks_to_one_worker() {
-    if std::net::TcpListener::bind("[::1]:0").is_err() {
-        eprintln!("skipped: no IPv6 loopback");
+    if !require(
+        std::net::TcpListener::bind("[::1]:0").is_ok(),
+        "no IPv6 loopback (::1)",
+    ) {
         return;
     }
     let mn = serve_routed("ip-hash", 3, "[::1]:0", &[]);

@@ -232,8 +232,10 @@ fn ipv6_loopback_served() {
 
 #[test]
 fn privileged_port_as_root_served_by_nobody() {
-    if !is_root() {
-        eprintln!("skipped: binding a port below 1024 and dropping to nobody needs root");
+    if !require(
+        is_root(),
+        "binding a port below 1024 and dropping to nobody needs root",
+    ) {
         return;
     }
     let hello = worker_bin("hello");
@@ -286,7 +288,9 @@ fn unix_socket_file_owned_by_nobody_and_removed_on_exit() {
             "socket file group should be nobody's (nogroup)"
         );
     } else {
-        eprintln!("not root: owner check skipped (the file belongs to whoever runs multinode)");
+        skip(
+            "not root: the socket file's owner is not checked (it belongs to whoever runs multinode)",
+        );
     }
     let (status, _) = http_get_unix(&sock, "/").expect("GET over the Unix socket");
     assert_eq!(status, 200);
@@ -345,10 +349,11 @@ fn serve_example(interpreter: &Path, script: &str, banner: &str) {
 
 #[test]
 fn python_example_served() {
-    let Some(python) = usable_interpreter(&[PathBuf::from("/usr/bin/python3")]) else {
-        eprintln!("skipped: /usr/bin/python3 is not installed");
+    let python = usable_interpreter(&[PathBuf::from("/usr/bin/python3")]);
+    if !require(python.is_some(), "/usr/bin/python3 is not installed") {
         return;
-    };
+    }
+    let python = python.unwrap();
     serve_example(&python, "examples/python/hello.py", "hello.py: worker");
 }
 
@@ -358,17 +363,23 @@ fn node_example_served() {
     if let Some(path) = std::env::var_os("PATH") {
         candidates.extend(std::env::split_paths(&path).map(|d| d.join("node")));
     }
-    let Some(node) = usable_interpreter(&candidates) else {
-        eprintln!("skipped: no node executable by others found (/usr/bin/node or PATH)");
+    let node = usable_interpreter(&candidates);
+    if !require(
+        node.is_some(),
+        "no node executable by others found (/usr/bin/node or PATH)",
+    ) {
         return;
-    };
+    }
+    let node = node.unwrap();
     serve_example(&node, "examples/node/hello.js", "hello.js: worker");
 }
 
 #[test]
 fn not_root_runs_as_is() {
-    if !is_root() {
-        eprintln!("skipped: needs root to start multinode as nobody through setpriv");
+    if !require(
+        is_root(),
+        "needs root to start multinode as nobody through setpriv",
+    ) {
         return;
     }
     let hello = worker_bin("hello");

@@ -734,13 +734,15 @@ fn json_log_format() {
 /// reparented to it and still drains its workers on SIGTERM.
 #[test]
 fn as_pid_1_it_reaps_orphans_and_stops_cleanly() {
-    if !is_root()
-        || std::process::Command::new("unshare")
-            .arg("--version")
-            .output()
-            .is_err()
+    if !require(is_root(), "needs root for a PID namespace")
+        || !require(
+            std::process::Command::new("unshare")
+                .arg("--version")
+                .output()
+                .is_ok(),
+            "unshare(1) is not installed (Debian package util-linux)",
+        )
     {
-        eprintln!("skipped: needs root and unshare(1) for a PID namespace");
         return;
     }
     let hello = worker_bin("hello");

@@ -837,3 +837,42 @@ pub fn run(mut cmd: Command) -> std::process::Output {
     let _ = killer.join();
     out
 }
+
+/// Whether a test that needs something this machine may lack (a tool, root, a venv) can run.
+/// `have`: it is there. Otherwise, under `CI=true` (where `.ci/run` installs everything) the
+/// test fails; elsewhere it says `SKIPPED <test>: <why>` on the terminal and the caller returns.
+///
+/// ```ignore
+/// if !require(zsh_installed, "zsh is not installed (.ci/run installs it)") {
+///     return;
+/// }
+/// ```
+#[track_caller]
+pub fn require(have: bool, why: &str) -> bool {
+    if !have {
+        skip(why);
+    }
+    have
+}
+
+/// Reports that (part of) the calling test cannot run: a failure under `CI=true`, else a
+/// `SKIPPED` line that `cargo test` shows even for a passing test. libtest captures what
+/// `print!`/`eprint!` write and shows it only for failing tests, so this writes to the
+/// process's stderr itself, past the capture.
+#[track_caller]
+pub fn skip(why: &str) {
+    let at = std::panic::Location::caller();
+    let thread = std::thread::current();
+    // libtest runs each test on a thread named after it (unless tests run on the main thread).
+    let test = match thread.name() {
+        Some(n) if n != "main" => n.to_string(),
+        _ => format!("{}:{}", at.file(), at.line()),
+    };
+    if std::env::var_os("CI").is_some_and(|v| v == "true") {
+        panic!(
+            "{test} cannot run: {why}; under CI=true every test must run (.ci/run installs what they need)"
+        );
+    }
+    let line = format!("SKIPPED {test}: {why}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
