@@ -148,8 +148,7 @@ fn program_not_executable() {
 
 #[test]
 fn program_unreachable_for_the_dropped_user() {
-    if !is_root() {
-        eprintln!("skipped: needs root to drop privileges");
+    if !require(is_root(), "needs root to drop privileges") {
         return;
     }
     let scratch = Scratch::new("private");

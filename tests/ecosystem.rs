@@ -67,14 +67,10 @@ fn ready_rows(v: &Value) -> Vec<(u64, i32, u64)> {
         .collect()
 }
 
-fn is_ready(l: &str) -> bool {
-    l.starts_with("multinode | worker.") && l.contains("] ready")
-}
-
-/// The path in the supervisor's `control socket PATH` line.
+/// The path of the supervisor's control socket, from its `control` event.
 fn control_path(m: &Multinode) -> PathBuf {
-    let line = m.wait_line("control socket line", |l| l.contains("control socket "));
-    PathBuf::from(line.rsplit("control socket ").next().unwrap().trim())
+    let e = m.wait_event("control", |_| true);
+    PathBuf::from(e.str("path").expect("control: path"))
 }
 
 /// Writes a file every user can read (a worker running as nobody re-reads configs on reload).
@@ -263,9 +259,9 @@ BAR = "file"
     {
         let m = Multinode::serve(&["--config", cfg]);
         let addr = m.tcp_addr("web");
-        m.wait_count("ready", 2, is_ready);
+        m.wait_ready(2);
         let want = format!("FOO=file BAR=file PWD={}", wd.display());
-        m.wait_count(&want, 2, |l| l.ends_with(&want));
+        m.wait_events(OUTPUT, 2, |e| e.msg == want);
         assert!(control_path(&m).ends_with(format!("{name}/control.sock")));
         assert_eq!(status_json(&name)["workers"], 2);
         let (code, _) = http_get(addr, "/").unwrap();
@@ -283,12 +279,14 @@ BAR = "file"
         "cli=127.0.0.1:0",
     ]);
     m.tcp_addr("cli");
-    m.wait_count("ready", 3, is_ready);
+    m.wait_ready(3);
     let want = format!("FOO=cli BAR=file PWD={}", wd.display());
-    m.wait_count(&want, 3, |l| l.ends_with(&want));
+    m.wait_events(OUTPUT, 3, |e| e.msg == want);
     assert_eq!(status_json(&name)["workers"], 3);
     assert!(
-        !m.output().contains("listening on web"),
+        m.events("listening")
+            .iter()
+            .all(|e| e.str("name") != Some("web")),
         "--listen should replace the file's listen:\n{}",
         m.output()
     );
@@ -299,7 +297,7 @@ fn status_shows_every_slot_with_a_live_pid() {
     let name = unique_name();
     let h = hello();
     let m = Multinode::serve(&["--name", &name, "-w", "3", "-l", "127.0.0.1:0", "--", &h]);
-    m.wait_count("ready", 3, is_ready);
+    m.wait_ready(3);
     let v = status_json(&name);
     assert_eq!(v["name"], name.as_str());
     assert_eq!(v["pid"], m.pid);
@@ -370,7 +368,7 @@ fn status_check_fails_while_a_slot_is_not_ready() {
         "--",
         bin.to_str().unwrap(),
     ]);
-    m.wait_line("worker.0 ready", |l| is_ready(l) && l.contains("worker.0["));
+    m.wait_event("ready", |e| e.slot == Some(0));
     let out = mn(&["status", "--check", "--name", &name]);
     assert_eq!(
         out.status.code(),
@@ -428,7 +426,7 @@ fn serve_gated(s: &Scratch, name: &str, workers: u32) -> Multinode {
         "--",
         bin.to_str().unwrap(),
     ]);
-    m.wait_count("ready", workers as usize, is_ready);
+    m.wait_ready(workers as usize);
     m
 }
 
@@ -454,9 +452,7 @@ fn reload_waits_and_reports_success() {
     assert_eq!(old.len(), 2);
 
     let reload = mn_background(&["reload", "--name", &name]);
-    m.wait_line("generation 2 started", |l| {
-        l.contains("started (generation 2)")
-    });
+    m.wait_event("started", |e| e.generation() == Some(2));
     let opened = Instant::now();
     write(&s.path("gate.0.2"), "");
     write(&s.path("gate.1.2"), "");
@@ -511,7 +507,7 @@ fn failed_reload_is_reported_and_the_old_workers_keep_serving() {
     write(&cfg, &reload_config(&name, &format!("\"{}\"", hello()), ""));
     let m = Multinode::serve(&["--config", cfg.to_str().unwrap()]);
     let addr = m.tcp_addr("listen0");
-    m.wait_count("ready", 2, is_ready);
+    m.wait_ready(2);
     let before = ready_rows(&status_json(&name));
 
     // The new program exits at once: the roll-out must stop at its first worker.
@@ -551,7 +547,7 @@ fn reload_after_a_failed_one_starts_the_configured_program() {
     let cfg = s.path("multinode.toml");
     write(&cfg, &reload_config(&name, &format!("\"{}\"", hello()), ""));
     let m = Multinode::serve(&["--config", cfg.to_str().unwrap()]);
-    m.wait_count("ready", 2, is_ready);
+    m.wait_ready(2);
 
     // Program B runs hello only once a marker file exists; it also gets VARIANT=B.
     let marker = s.path("deployed");
@@ -589,9 +585,7 @@ fn scale_up_and_down() {
     let m = serve_gated(&s, &name, 2);
 
     let scale = mn_background(&["scale", "--name", &name, "3"]);
-    m.wait_line("worker.2 started", |l| {
-        l.contains("worker.2[") && l.contains("] started")
-    });
+    m.wait_event("started", |e| e.slot == Some(2));
     let opened = Instant::now();
     write(&s.path("gate.2.1"), "");
     let (out, returned) = scale.join().unwrap();
@@ -655,7 +649,7 @@ fn stop_returns_once_the_supervisor_has_stopped() {
         "-c",
         slow,
     ]);
-    m.wait_count("ready", 2, is_ready);
+    m.wait_ready(2);
     let control = control_path(&m);
     let workers: Vec<i32> = ready_rows(&status_json(&name))
         .iter()
@@ -685,7 +679,7 @@ fn a_second_supervisor_with_the_same_name_refuses_to_start() {
     let h = hello();
     let mut first = Multinode::serve(&["--name", &name, "-w", "1", "-l", "127.0.0.1:0", "--", &h]);
     let addr = first.tcp_addr("listen0");
-    first.wait_count("ready", 1, is_ready);
+    first.wait_ready(1);
     let control = control_path(&first);
 
     let out = mn(&[
@@ -720,7 +714,7 @@ fn a_second_supervisor_with_the_same_name_refuses_to_start() {
 
 /// `multinode <args>` as nobody (when we are root; else as ourselves), with its own
 /// XDG_RUNTIME_DIR: the control sockets of this test only.
-fn as_user(runtime: &Path, args: &[&str]) -> Command {
+fn as_user<S: AsRef<std::ffi::OsStr>>(runtime: &Path, args: &[S]) -> Command {
     let mut cmd = if is_root() {
         let mut c = Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
@@ -746,19 +740,9 @@ fn control_commands_find_the_only_supervisor_or_ask_for_a_name() {
     let serve = |name: &str| {
         let m = Multinode::spawn(as_user(
             &runtime,
-            &[
-                "serve",
-                "--name",
-                name,
-                "-w",
-                "1",
-                "-l",
-                "127.0.0.1:0",
-                "--",
-                &h,
-            ],
+            &serve_args(&["--name", name, "-w", "1", "-l", "127.0.0.1:0", "--", &h]),
         ));
-        m.wait_count("ready", 1, is_ready);
+        m.wait_ready(1);
         m
     };
 
@@ -816,10 +800,14 @@ fn socket_activate_bin() -> Option<PathBuf> {
 /// `systemd-socket-activate -l 127.0.0.1:PORT <sa_args> multinode serve <args>` on a free
 /// port, once it listens (it starts multinode at the first connection). None: not installed.
 fn socket_activated(sa_args: &[&str], args: &[&str]) -> Option<(Multinode, std::net::SocketAddr)> {
-    let Some(sa) = socket_activate_bin() else {
-        eprintln!("skipped: systemd-socket-activate is not installed (Debian package systemd)");
+    let sa = socket_activate_bin();
+    if !require(
+        sa.is_some(),
+        "systemd-socket-activate is not installed (Debian package systemd)",
+    ) {
         return None;
-    };
+    }
+    let sa = sa.unwrap();
     for _ in 0..20 {
         // A port that was free a moment ago; another process may take it first: then retry.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -830,7 +818,7 @@ fn socket_activated(sa_args: &[&str], args: &[&str]) -> Option<(Multinode, std::
         let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
         let mut cmd = Command::new(&sa);
         cmd.arg("-l").arg(addr.to_string()).args(sa_args);
-        cmd.arg(multinode_bin()).arg("serve").args(args);
+        cmd.arg(multinode_bin()).args(serve_args(args));
         let mut m = Multinode::spawn(cmd);
         let listening = format!("Listening on {addr} ");
         let ok = eventually(DEADLINE, || {
@@ -883,11 +871,11 @@ fn socket_activation_serves_requests_from_every_worker() {
         pids.iter().all(|p| workers.contains(p)),
         "{pids:?} vs workers {workers:?}"
     );
-    let line = m.wait_line("listening", |l| l.contains("listening on "));
-    assert!(
-        line.ends_with(&format!("listening on web {addr} (fd 3, from systemd)")),
-        "{line}"
-    );
+    let e = m.wait_event("listening", |_| true);
+    assert_eq!(e.str("name"), Some("web"), "{e}");
+    assert_eq!(e.str("addr"), Some(addr.to_string().as_str()), "{e}");
+    assert_eq!(e.u64("fd"), Some(3), "{e}");
+    assert_eq!(e.bool("systemd"), Some(true), "from systemd: {e}");
     // systemd-socket-activate execs multinode in its own process.
     let comm = std::fs::read_to_string(format!("/proc/{}/comm", m.pid)).unwrap();
     assert_eq!(comm.trim(), "multinode");
@@ -974,12 +962,22 @@ fn systemd_notifications_follow_readiness_reload_and_stop() {
     write(&s.path("gate.0"), "");
     let name = unique_name();
     let env = format!("MN_GATE={}", gate.display());
+    let gate_bin = worker_bin("mn-readygate");
     let mut cmd = Command::new(multinode_bin());
-    cmd.args([
-        "serve", "--name", &name, "-w", "2", "--ready", "notify", "-e", &env,
-    ]);
-    cmd.args(["-l", "127.0.0.1:0", "--"])
-        .arg(worker_bin("mn-readygate"));
+    cmd.args(serve_args(&[
+        "--name",
+        &name,
+        "-w",
+        "2",
+        "--ready",
+        "notify",
+        "-e",
+        &env,
+        "-l",
+        "127.0.0.1:0",
+        "--",
+        gate_bin.to_str().unwrap(),
+    ]));
     cmd.env("NOTIFY_SOCKET", &path);
     let mut m = Multinode::spawn(cmd);
 
@@ -999,7 +997,7 @@ fn systemd_notifications_follow_readiness_reload_and_stop() {
         has(&ready, "STATUS=2/2 workers ready, generation 1"),
         "{ready:?}"
     );
-    m.wait_count("ready", 2, is_ready);
+    m.wait_ready(2);
 
     // SIGHUP: RELOADING=1 with the time, then READY=1 once generation 2 serves.
     let t0 = monotonic_usec();
@@ -1025,7 +1023,7 @@ fn systemd_notifications_follow_readiness_reload_and_stop() {
         has(&ready, "STATUS=2/2 workers ready, generation 2"),
         "{ready:?}"
     );
-    m.wait_line("reload done", |l| l.contains("reload (SIGHUP) done"));
+    m.wait_event("reloaded", |e| e.why() == Some("SIGHUP"));
 
     // SIGTERM: STOPPING=1.
     m.signal(libc::SIGTERM);

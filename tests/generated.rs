@@ -78,8 +78,10 @@ fn completions_subcommand_prints_each_shell() {
 
 #[test]
 fn man_pages_render_without_warnings() {
-    if Command::new("man").arg("--version").output().is_err() {
-        eprintln!("skipped: man is not installed (.ci/run installs man-db)");
+    if !require(
+        Command::new("man").arg("--version").output().is_ok(),
+        "man is not installed (.ci/run installs man-db)",
+    ) {
         return;
     }
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -129,7 +131,7 @@ fn zsh_and_fish_completions_load() {
             "zsh: {}",
             String::from_utf8_lossy(&out.stderr)
         ),
-        Err(_) => eprintln!("skipped zsh: not installed (.ci/run installs it)"),
+        Err(_) => skip("zsh is not installed (.ci/run installs it)"),
     }
     match Command::new("fish")
         .arg("-c")
@@ -148,6 +150,6 @@ fn zsh_and_fish_completions_load() {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        Err(_) => eprintln!("skipped fish: not installed (.ci/run installs it)"),
+        Err(_) => skip("fish is not installed (.ci/run installs it)"),
     }
 }

@@ -41,7 +41,7 @@ fn serve_ready(workers: usize, extra: &[&str], command: &[&str]) -> (Multinode, 
     args.extend_from_slice(command);
     let mn = Multinode::serve(&args);
     let addr = mn.tcp_addr("listen0");
-    mn.wait_count("workers ready", workers, is_ready_line);
+    mn.wait_ready(workers);
     (mn, addr)
 }
 
@@ -49,63 +49,50 @@ fn hello() -> String {
     worker_bin("hello").display().to_string()
 }
 
-/// `multinode | worker.N[PID] ready (...)`
-fn is_ready_line(l: &str) -> bool {
-    l.starts_with("multinode |") && l.contains("] ready (")
-}
-
 /// The pid serving each slot: the last one the supervisor reported starting for it.
 fn slot_pids(mn: &Multinode) -> BTreeMap<u32, i32> {
-    let mut map = BTreeMap::new();
-    for l in mn.lines().iter().filter(|l| l.contains("] started")) {
-        if let (Some(slot), Some(pid)) = (worker_slot(l), worker_pid(l)) {
-            map.insert(slot, pid);
-        }
-    }
-    map
+    mn.slot_pids()
 }
 
 /// The pids started for generation `generation` (2 and up: reloads).
 fn generation_pids(mn: &Multinode, generation: u64) -> HashSet<i32> {
-    let tail = format!("] started (generation {generation})");
-    mn.lines()
-        .iter()
-        .filter(|l| l.ends_with(&tail))
-        .filter_map(|l| worker_pid(l))
-        .collect()
+    mn.generation_pids(generation).into_iter().collect()
 }
 
-/// Waits for the end of the reload to `generation`: (whether it succeeded, the line saying so).
-fn wait_reload_end(mn: &Multinode, generation: u64) -> (bool, String) {
-    let done_tail = format!(" on generation {generation}");
-    let failed = format!("reload to generation {generation} failed");
-    let line = mn.wait_line(
+/// Waits for the end of the reload to `generation`: its `reloaded` or `reload-failed` event.
+#[track_caller]
+fn wait_reload_end(mn: &Multinode, generation: u64) -> Event {
+    let end = |e: &Event| {
+        (e.is("reloaded") || e.is("reload-failed")) && e.generation() == Some(generation)
+    };
+    mn.wait_any(
         &format!("the end of the reload to generation {generation}"),
-        |l| (l.contains(") done: ") && l.ends_with(&done_tail)) || l.contains(&failed),
-    );
-    (!line.contains(&failed), line)
+        end,
+    )
 }
 
 /// Waits for the end of the reload to `generation` and asserts it succeeded.
-fn wait_reload_done(mn: &Multinode, generation: u64) -> String {
-    let (done, line) = wait_reload_end(mn, generation);
+#[track_caller]
+fn wait_reload_done(mn: &Multinode, generation: u64) -> Event {
+    let e = wait_reload_end(mn, generation);
     assert!(
-        done,
-        "reload to generation {generation} failed: {line}\noutput:\n{}",
+        e.is("reloaded"),
+        "reload to generation {generation} failed: {e}\noutput:\n{}",
         mn.output()
     );
-    line
+    e
 }
 
 /// Waits for the end of the reload to `generation` and asserts it failed.
-fn wait_reload_failed(mn: &Multinode, generation: u64) -> String {
-    let (done, line) = wait_reload_end(mn, generation);
+#[track_caller]
+fn wait_reload_failed(mn: &Multinode, generation: u64) -> Event {
+    let e = wait_reload_end(mn, generation);
     assert!(
-        !done,
-        "reload to generation {generation} succeeded: {line}\noutput:\n{}",
+        e.is("reload-failed"),
+        "reload to generation {generation} succeeded: {e}\noutput:\n{}",
         mn.output()
     );
-    line
+    e
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -375,8 +362,12 @@ fn reloads_under_load(keep_alive: bool) {
         children_of(mn.pid)
     );
     // Every replaced worker drained and exited by itself (no SIGKILL after --grace).
+    let killed = mn
+        .events("exited")
+        .iter()
+        .any(|e| e.signal() == Some("SIGKILL"));
     assert!(
-        !mn.output().contains("SIGKILL"),
+        mn.events("kill").is_empty() && !killed,
         "a worker had to be killed:\n{}",
         mn.output()
     );
@@ -419,14 +410,28 @@ fn reload_to_a_program_that_exits_at_start_keeps_the_old_workers_serving() {
     );
     mn.signal(libc::SIGHUP);
     let failed = wait_reload_failed(&mn, 2);
-    assert!(
-        failed.contains("exited with code 1") && failed.contains("2 worker(s) keep serving"),
-        "{failed}"
-    );
     let out = mn.output();
-    assert!(out.contains("app.sh: broken deploy"), "{out}");
-    assert!(!out.contains(") done: "), "{out}");
-    assert!(!out.contains("draining"), "{out}");
+    assert_eq!(
+        failed.u64("kept"),
+        Some(2),
+        "2 workers keep serving: {failed}"
+    );
+    // It failed because the new worker exited with code 1.
+    let new = generation_pids(&mn, 2);
+    assert!(
+        mn.events("exited")
+            .iter()
+            .any(|e| e.pid.is_some_and(|p| new.contains(&p)) && e.code() == Some(1)),
+        "the new worker exited with code 1:\n{out}"
+    );
+    assert!(
+        mn.events(OUTPUT)
+            .iter()
+            .any(|e| e.msg == "app.sh: broken deploy"),
+        "{out}"
+    );
+    assert!(mn.events("reloaded").is_empty(), "{out}");
+    assert!(mn.events("draining").is_empty(), "{out}");
 
     // The old workers keep answering, both of them, and only them.
     let mut seen = HashSet::new();
@@ -488,9 +493,7 @@ fn a_request_in_flight_across_a_reload_completes() {
     assert!(counted, "hello never read the slow request");
 
     mn.signal(libc::SIGHUP);
-    mn.wait_line("the old worker draining", |l| {
-        l.contains(&format!("worker.0[{old}] replaced by")) && l.ends_with("draining")
-    });
+    mn.wait_event("draining", |e| e.slot == Some(0) && e.pid == Some(old));
     let ended_before = slow.is_finished();
     let (status, body) = slow
         .join()
@@ -502,18 +505,17 @@ fn a_request_in_flight_across_a_reload_completes() {
         !ended_before,
         "inconclusive: the slow request was answered before its worker was asked to drain"
     );
-    mn.wait_line("the old worker's exit", |l| {
-        l.contains(&format!("worker.0[{old}] exited with code 0"))
-    });
+    let exited = mn.wait_exited(old);
+    assert_eq!(exited.code(), Some(0), "{exited}");
 }
 // ---------------------------------------------------------------------------------------------
 // --watch
 
-/// The supervisor's `...: rolling N worker(s) over to generation G` lines, in order.
-fn rolling_lines(mn: &Multinode) -> Vec<String> {
-    mn.lines()
-        .into_iter()
-        .filter(|l| l.contains(": rolling ") && l.contains(" over to generation "))
+/// What caused each reload so far (the `why` of the `reload` events), in order.
+fn reload_causes(mn: &Multinode) -> Vec<String> {
+    mn.events("reload")
+        .iter()
+        .map(|e| e.why().unwrap_or_default().to_string())
         .collect()
 }
 
@@ -528,15 +530,13 @@ fn touch(path: &Path) {
 
 /// Asserts that the reloads so far were caused by changes to `paths`, in this order.
 fn assert_reload_causes(mn: &Multinode, paths: &[&Path]) {
-    let lines = rolling_lines(mn);
-    let causes: Vec<String> = paths
-        .iter()
-        .map(|p| format!("change in {}: rolling", p.display()))
-        .collect();
-    let ok = lines.len() == causes.len() && lines.iter().zip(&causes).all(|(l, c)| l.contains(c));
+    let got = reload_causes(mn);
+    let want: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    // A file change names the changed path last in `why` (`change in PATH`).
+    let ok = got.len() == want.len() && got.iter().zip(&want).all(|(g, w)| g.ends_with(w));
     assert!(
         ok,
-        "expected reloads caused by {causes:#?}, got {lines:#?}\noutput:\n{}",
+        "expected reloads caused by {want:#?}, got {got:#?}\noutput:\n{}",
         mn.output()
     );
 }
@@ -655,8 +655,8 @@ fn sigttin_and_sigttou_change_the_number_of_pids_answering() {
     wait_answering(addr, &two);
 
     mn.signal(libc::SIGTTIN);
-    mn.wait_line("scale up", |l| l.contains("scaling up to 3 worker(s)"));
-    mn.wait_count("3 workers ready", 3, is_ready_line);
+    mn.wait_event("scale", |e| e.workers() == Some(3));
+    mn.wait_ready(3);
     let three: HashSet<i32> = slot_pids(&mn).values().copied().collect();
     assert_eq!(three.len(), 3);
     assert!(three.is_superset(&two));
@@ -664,9 +664,11 @@ fn sigttin_and_sigttou_change_the_number_of_pids_answering() {
 
     // Two signals sent at once may merge into one: wait for each.
     mn.signal(libc::SIGTTOU);
-    mn.wait_line("scale down", |l| l.contains("scaling down to 2 worker(s)"));
+    mn.wait_event("scale", |e| {
+        e.workers() == Some(2) && e.why() == Some("SIGTTOU")
+    });
     mn.signal(libc::SIGTTOU);
-    mn.wait_line("scale down", |l| l.contains("scaling down to 1 worker(s)"));
+    mn.wait_event("scale", |e| e.workers() == Some(1));
     let slots = slot_pids(&mn);
     for slot in [1, 2] {
         let pid = slots[&slot];
@@ -684,21 +686,26 @@ fn sigttin_and_sigttou_change_the_number_of_pids_answering() {
 // ---------------------------------------------------------------------------------------------
 // Readiness
 
-/// Index of the first line satisfying `pred`; panics with the output if there is none.
-fn index_of(lines: &[String], what: &str, pred: impl Fn(&str) -> bool) -> usize {
-    lines
+/// Position of the first event satisfying `pred`; panics with the output if there is none.
+fn index_of(mn: &Multinode, what: &str, pred: impl Fn(&Event) -> bool) -> usize {
+    mn.all_events()
         .iter()
-        .position(|l| pred(l))
-        .unwrap_or_else(|| panic!("no line for {what}; output:\n{}", lines.join("\n")))
+        .find(|e| pred(e))
+        .unwrap_or_else(|| panic!("no line for {what}; output:\n{}", mn.output()))
+        .seq
 }
 
-/// `worker.N[PID] | mn-notify pid=PID sending READY=1`
-fn sending_ready(pid: i32) -> impl Fn(&str) -> bool {
-    move |l: &str| l.contains(&format!("[{pid}] | mn-notify pid={pid} sending READY=1"))
+/// mn-notify's `mn-notify pid=PID sending READY=1`, from worker `pid`.
+fn sending_ready(pid: i32) -> impl Fn(&Event) -> bool {
+    move |e: &Event| {
+        e.is(OUTPUT)
+            && e.pid == Some(pid)
+            && e.msg == format!("mn-notify pid={pid} sending READY=1")
+    }
 }
 
-fn ready_of(pid: i32) -> impl Fn(&str) -> bool {
-    move |l: &str| is_ready_line(l) && l.contains(&format!("[{pid}] ready"))
+fn ready_of(pid: i32) -> impl Fn(&Event) -> bool {
+    move |e: &Event| e.is("ready") && e.pid == Some(pid)
 }
 
 #[test]
@@ -706,37 +713,32 @@ fn a_worker_that_sends_ready_after_1s_is_not_ready_before() {
     let notify = worker_bin("mn-notify").display().to_string();
     let (mn, _) = serve_ready(1, &[], &[&notify, "1000"]);
     let first = slot_pids(&mn)[&0];
-    mn.wait_line("the first worker sending READY=1", sending_ready(first));
-    let lines = mn.lines();
+    mn.wait_output(sending_ready(first));
     let sent = index_of(
-        &lines,
+        &mn,
         "the first worker sending READY=1",
         sending_ready(first),
     );
-    let ready = index_of(&lines, "the first worker's ready event", ready_of(first));
-    assert!(sent < ready, "ready before READY=1:\n{}", lines.join("\n"));
+    let ready = index_of(&mn, "the first worker's ready event", ready_of(first));
+    assert!(sent < ready, "ready before READY=1:\n{}", mn.output());
 
     // A reload: the old worker drains only once the new one is ready.
     mn.signal(libc::SIGHUP);
     wait_reload_done(&mn, 2);
     let second = slot_pids(&mn)[&0];
-    mn.wait_line("the new worker sending READY=1", sending_ready(second));
-    let lines = mn.lines();
-    let sent = index_of(
-        &lines,
-        "the new worker sending READY=1",
-        sending_ready(second),
-    );
-    let ready = index_of(&lines, "the new worker's ready event", ready_of(second));
-    let draining = index_of(&lines, "the old worker draining", |l| {
-        l.contains(&format!(
-            "worker.0[{first}] replaced by worker.0[{second}]; draining"
-        ))
+    mn.wait_output(sending_ready(second));
+    let sent = index_of(&mn, "the new worker sending READY=1", sending_ready(second));
+    let ready = index_of(&mn, "the new worker's ready event", ready_of(second));
+    let draining = index_of(&mn, "the old worker draining", |e| {
+        e.is("draining")
+            && e.slot == Some(0)
+            && e.pid == Some(first)
+            && e.i64("replaced_by") == Some(i64::from(second))
     });
     assert!(
         sent < ready && ready < draining,
         "want: new worker sends READY=1, is ready, then the old one drains:\n{}",
-        lines.join("\n")
+        mn.output()
     );
 }
 
@@ -748,36 +750,36 @@ fn ready_from_a_foreign_process_is_ignored_and_the_reload_times_out() {
     let old = slot_pids(&mn)[&0];
 
     mn.signal(libc::SIGHUP);
-    let never = mn.wait_line("the new worker", |l| {
-        l.contains("mn-notify pid=") && l.ends_with("will never send READY=1")
+    let never = mn.wait_output(|e| {
+        e.msg.starts_with("mn-notify pid=") && e.msg.ends_with("will never send READY=1")
     });
-    let new = worker_pid(&never).unwrap();
-    let start_line = mn.wait_line("the new worker's NOTIFY_SOCKET", |l| {
-        l.contains(&format!("mn-notify pid={new} generation=2 notify="))
-    });
-    let path = start_line.split("notify=").nth(1).unwrap().to_string();
+    let new = never.pid.unwrap();
+    let start_prefix = format!("mn-notify pid={new} generation=2 notify=");
+    let start_line = mn.wait_output(|e| e.msg.starts_with(&start_prefix));
+    let path = start_line.msg[start_prefix.len()..].to_string();
     // This test runs as root and is no worker: its READY=1 must not count for anyone.
     let sock = std::os::unix::net::UnixDatagram::unbound().unwrap();
     sock.send_to(b"READY=1", &path)
         .unwrap_or_else(|e| panic!("send READY=1 to {path}: {e}"));
     assert!(
-        !mn.output().contains("reload to generation 2 failed"),
+        mn.events("reload-failed").is_empty(),
         "inconclusive: the foreign READY=1 was sent after the ready timeout\n{}",
         mn.output()
     );
 
     let failed = wait_reload_failed(&mn, 2);
-    assert!(
-        failed.contains(&format!(
-            "worker.0[{new}] not ready within --ready-timeout 2s"
-        )),
-        "{failed}"
-    );
     let out = mn.output();
+    // It failed because the new worker was not ready in time: it had not exited then.
     assert!(
-        !mn.lines().iter().any(|l| ready_of(new)(l)),
+        !mn.events("exited")
+            .iter()
+            .any(|e| e.pid == Some(new) && e.seq < failed.seq),
+        "worker {new} exited before the reload failed, so it did not time out:\n{out}"
+    );
+    assert!(
+        mn.events("ready").iter().all(|e| !ready_of(new)(e)),
         "the foreign READY=1 made worker {new} ready:\n{out}"
     );
-    assert!(!out.contains("draining"), "{out}");
+    assert!(mn.events("draining").is_empty(), "{out}");
     assert!(alive(old), "the old worker {old} is gone:\n{out}");
 }

@@ -16,15 +16,9 @@ fn fd3_socket(pid: i32) -> String {
         .unwrap_or_default()
 }
 
-/// slot → pid of the newest `worker.N[pid] started` line of each slot.
+/// slot → pid of the newest worker started for each slot.
 fn current(m: &Multinode) -> BTreeMap<u32, i32> {
-    let mut map = BTreeMap::new();
-    for l in m.lines().iter().filter(|l| l.contains("] started")) {
-        if let (Some(s), Some(p)) = (worker_slot(l), worker_pid(l)) {
-            map.insert(s, p);
-        }
-    }
-    map
+    m.slot_pids()
 }
 
 #[test]
@@ -44,7 +38,7 @@ fn each_slot_keeps_its_own_socket_across_reloads_under_load() {
     ]);
     let addr = m.tcp_addr("listen0");
     m.wait_started(3);
-    m.wait_count("3 ready", 3, |l| l.contains("ready (READY=1)"));
+    m.wait_events("ready", 3, |e| e.via() == Some("notify"));
     let first = current(&m);
     let sockets: BTreeMap<u32, String> = first.iter().map(|(s, p)| (*s, fd3_socket(*p))).collect();
     assert!(
@@ -81,9 +75,7 @@ fn each_slot_keeps_its_own_socket_across_reloads_under_load() {
         .collect();
     for generation in 2..=4 {
         m.signal(libc::SIGHUP);
-        m.wait_line(&format!("reload to generation {generation} done"), |l| {
-            l.contains(&format!("worker(s) on generation {generation}"))
-        });
+        m.wait_event("reloaded", |e| e.generation() == Some(generation));
     }
     stop.store(true, Ordering::Relaxed);
     for c in clients {

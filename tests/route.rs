@@ -83,18 +83,12 @@ fn serve_gated(policy: &str, workers: usize, gate: &Scratch) -> Multinode {
 }
 
 fn wait_ready(mn: &Multinode, n: usize) {
-    mn.wait_count("worker ready", n, |l| l.contains("] ready"));
+    mn.wait_ready(n);
 }
 
 /// slot → pid of the newest worker started for each slot.
 fn slot_pids(mn: &Multinode) -> BTreeMap<u32, i32> {
-    let mut m = BTreeMap::new();
-    for l in mn.lines().iter().filter(|l| l.contains("] started")) {
-        if let (Some(slot), Some(pid)) = (worker_slot(l), worker_pid(l)) {
-            m.insert(slot, pid);
-        }
-    }
-    m
+    mn.slot_pids()
 }
 
 /// One answer of routed.py.
@@ -333,17 +327,12 @@ fn ip_hash_sticks_clients_to_slots_across_a_crash() {
     let victim_pid = before[&victim];
     std::fs::write(gate.path(&format!("hold.{victim}")), "").unwrap();
     kill(victim_pid, libc::SIGKILL);
-    let tag = format!("worker.{victim}[{victim_pid}]");
-    mn.wait_line("the killed worker's exit", |l| {
-        l.contains(&tag) && l.contains("was killed by SIGKILL")
+    let exited = mn.wait_exited(victim_pid);
+    assert_eq!(exited.signal(), Some("SIGKILL"), "{exited}");
+    let new_pid = mn.wait_started_in_slot(victim, &[victim_pid]);
+    mn.wait_output(|e| {
+        e.slot == Some(victim) && e.pid == Some(new_pid) && e.msg.starts_with("mn-gate: holding")
     });
-    let prefix = format!("worker.{victim}[");
-    let line = mn.wait_line("the slot's new worker", |l| {
-        l.contains(&prefix) && l.contains("] started") && worker_pid(l) != Some(victim_pid)
-    });
-    let new_pid = worker_pid(&line).unwrap();
-    let held = format!("worker.{victim}[{new_pid}] | mn-gate: holding");
-    mn.wait_line("the new worker held at the gate", |l| l.contains(&held));
 
     for c in moved {
         let r = sticky(*c, addr, 2);
@@ -361,8 +350,9 @@ fn ip_hash_sticks_clients_to_slots_across_a_crash() {
     }
 
     std::fs::remove_file(gate.path(&format!("hold.{victim}"))).unwrap();
-    let ready = format!("worker.{victim}[{new_pid}] ready");
-    mn.wait_line("the new worker ready", |l| l.contains(&ready));
+    mn.wait_event("ready", |e| {
+        e.slot == Some(victim) && e.pid == Some(new_pid)
+    });
     for c in moved {
         let r = sticky(*c, addr, 2);
         assert_eq!(r.pid, new_pid, "{c} returns to slot {victim}'s new worker");
@@ -376,8 +366,10 @@ fn ip_hash_sticks_clients_to_slots_across_a_crash() {
 /// An IPv6 listener: a client from ::1 hashes by its address and always reaches one worker.
 #[test]
 fn ip_hash_ipv6_client_sticks_to_one_worker() {
-    if std::net::TcpListener::bind("[::1]:0").is_err() {
-        eprintln!("skipped: no IPv6 loopback");
+    if !require(
+        std::net::TcpListener::bind("[::1]:0").is_ok(),
+        "no IPv6 loopback (::1)",
+    ) {
         return;
     }
     let mn = serve_routed("ip-hash", 3, "[::1]:0", &[]);
@@ -441,10 +433,7 @@ fn least_conn_sends_new_connections_away_from_a_loaded_worker() {
         std::fs::write(gate.path(&format!("hold.{slot}")), "").unwrap();
     }
     let mn = serve_gated("least-conn", 4, &gate);
-    let line = mn.wait_line("worker.0 ready", |l| {
-        l.contains("worker.0[") && l.contains("] ready")
-    });
-    let loaded = worker_pid(&line).unwrap();
+    let loaded = mn.wait_event("ready", |e| e.slot == Some(0)).pid.unwrap();
     let addr = mn.tcp_addr("listen0");
     let mut held = Vec::new();
     for i in 0..20 {
@@ -561,7 +550,7 @@ fn reload_under_load_fails_no_request() {
         let at_start = ok.load(Ordering::SeqCst);
         for i in 1..=3 {
             mn.signal(libc::SIGHUP);
-            mn.wait_count("reload done", i, |l| l.contains("reload (SIGHUP) done"));
+            mn.wait_events("reloaded", i, |e| e.why() == Some("SIGHUP"));
         }
         during = ok.load(Ordering::SeqCst) - at_start;
         let after = ok.load(Ordering::SeqCst);
@@ -584,12 +573,7 @@ fn reload_under_load_fails_no_request() {
     );
     assert!(during > 0, "no request was made during the reloads");
 
-    let newest: HashSet<i32> = mn
-        .lines()
-        .iter()
-        .filter(|l| l.contains("] started (generation 4)"))
-        .filter_map(|l| worker_pid(l))
-        .collect();
+    let newest: HashSet<i32> = mn.generation_pids(4).into_iter().collect();
     assert_eq!(newest.len(), 3, "{}", mn.output());
     for _ in 0..12 {
         let r = get(addr).unwrap();
@@ -745,9 +729,7 @@ fn proxy_protocol_bad_clients_do_not_disturb_others() {
     truncated.shutdown(Shutdown::Write).unwrap();
     good(3);
     expect_closed_without_answer(truncated, "truncated header");
-    mn.wait_line("a closed-connection warning", |l| {
-        l.contains("closed a connection")
-    });
+    mn.wait_event("proxy", |e| e.level == "warn");
 
     // Good requests go on while the silent client sends nothing, until the supervisor closes it.
     silent
@@ -797,9 +779,7 @@ fn proxy_protocol_bad_clients_do_not_disturb_others() {
 /// and the supervisor's sequence numbers (increasing with each connection).
 fn python_example(policy: &str) -> HashSet<i32> {
     let mn = serve_routed(policy, 2, "127.0.0.1:0", &[]);
-    mn.wait_count("routed.py banner", 2, |l| {
-        l.contains("reading the route channel")
-    });
+    mn.wait_events(OUTPUT, 2, |e| e.msg.contains("reading the route channel"));
     let addr = mn.tcp_addr("listen0");
     let slots = slot_pids(&mn);
     let mut last_seq = 0;
@@ -854,8 +834,7 @@ fn a_stalled_worker_costs_no_connection() {
     let wrapper = "ulimit -Sn \"$(ulimit -Hn)\"; exec /usr/bin/python3 \"$0\"";
     let py = routed_py();
     let mut cmd = std::process::Command::new(multinode_bin());
-    cmd.args([
-        "serve",
+    cmd.args(serve_args(&[
         "--route",
         "round-robin",
         "--workers",
@@ -869,7 +848,7 @@ fn a_stalled_worker_costs_no_connection() {
         "-c",
         wrapper,
         &py,
-    ]);
+    ]));
     // SAFETY: getrlimit/setrlimit are async-signal-safe and touch only the child.
     unsafe {
         cmd.pre_exec(|| {

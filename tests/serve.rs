@@ -12,25 +12,25 @@ use std::process::Command;
 
 use common::*;
 
-/// The `key=value` fields of a probe line (`worker.N[pid] | probe pid=.. listen_pid=.. ..`),
-/// plus `slot` and `prefix_pid` from its prefix.
-fn probe_fields(line: &str) -> HashMap<String, String> {
-    let (prefix, rest) = line.split_once(" | probe ").expect("a probe line");
+/// The `key=value` fields of a probe line (`probe pid=.. listen_pid=.. ..`), plus `slot` and
+/// `prefix_pid`: the worker multinode says printed it.
+fn probe_fields(line: &Event) -> HashMap<String, String> {
+    let rest = line.msg.strip_prefix("probe ").expect("a probe line");
     let mut f: HashMap<String, String> = rest
         .split_whitespace()
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    f.insert("slot".into(), worker_slot(prefix).unwrap().to_string());
-    f.insert("prefix_pid".into(), worker_pid(prefix).unwrap().to_string());
+    f.insert("slot".into(), line.slot.unwrap().to_string());
+    f.insert("prefix_pid".into(), line.pid.unwrap().to_string());
     f
 }
 
 /// Waits for `n` probe lines and parses them.
 fn probes(m: &Multinode, n: usize) -> Vec<HashMap<String, String>> {
-    m.wait_count("probe lines", n, |l| l.contains(" | probe pid="))
+    m.wait_events(OUTPUT, n, |e| e.msg.starts_with("probe pid="))
         .iter()
-        .map(|l| probe_fields(l))
+        .map(probe_fields)
         .collect()
 }
 
@@ -232,8 +232,10 @@ fn ipv6_loopback_served() {
 
 #[test]
 fn privileged_port_as_root_served_by_nobody() {
-    if !is_root() {
-        eprintln!("skipped: binding a port below 1024 and dropping to nobody needs root");
+    if !require(
+        is_root(),
+        "binding a port below 1024 and dropping to nobody needs root",
+    ) {
         return;
     }
     let hello = worker_bin("hello");
@@ -243,9 +245,7 @@ fn privileged_port_as_root_served_by_nobody() {
     let addr = m.tcp_addr("listen0");
     assert_eq!(addr.port(), port);
     let pids = m.wait_started(2);
-    m.wait_line("privilege drop reported", |l| {
-        l.contains("running as user nobody")
-    });
+    m.wait_event("privileges", |e| e.str("user") == Some("nobody"));
     let body = get_ok(addr);
     assert!(pids.contains(&body_pid(&body).unwrap()), "{body}");
     for pid in &pids {
@@ -288,7 +288,9 @@ fn unix_socket_file_owned_by_nobody_and_removed_on_exit() {
             "socket file group should be nobody's (nogroup)"
         );
     } else {
-        eprintln!("not root: owner check skipped (the file belongs to whoever runs multinode)");
+        skip(
+            "not root: the socket file's owner is not checked (it belongs to whoever runs multinode)",
+        );
     }
     let (status, _) = http_get_unix(&sock, "/").expect("GET over the Unix socket");
     assert_eq!(status, 200);
@@ -327,7 +329,7 @@ fn serve_example(interpreter: &Path, script: &str, banner: &str) {
     let addr = m.tcp_addr("listen0");
     let pids: BTreeSet<i32> = m.wait_started(2).into_iter().collect();
     // The examples print their banner once they serve.
-    m.wait_count(banner, 2, |l| l.contains(banner));
+    m.wait_events(OUTPUT, 2, |e| e.msg.contains(banner));
     for _ in 0..10 {
         let body = get_ok(addr);
         let pid = body_pid(&body).unwrap_or_else(|| panic!("no pid in {body:?}"));
@@ -347,10 +349,11 @@ fn serve_example(interpreter: &Path, script: &str, banner: &str) {
 
 #[test]
 fn python_example_served() {
-    let Some(python) = usable_interpreter(&[PathBuf::from("/usr/bin/python3")]) else {
-        eprintln!("skipped: /usr/bin/python3 is not installed");
+    let python = usable_interpreter(&[PathBuf::from("/usr/bin/python3")]);
+    if !require(python.is_some(), "/usr/bin/python3 is not installed") {
         return;
-    };
+    }
+    let python = python.unwrap();
     serve_example(&python, "examples/python/hello.py", "hello.py: worker");
 }
 
@@ -360,17 +363,23 @@ fn node_example_served() {
     if let Some(path) = std::env::var_os("PATH") {
         candidates.extend(std::env::split_paths(&path).map(|d| d.join("node")));
     }
-    let Some(node) = usable_interpreter(&candidates) else {
-        eprintln!("skipped: no node executable by others found (/usr/bin/node or PATH)");
+    let node = usable_interpreter(&candidates);
+    if !require(
+        node.is_some(),
+        "no node executable by others found (/usr/bin/node or PATH)",
+    ) {
         return;
-    };
+    }
+    let node = node.unwrap();
     serve_example(&node, "examples/node/hello.js", "hello.js: worker");
 }
 
 #[test]
 fn not_root_runs_as_is() {
-    if !is_root() {
-        eprintln!("skipped: needs root to start multinode as nobody through setpriv");
+    if !require(
+        is_root(),
+        "needs root to start multinode as nobody through setpriv",
+    ) {
         return;
     }
     let hello = worker_bin("hello");
@@ -379,8 +388,14 @@ fn not_root_runs_as_is() {
     let mut cmd = Command::new("setpriv");
     cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(&multinode)
-        .args(["serve", "-w", "2", "-l", "127.0.0.1:0", "--"])
-        .arg(&hello);
+        .args(serve_args(&[
+            "-w",
+            "2",
+            "-l",
+            "127.0.0.1:0",
+            "--",
+            hello.to_str().unwrap(),
+        ]));
     let m = Multinode::spawn(cmd);
     let addr = m.tcp_addr("listen0");
     let pids = m.wait_started(2);
@@ -391,7 +406,7 @@ fn not_root_runs_as_is() {
         assert_nobody(*pid, "worker");
     }
     assert!(
-        !m.output().contains("running as user"),
+        m.events("privileges").is_empty(),
         "no --user and not root: nothing to drop; output:\n{}",
         m.output()
     );
@@ -404,8 +419,10 @@ const README_COMMAND: &str = "./target/release/multinode serve --workers 4 --lis
 fn readme_main_command_works() {
     // README's command with the binaries of this build (target/<profile>/) and a free port
     // instead of 8080: 4 workers, the documented answer, Ctrl-C (SIGINT) stops it cleanly.
+    // Its output is the text format a user sees (no --log-format): read as such, on purpose.
     let hello = worker_bin("hello");
-    let mut m = Multinode::serve(&[
+    let mut cmd = Command::new(multinode_bin());
+    cmd.args(["serve", "--name", &unique_name()]).args([
         "--workers",
         "4",
         "--listen",
@@ -413,8 +430,30 @@ fn readme_main_command_works() {
         "--",
         hello.to_str().unwrap(),
     ]);
-    let addr = m.tcp_addr("listen0");
-    let pids = m.wait_started(4);
+    let mut m = Multinode::spawn(cmd);
+    // `multinode | listening on listen0 127.0.0.1:PORT (fd 3)`
+    let line = m.wait_line("the listening line", |l| {
+        l.starts_with("multinode | listening on listen0 ")
+    });
+    let addr: std::net::SocketAddr = line
+        .split_whitespace()
+        .nth(5)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    // `multinode | worker.N[PID] started`, one per worker.
+    let started = |l: &str| l.starts_with("multinode | worker.") && l.contains("] started");
+    assert!(
+        eventually(DEADLINE, || m.lines().iter().filter(|l| started(l)).count()
+            >= 4),
+        "four workers started; output:\n{}",
+        m.output()
+    );
+    let pids: Vec<i32> = m
+        .lines()
+        .iter()
+        .filter(|l| started(l))
+        .map(|l| worker_pid(l).unwrap())
+        .collect();
     let body = get_ok(addr);
     // process=<pid>; worker=<id>; reqno=<n>
     let parts: Vec<&str> = body.trim().split("; ").collect();

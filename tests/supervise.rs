@@ -11,44 +11,9 @@ use std::time::Duration;
 
 use common::*;
 
-/// `250ms`, `1.5s`, `2m05s` (how multinode prints durations).
-fn parse_human(s: &str) -> Duration {
-    if let Some(ms) = s.strip_suffix("ms") {
-        return Duration::from_millis(ms.parse().unwrap_or_else(|_| panic!("duration {s:?}")));
-    }
-    if let Some((m, rest)) = s.split_once('m') {
-        let secs: u64 = rest.trim_end_matches('s').parse().unwrap();
-        return Duration::from_secs(m.parse::<u64>().unwrap() * 60 + secs);
-    }
-    let secs: f64 = s
-        .strip_suffix('s')
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("duration {s:?}"));
-    Duration::from_secs_f64(secs)
-}
-
-/// The `X` of every `restarting in X` line, in order.
-fn restart_delays(lines: &[String]) -> Vec<Duration> {
-    lines
-        .iter()
-        .filter_map(|l| l.split_once("restarting in ").map(|(_, x)| x))
-        .map(|x| parse_human(x.split_whitespace().next().unwrap()))
-        .collect()
-}
-
-/// The pid of the `started` line of `slot` that is not in `old` (a restart of that slot).
-fn new_pid_of_slot(m: &Multinode, slot: u32, old: &BTreeSet<i32>) -> i32 {
-    let line = m.wait_line(&format!("a new worker.{slot}"), |l| {
-        l.contains("] started")
-            && worker_slot(l) == Some(slot)
-            && worker_pid(l).is_some_and(|p| !old.contains(&p))
-    });
-    worker_pid(&line).unwrap()
-}
-
-/// The pid of slot `slot` in the `started` lines.
-fn pid_of_slot(m: &Multinode, slot: u32) -> i32 {
-    new_pid_of_slot(m, slot, &BTreeSet::new())
+/// The restart delay of every `exited` event that schedules a restart, in order.
+fn restart_delays(exits: &[Event]) -> Vec<Duration> {
+    exits.iter().filter_map(Event::restart_in).collect()
 }
 
 fn kill(pid: i32, sig: i32) {
@@ -170,7 +135,7 @@ fn killed_worker_is_replaced_while_the_service_answers() {
     ]);
     let addr = m.tcp_addr("listen0");
     let first: BTreeSet<i32> = m.wait_started(4).into_iter().collect();
-    let victim = pid_of_slot(&m, 2);
+    let victim = m.wait_started_in_slot(2, &[]);
 
     let client = Client::start(addr);
     assert!(
@@ -184,11 +149,14 @@ fn killed_worker_is_replaced_while_the_service_answers() {
         client.log()
     );
     kill(victim, libc::SIGKILL);
-    let killed = m.wait_line("the kill reported", |l| {
-        worker_pid(l) == Some(victim) && l.contains("was killed by SIGKILL")
-    });
-    assert!(killed.contains("restarting in"), "{killed}");
-    let replacement = new_pid_of_slot(&m, 2, &first);
+    let killed = m.wait_exited(victim);
+    assert_eq!(killed.signal(), Some("SIGKILL"), "{killed}");
+    assert!(
+        killed.restart_in().is_some(),
+        "a restart is planned: {killed}"
+    );
+    let first_pids: Vec<i32> = first.iter().copied().collect();
+    let replacement = m.wait_started_in_slot(2, &first_pids);
     let mark = client.log().len();
     // The service keeps answering, and the replacement takes its share of connections.
     let served = eventually(DEADLINE, || {
@@ -232,18 +200,16 @@ fn crash_loop_backs_off_without_spinning() {
         "-c",
         "exit 3",
     ]);
-    m.wait_line("a first restart", |l| l.contains("restarting in"));
+    let restarting = |e: &Event| e.restart_in().is_some();
+    m.wait_event("exited", restarting);
     let ticks_before = cpu_ticks(m.pid);
     // 100ms, 200ms, 400ms, 800ms, 1.6s, 3.2s (each ±25%): seven exits take several seconds.
-    let lines = m.wait_count("seven restarts", 7, |l| l.contains("restarting in"));
+    let exits = m.wait_events("exited", 7, restarting);
     let ticks = cpu_ticks(m.pid) - ticks_before;
-    for l in &lines {
-        assert!(
-            l.contains("exited with code 3"),
-            "the exit code, as a shell says it: {l}"
-        );
+    for e in &exits {
+        assert_eq!(e.code(), Some(3), "the exit code: {e}");
     }
-    let delays = restart_delays(&lines);
+    let delays = restart_delays(&exits);
     assert!(
         delays.windows(2).all(|w| w[1] >= w[0]),
         "restart delays must not shrink: {delays:?}"
@@ -281,9 +247,12 @@ fn crash_loop_gives_up_after_max_restarts() {
     let st = m.wait_exit();
     let out = m.output();
     assert_eq!(st.code(), Some(6), "documented exit code 6; output:\n{out}");
+    let gave_up = m.events("gave-up");
     assert!(
-        out.contains("giving up: more than 3 restarts within 1m00s"),
-        "{out}"
+        gave_up.len() == 1
+            && gave_up[0].u64("max_restarts") == Some(3)
+            && gave_up[0].u64("window_ms") == Some(60_000),
+        "gave up after more than 3 restarts within 60s:\n{out}"
     );
     let starts = m.worker_pids();
     assert_eq!(starts.len(), 4, "the first start and 3 restarts:\n{out}");
@@ -313,7 +282,9 @@ fn sigterm_lets_a_slow_request_finish() {
         m.output()
     );
     m.signal(libc::SIGTERM);
-    m.wait_line("the stop", |l| l.contains("SIGTERM: stopping 2 worker(s)"));
+    m.wait_event("stopping", |e| {
+        e.why() == Some("SIGTERM") && e.workers() == Some(2)
+    });
     let (status, body) = slow
         .join()
         .unwrap()
@@ -324,7 +295,9 @@ fn sigterm_lets_a_slow_request_finish() {
     assert_eq!(st.code(), Some(0), "output:\n{out}");
     for pid in pids {
         assert!(
-            out.contains(&format!("[{pid}] exited with code 0")),
+            m.events("exited")
+                .iter()
+                .any(|e| e.pid == Some(pid) && e.code() == Some(0)),
             "worker {pid} should drain and exit 0:\n{out}"
         );
     }
@@ -359,10 +332,12 @@ fn worker_ignoring_sigterm_is_killed_after_grace() {
         "a worker had to be killed; output:\n{out}"
     );
     assert!(
-        out.contains("did not stop within --grace 1s; sending SIGKILL"),
-        "{out}"
+        m.events("kill")
+            .iter()
+            .any(|e| e.grace() == Some(Duration::from_secs(1))),
+        "SIGKILL after --grace 1s:\n{out}"
     );
-    assert!(out.contains("was killed by SIGKILL"), "{out}");
+    assert_eq!(m.wait_exited(pid).signal(), Some("SIGKILL"), "{out}");
     for p in std::iter::once(pid).chain(helpers) {
         assert!(!alive(p), "process {p} of the worker survived");
     }
@@ -380,7 +355,7 @@ fn supervisor_killed_leaves_no_worker() {
         hello.to_str().unwrap(),
     ]);
     let pids = m.wait_started(3);
-    m.wait_count("hello banners", 3, |l| l.contains("| hello: worker"));
+    m.wait_events(OUTPUT, 3, |e| e.msg.starts_with("hello: worker"));
     for &p in &pids {
         assert!(alive(p), "worker {p} not running");
     }
@@ -421,8 +396,9 @@ exec sleep 1000"#;
         script,
     ]);
     let field = |what: &str| -> i32 {
-        let l = m.wait_line(what, |l| l.contains(&format!("| {what} ")));
-        l.rsplit(' ').next().unwrap().parse().unwrap()
+        let prefix = format!("{what} ");
+        let l = m.wait_output(|e| e.msg.starts_with(&prefix));
+        l.msg[prefix.len()..].parse().unwrap()
     };
     let helper = field("helper");
     let escaped = field("escaped");
@@ -430,9 +406,7 @@ exec sleep 1000"#;
         pid: escaped,
         comm: "sleep".into(),
     };
-    m.wait_line("worker.0 exit", |l| {
-        worker_slot(l) == Some(0) && l.contains("exited with code 0")
-    });
+    m.wait_event("exited", |e| e.slot == Some(0) && e.code() == Some(0));
     // The helper left in the worker's group is stopped with it, and reaped.
     assert!(
         eventually(DEADLINE, || !exists(helper)),
@@ -568,33 +542,23 @@ fn long_lines_of_two_workers_stay_whole() {
         &LONG.to_string(),
     ]);
     let st = m.wait_exit();
-    let lines = m.lines();
     let summary = || {
-        lines
+        m.lines()
             .iter()
-            .map(|l| l.chars().take(120).collect::<String>())
+            .map(|l| l.chars().take(200).collect::<String>())
             .collect::<Vec<_>>()
             .join("\n")
     };
     assert_eq!(st.code(), Some(0), "output:\n{}", summary());
-    let slot_pid: BTreeMap<u32, i32> = lines
-        .iter()
-        .filter(|l| l.contains("] started"))
-        .map(|l| (worker_slot(l).unwrap(), worker_pid(l).unwrap()))
-        .collect();
+    let slot_pid = m.slot_pids();
     assert_eq!(slot_pid.len(), 2, "{}", summary());
     let mut whole = BTreeMap::<u32, usize>::new();
     let mut bytes = BTreeMap::<u32, usize>::new();
-    for l in lines.iter().filter(|l| l.starts_with("worker.")) {
-        let (prefix, text) = l
-            .split_once(" | ")
-            .unwrap_or_else(|| panic!("no ` | ` after the prefix: {:.120}", l));
-        let slot = worker_slot(prefix).unwrap();
-        assert_eq!(
-            Some(&worker_pid(prefix).unwrap()),
-            slot_pid.get(&slot),
-            "prefix {prefix}"
-        );
+    for e in m.events(OUTPUT) {
+        let slot = e.slot.unwrap();
+        let prefix = format!("worker.{slot}[{}]", e.pid.unwrap());
+        let text = &e.msg;
+        assert_eq!(e.pid.as_ref(), slot_pid.get(&slot), "{prefix}");
         let ch = (b'A' + slot as u8) as char;
         assert!(!text.is_empty(), "empty line from {prefix}");
         assert!(
@@ -626,7 +590,7 @@ fn long_lines_of_two_workers_stay_whole() {
         );
     }
     assert!(
-        !lines.iter().any(|l| l.contains("dropped")),
+        m.events("dropped").is_empty(),
         "output dropped: {}",
         summary()
     );
@@ -650,16 +614,57 @@ fn partial_last_line_of_a_crashed_worker_is_printed() {
     let out = m.output();
     let pid = m.worker_pids()[0];
     assert!(
-        m.lines()
+        m.events(OUTPUT)
             .iter()
-            .any(|l| *l == format!("worker.0[{pid}] | last words")),
-        "the unfinished last line, prefixed:\n{out}"
+            .any(|e| e.msg == "last words" && e.slot == Some(0) && e.pid == Some(pid)),
+        "the unfinished last line, from worker.0:\n{out}"
     );
-    assert!(
-        out.contains(&format!("worker.0[{pid}] was killed by SIGKILL")),
-        "{out}"
-    );
+    let exited = m.wait_exited(pid);
+    assert_eq!(exited.signal(), Some("SIGKILL"), "{out}");
     assert_eq!(st.code(), Some(1), "a worker failed for good:\n{out}");
+}
+
+/// The text format, which people read: each worker line (stdout, stderr, and the unfinished
+/// last one of a worker that dies) is prefixed `worker.N[PID] | `, and every supervisor line
+/// is `multinode | ...`, with `worker.N[PID]` first when it concerns a worker.
+#[test]
+fn text_format_prefixes_every_line() {
+    let mut m = Multinode::serve(&[
+        "-w",
+        "1",
+        "-l",
+        "127.0.0.1:0",
+        "--log-format",
+        "text",
+        "--restart",
+        "never",
+        "--",
+        "/bin/sh",
+        "-c",
+        r#"echo "out $$"; echo "err $$" >&2; printf "last $$"; kill -9 $$"#,
+    ]);
+    let st = m.wait_exit();
+    let out = m.output();
+    assert_eq!(st.code(), Some(1), "a worker failed for good:\n{out}");
+    // The worker's own pid, from what it printed.
+    let line = m.wait_line("the worker's stdout line", |l| l.contains(" | out "));
+    let pid: i32 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let lines = m.lines();
+    for what in ["out", "err", "last"] {
+        let want = format!("worker.0[{pid}] | {what} {pid}");
+        assert!(lines.contains(&want), "no line {want:?}:\n{out}");
+    }
+    for l in &lines {
+        assert!(
+            l.starts_with("multinode | ") || l.starts_with(&format!("worker.0[{pid}] | ")),
+            "a line with neither prefix: {l:?}\n{out}"
+        );
+    }
+    let about_it = format!("multinode | worker.0[{pid}] ");
+    assert!(
+        lines.iter().any(|l| l.starts_with(&about_it)),
+        "no supervisor line names worker.0[{pid}]:\n{out}"
+    );
 }
 
 #[test]
@@ -729,13 +734,15 @@ fn json_log_format() {
 /// reparented to it and still drains its workers on SIGTERM.
 #[test]
 fn as_pid_1_it_reaps_orphans_and_stops_cleanly() {
-    if !is_root()
-        || std::process::Command::new("unshare")
-            .arg("--version")
-            .output()
-            .is_err()
+    if !require(is_root(), "needs root for a PID namespace")
+        || !require(
+            std::process::Command::new("unshare")
+                .arg("--version")
+                .output()
+                .is_ok(),
+            "unshare(1) is not installed (Debian package util-linux)",
+        )
     {
-        eprintln!("skipped: needs root and unshare(1) for a PID namespace");
         return;
     }
     let hello = worker_bin("hello");
@@ -744,16 +751,16 @@ fn as_pid_1_it_reaps_orphans_and_stops_cleanly() {
     let mut cmd = std::process::Command::new("unshare");
     cmd.args(["--pid", "--fork", "--mount-proc"])
         .arg(multinode_bin())
-        .args([
-            "serve",
-            "--name",
-            &unique_name(),
+        .args(serve_args(&[
             "-w",
             "2",
             "-l",
             "127.0.0.1:0",
-        ])
-        .args(["--", "/bin/sh", "-c", &script]);
+            "--",
+            "/bin/sh",
+            "-c",
+            &script,
+        ]));
     let mut m = Multinode::spawn(cmd);
     // The pids multinode prints are its namespace's, not ours.
     m.kill_workers = false;
@@ -799,11 +806,8 @@ fn as_pid_1_it_reaps_orphans_and_stops_cleanly() {
     let st = m.wait_exit();
     end.0 = None;
     assert_eq!(st.code(), Some(0), "{}", m.output());
-    assert!(
-        m.output().contains("exiting with status 0"),
-        "{}",
-        m.output()
-    );
+    let exit = m.wait_event("exit", |_| true);
+    assert_eq!(exit.i64("status"), Some(0), "{}", m.output());
 }
 
 #[test]
@@ -829,7 +833,11 @@ fn restart_policies_decide_what_comes_back() {
         "nothing restarted: {}",
         m.output()
     );
-    assert!(!m.output().contains("restarting in"), "{}", m.output());
+    assert!(
+        m.events("exited").iter().all(|e| e.restart_in().is_none()),
+        "{}",
+        m.output()
+    );
 
     // never: a failure is not restarted either, and the exit status says one failed.
     let mut m = Multinode::serve(&[
@@ -846,7 +854,11 @@ fn restart_policies_decide_what_comes_back() {
     ]);
     assert_eq!(m.wait_exit().code(), Some(1), "{}", m.output());
     assert_eq!(m.worker_pids().len(), 1, "{}", m.output());
-    assert!(m.output().contains("exited with code 3"), "{}", m.output());
+    assert!(
+        m.events("exited").iter().any(|e| e.code() == Some(3)),
+        "{}",
+        m.output()
+    );
 }
 
 #[test]
@@ -869,13 +881,12 @@ fn sigquit_and_a_second_sigterm_stop_at_once() {
         );
         m.signal(first);
         if let Some(sig) = second {
-            m.wait_line("the graceful stop", |l| l.contains("stopping 2 worker(s)"));
+            m.wait_event("stopping", |e| e.workers() == Some(2));
             m.signal(sig);
-            m.wait_line("the fast stop", |l| {
-                l.contains("again: killing every worker now")
-            });
+            // The fast stop: `kill` naming the signal (the --grace kill names none).
+            m.wait_event("kill", |e| e.signal() == Some("SIGTERM"));
         } else {
-            m.wait_line("the fast stop", |l| l.contains("SIGQUIT: fast stop"));
+            m.wait_event("kill", |e| e.signal() == Some("SIGQUIT"));
         }
         // Long before --grace 5m: the workers were killed, so the status is 1.
         assert_eq!(m.wait_exit().code(), Some(1), "{}", m.output());

@@ -2,6 +2,7 @@
 //! its output, and kills everything it started when the test ends, pass or fail.
 #![allow(dead_code)]
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -105,34 +106,187 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// A running `multinode`, its output collected line by line. Dropping it SIGKILLs the
-/// supervisor (workers follow through their parent-death signal) and any worker it reported.
+/// One line of multinode's output, parsed. With `--log-format json` (the harness's default)
+/// every line multinode prints is one JSON object: a supervisor event (`source` `multinode`,
+/// with `event`, `level`, the worker's `slot` and `pid` when it concerns one, and the event's
+/// own fields) or a line of a worker's output (`source` `worker`, `slot`, `pid`, `stream`,
+/// `msg`). Any other line (the text format, an error printed before the log was set up, the
+/// output of a wrapper such as systemd-socket-activate) has `source` `text` and is `msg`.
+#[derive(Clone, Debug)]
+pub struct Event {
+    /// Position among all the lines read (stdout and stderr are read by two threads, so only
+    /// lines of one stream keep their relative order: events and workers' stderr).
+    pub seq: usize,
+    /// `multinode`, `worker` or `text`.
+    pub source: String,
+    /// The event kind (`started`, `exited`, ...); [`OUTPUT`] for a line of worker output;
+    /// empty for a text line.
+    pub event: String,
+    pub level: String,
+    pub slot: Option<u32>,
+    pub pid: Option<i32>,
+    /// `stdout` or `stderr`, for worker output.
+    pub stream: Option<String>,
+    pub msg: String,
+    /// The whole object (Null for a text line), for fields without an accessor.
+    pub json: serde_json::Value,
+    pub raw: String,
+}
+
+/// The kind the harness gives a line of worker output (`source` `worker`): `wait_event(OUTPUT, ..)`.
+pub const OUTPUT: &str = "output";
+
+impl Event {
+    fn parse(seq: usize, raw: String) -> Event {
+        let json: serde_json::Value = match serde_json::from_str(&raw) {
+            Ok(v @ serde_json::Value::Object(_)) => v,
+            _ => serde_json::Value::Null,
+        };
+        let s = |k: &str| json.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        let source = if json.is_null() {
+            "text".to_string()
+        } else {
+            s("source").unwrap_or_default()
+        };
+        let event = match source.as_str() {
+            "worker" => OUTPUT.to_string(),
+            _ => s("event").unwrap_or_default(),
+        };
+        Event {
+            seq,
+            event,
+            level: s("level").unwrap_or_default(),
+            slot: json.get("slot").and_then(|v| v.as_u64()).map(|v| v as u32),
+            pid: json.get("pid").and_then(|v| v.as_i64()).map(|v| v as i32),
+            stream: s("stream"),
+            msg: if json.is_null() {
+                raw.clone()
+            } else {
+                s("msg").unwrap_or_default()
+            },
+            source,
+            json,
+            raw,
+        }
+    }
+
+    /// Whether this is a supervisor event of `kind`, or (for [`OUTPUT`]) a worker's line.
+    pub fn is(&self, kind: &str) -> bool {
+        match kind {
+            OUTPUT => self.source == "worker",
+            _ => self.source == "multinode" && self.event == kind,
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&serde_json::Value> {
+        self.json.get(key)
+    }
+    pub fn str(&self, key: &str) -> Option<&str> {
+        self.get(key)?.as_str()
+    }
+    pub fn u64(&self, key: &str) -> Option<u64> {
+        self.get(key)?.as_u64()
+    }
+    pub fn i64(&self, key: &str) -> Option<i64> {
+        self.get(key)?.as_i64()
+    }
+    pub fn bool(&self, key: &str) -> Option<bool> {
+        self.get(key)?.as_bool()
+    }
+    fn ms(&self, key: &str) -> Option<Duration> {
+        self.u64(key).map(Duration::from_millis)
+    }
+
+    /// `started`, `reload`, `reloaded`, `reload-failed`: the generation.
+    pub fn generation(&self) -> Option<u64> {
+        self.u64("generation")
+    }
+    /// `exited`: the exit code (None when killed by a signal).
+    pub fn code(&self) -> Option<i32> {
+        self.i64("code").map(|c| c as i32)
+    }
+    /// `exited`: the signal that ended the worker (`SIGKILL`); `kill`, `stopping`: the signal.
+    pub fn signal(&self) -> Option<&str> {
+        self.str("signal")
+    }
+    /// `exited`: the delay before the restart (None: not restarted).
+    pub fn restart_in(&self) -> Option<Duration> {
+        self.ms("restart_in_ms")
+    }
+    /// `exited`: how long the worker ran.
+    pub fn uptime(&self) -> Option<Duration> {
+        self.ms("uptime_ms")
+    }
+    /// `ready`: `notify` (READY=1) or `delay`.
+    pub fn via(&self) -> Option<&str> {
+        self.str("via")
+    }
+    /// `reload`, `reloaded`, `reload-failed`, `scale`, `stopping`: what caused it.
+    pub fn why(&self) -> Option<&str> {
+        self.str("why")
+    }
+    /// `scale`, `stopping`, `reload`, `kill`: a number of workers.
+    pub fn workers(&self) -> Option<u64> {
+        self.u64("workers")
+    }
+    /// `kill`, `stopping`: the --grace in force.
+    pub fn grace(&self) -> Option<Duration> {
+        self.ms("grace_ms")
+    }
+    /// `reload-failed`: why the reload failed (text for people).
+    pub fn reason(&self) -> Option<&str> {
+        self.str("reason")
+    }
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.raw)
+    }
+}
+
+/// `multinode serve` arguments as the harness passes them: `--log-format json` unless `args`
+/// choose a format, and a unique `--name` unless they name the service or its control socket
+/// (or a config file does): tests run in parallel, and two supervisors may not share a control
+/// socket. For tests that start multinode through another program (setpriv, unshare, ...).
+pub fn serve_args(args: &[&str]) -> Vec<String> {
+    let mut v = vec!["serve".to_string()];
+    // Only multinode's own options count, not the worker command's after `--`.
+    let own: Vec<&str> = args.iter().copied().take_while(|a| *a != "--").collect();
+    let has = |opts: &[&str]| {
+        own.iter().any(|a| {
+            opts.iter()
+                .any(|o| a == o || a.starts_with(&format!("{o}=")))
+        })
+    };
+    if !has(&["--name", "--control", "--config", "-c"]) {
+        v.extend(["--name".to_string(), unique_name()]);
+    }
+    if !has(&["--log-format"]) {
+        v.extend(["--log-format".to_string(), "json".to_string()]);
+    }
+    v.extend(args.iter().map(|a| a.to_string()));
+    v
+}
+
+/// A running `multinode`, its output collected and parsed line by line. Dropping it SIGKILLs
+/// the supervisor (workers follow through their parent-death signal) and any worker it
+/// reported.
 pub struct Multinode {
     pub child: Option<Child>,
     pub pid: i32,
     /// Whether Drop also SIGKILLs the worker groups it saw start. Off when the pids printed
     /// belong to another PID namespace and mean other processes here.
     pub kill_workers: bool,
-    lines: Arc<Mutex<Vec<String>>>,
+    lines: Arc<Mutex<Vec<Event>>>,
     readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Multinode {
-    /// `multinode serve <args>` with output captured. Unless the args name the service or
-    /// its control socket (or a config file does), each run gets a unique `--name`: tests run
-    /// in parallel, and two supervisors may not share a control socket.
+    /// `multinode serve <args>` (see [`serve_args`]) with output captured.
     pub fn serve(args: &[&str]) -> Multinode {
         let mut cmd = Command::new(multinode_bin());
-        cmd.arg("serve");
-        // Only multinode's own options count, not the worker command's after `--`.
-        let own = args.iter().take_while(|a| **a != "--");
-        let named = own
-            .into_iter()
-            .any(|a| ["--name", "--control", "--config", "-c"].contains(a));
-        if !named {
-            cmd.args(["--name", &unique_name()]);
-        }
-        cmd.args(args);
+        cmd.args(serve_args(args));
         Self::spawn(cmd)
     }
 
@@ -154,7 +308,9 @@ impl Multinode {
                     if std::env::var_os("MULTINODE_TEST_ECHO").is_some() {
                         eprintln!("[{tag}] {line}");
                     }
-                    lines.lock().unwrap().push(line);
+                    let mut lines = lines.lock().unwrap();
+                    let seq = lines.len();
+                    lines.push(Event::parse(seq, line));
                 }
             }));
         }
@@ -168,72 +324,187 @@ impl Multinode {
         }
     }
 
-    pub fn lines(&self) -> Vec<String> {
+    /// Every line so far, parsed, in the order read.
+    pub fn all_events(&self) -> Vec<Event> {
         self.lines.lock().unwrap().clone()
+    }
+
+    /// The events of `kind` so far ([`OUTPUT`]: the workers' output lines).
+    pub fn events(&self, kind: &str) -> Vec<Event> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.is(kind))
+            .cloned()
+            .collect()
+    }
+
+    /// The raw lines so far (for tests of the text format, and lines that are not JSON).
+    pub fn lines(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.raw.clone())
+            .collect()
     }
 
     pub fn output(&self) -> String {
         self.lines().join("\n")
     }
 
-    /// Waits until a line satisfies `pred`; returns it. Panics with the output on timeout.
-    pub fn wait_line(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        self.wait_line_within(DEADLINE, what, pred)
+    /// Waits until an event of `kind` satisfies `pred`; returns it. Panics with the output on
+    /// timeout.
+    #[track_caller]
+    pub fn wait_event(&self, kind: &str, pred: impl Fn(&Event) -> bool) -> Event {
+        self.wait_event_within(DEADLINE, kind, pred)
     }
 
-    pub fn wait_line_within(&self, d: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    #[track_caller]
+    pub fn wait_event_within(
+        &self,
+        d: Duration,
+        kind: &str,
+        pred: impl Fn(&Event) -> bool,
+    ) -> Event {
+        match self.wait_for(d, |all| all.iter().find(|e| e.is(kind) && pred(e)).cloned()) {
+            Some(e) => e,
+            None => panic!(
+                "timed out waiting for a `{kind}` event; output so far:\n{}",
+                self.output()
+            ),
+        }
+    }
+
+    /// Waits until `n` events of `kind` satisfy `pred`; returns all those seen then.
+    #[track_caller]
+    pub fn wait_events(&self, kind: &str, n: usize, pred: impl Fn(&Event) -> bool) -> Vec<Event> {
+        let got = self.wait_for(DEADLINE, |all| {
+            let got: Vec<Event> = all
+                .iter()
+                .filter(|e| e.is(kind) && pred(e))
+                .cloned()
+                .collect();
+            (got.len() >= n).then_some(got)
+        });
+        match got {
+            Some(got) => got,
+            None => panic!(
+                "timed out waiting for {n} `{kind}` events (have {}); output:\n{}",
+                self.events(kind).iter().filter(|e| pred(e)).count(),
+                self.output()
+            ),
+        }
+    }
+
+    /// Waits until any event (of any kind, or a text line) satisfies `pred`: for a choice
+    /// between kinds. `what` names it in the timeout message.
+    #[track_caller]
+    pub fn wait_any(&self, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
+        match self.wait_for(DEADLINE, |all| all.iter().find(|e| pred(e)).cloned()) {
+            Some(e) => e,
+            None => panic!(
+                "timed out waiting for {what}; output so far:\n{}",
+                self.output()
+            ),
+        }
+    }
+
+    /// Waits until a line of worker output satisfies `pred`.
+    #[track_caller]
+    pub fn wait_output(&self, pred: impl Fn(&Event) -> bool) -> Event {
+        self.wait_event(OUTPUT, pred)
+    }
+
+    /// Polls the lines read so far until `f` finds something, or the deadline.
+    fn wait_for<T>(&self, d: Duration, f: impl Fn(&[Event]) -> Option<T>) -> Option<T> {
         let end = Instant::now() + d;
         loop {
-            if let Some(l) = self.lines().into_iter().find(|l| pred(l)) {
-                return l;
+            if let Some(t) = f(&self.lines.lock().unwrap()) {
+                return Some(t);
             }
             if Instant::now() > end {
-                panic!(
-                    "timed out waiting for {what}; output so far:\n{}",
-                    self.output()
-                );
+                return None;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    /// Waits until `n` lines satisfy `pred`.
-    pub fn wait_count(&self, what: &str, n: usize, pred: impl Fn(&str) -> bool) -> Vec<String> {
-        let end = Instant::now() + DEADLINE;
-        loop {
-            let got: Vec<String> = self.lines().into_iter().filter(|l| pred(l)).collect();
-            if got.len() >= n {
-                return got;
-            }
-            if Instant::now() > end {
-                panic!(
-                    "timed out waiting for {n} x {what} (have {}); output:\n{}",
-                    got.len(),
-                    self.output()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+    /// Waits until a raw line satisfies `pred`; returns it. For the text format and lines
+    /// that are not multinode's JSON.
+    #[track_caller]
+    pub fn wait_line(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        match self.wait_for(DEADLINE, |all| {
+            all.iter().find(|e| pred(&e.raw)).map(|e| e.raw.clone())
+        }) {
+            Some(l) => l,
+            None => panic!(
+                "timed out waiting for {what}; output so far:\n{}",
+                self.output()
+            ),
         }
     }
 
-    /// The address printed for socket `name` ("listening on NAME ADDR (fd N)").
+    /// The address multinode reports for socket `name` (its `listening` event).
+    #[track_caller]
     pub fn addr(&self, name: &str) -> String {
-        let prefix = format!("listening on {name} ");
-        let line = self.wait_line(&prefix, |l| l.contains(&prefix));
-        let rest = &line[line.find(&prefix).unwrap() + prefix.len()..];
-        rest.split_whitespace().next().unwrap().to_string()
+        let e = self.wait_event("listening", |e| e.str("name") == Some(name));
+        e.str("addr").expect("listening: addr").to_string()
     }
 
+    #[track_caller]
     pub fn tcp_addr(&self, name: &str) -> SocketAddr {
         self.addr(name).parse().expect("a TCP address")
     }
 
-    /// Waits until `n` workers have reported `started`; returns their pids.
+    /// Waits until `n` workers have been reported `started`; returns the pids of all started
+    /// so far, in order.
+    #[track_caller]
     pub fn wait_started(&self, n: usize) -> Vec<i32> {
-        self.wait_count("worker started", n, |l| l.contains("] started"))
+        self.wait_events("started", n, |_| true)
             .iter()
-            .map(|l| worker_pid(l).expect("pid in started line"))
+            .map(|e| e.pid.expect("started: pid"))
             .collect()
+    }
+
+    /// Waits for a `started` event of `slot` whose pid is not in `old`; returns the pid.
+    #[track_caller]
+    pub fn wait_started_in_slot(&self, slot: u32, old: &[i32]) -> i32 {
+        self.wait_event("started", |e| {
+            e.slot == Some(slot) && e.pid.is_some_and(|p| !old.contains(&p))
+        })
+        .pid
+        .unwrap()
+    }
+
+    /// slot → pid of the newest worker started for each slot.
+    pub fn slot_pids(&self) -> BTreeMap<u32, i32> {
+        self.events("started")
+            .iter()
+            .filter_map(|e| Some((e.slot?, e.pid?)))
+            .collect()
+    }
+
+    /// The pids started for `generation`.
+    pub fn generation_pids(&self, generation: u64) -> BTreeSet<i32> {
+        self.events("started")
+            .iter()
+            .filter(|e| e.generation() == Some(generation))
+            .filter_map(|e| e.pid)
+            .collect()
+    }
+
+    /// The `exited` event of worker `pid`, once there is one.
+    #[track_caller]
+    pub fn wait_exited(&self, pid: i32) -> Event {
+        self.wait_event("exited", |e| e.pid == Some(pid))
+    }
+
+    /// Waits until `n` workers are ready (`ready` events).
+    #[track_caller]
+    pub fn wait_ready(&self, n: usize) -> Vec<Event> {
+        self.wait_events("ready", n, |_| true)
     }
 
     pub fn signal(&self, sig: i32) {
@@ -261,6 +532,7 @@ impl Multinode {
         }
     }
 
+    #[track_caller]
     pub fn wait_exit(&mut self) -> ExitStatus {
         match self.wait_exit_within(DEADLINE) {
             Some(st) => st,
@@ -270,10 +542,9 @@ impl Multinode {
 
     /// Every worker pid the supervisor reported starting.
     pub fn worker_pids(&self) -> Vec<i32> {
-        self.lines()
+        self.events("started")
             .iter()
-            .filter(|l| l.contains("] started"))
-            .filter_map(|l| worker_pid(l))
+            .filter_map(|e| e.pid)
             .collect()
     }
 }
@@ -284,15 +555,31 @@ impl Drop for Multinode {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for pid in self.worker_pids().into_iter().filter(|_| self.kill_workers) {
+        let all = self.all_events();
+        // The workers it started: from `started` events, or in the text format from
+        // `multinode | worker.N[PID] started` lines.
+        let pids = all.iter().filter_map(|e| match e.source.as_str() {
+            "multinode" if e.event == "started" => e.pid,
+            "text" if e.raw.starts_with("multinode | ") && e.raw.contains("] started") => {
+                worker_pid(&e.raw)
+            }
+            _ => None,
+        });
+        for pid in pids.filter(|_| self.kill_workers) {
             // SAFETY: kill has no memory preconditions. The group may be gone already.
             unsafe { libc::kill(-pid, libc::SIGKILL) };
         }
         // The control and notify sockets' directories: a SIGKILLed supervisor leaves them.
-        for what in ["control socket ", "notify socket "] {
-            if let Some(line) = self.lines().iter().find(|l| l.contains(what)) {
-                let path = Path::new(line.rsplit(what).next().unwrap_or_default().trim());
-                let _ = std::fs::remove_file(path);
+        for (kind, text) in [("control", "control socket "), ("notify", "notify socket ")] {
+            let path = all.iter().find_map(|e| match e.source.as_str() {
+                "multinode" if e.event == kind => e.str("path").map(PathBuf::from),
+                "text" if e.raw.starts_with("multinode | ") && e.raw.contains(text) => {
+                    e.raw.rsplit(text).next().map(|p| PathBuf::from(p.trim()))
+                }
+                _ => None,
+            });
+            if let Some(path) = path {
+                let _ = std::fs::remove_file(&path);
                 if let Some(dir) = path.parent() {
                     let _ = std::fs::remove_dir(dir);
                 }
@@ -308,7 +595,7 @@ pub fn unique_name() -> String {
     format!("mn-test-{}-{n}", std::process::id())
 }
 
-/// The pid in `worker.N[PID]`.
+/// The pid in `worker.N[PID]` (the text format's prefix).
 pub fn worker_pid(line: &str) -> Option<i32> {
     let start = line.find("worker.")?;
     let rest = &line[start..];
@@ -317,7 +604,7 @@ pub fn worker_pid(line: &str) -> Option<i32> {
     rest[open + 1..close].parse().ok()
 }
 
-/// The slot in `worker.N[PID]`.
+/// The slot in `worker.N[PID]` (the text format's prefix).
 pub fn worker_slot(line: &str) -> Option<u32> {
     let start = line.find("worker.")? + "worker.".len();
     let rest = &line[start..];
@@ -549,4 +836,43 @@ pub fn run(mut cmd: Command) -> std::process::Output {
     let _ = done.send(());
     let _ = killer.join();
     out
+}
+
+/// Whether a test that needs something this machine may lack (a tool, root, a venv) can run.
+/// `have`: it is there. Otherwise, under `CI=true` (where `.ci/run` installs everything) the
+/// test fails; elsewhere it says `SKIPPED <test>: <why>` on the terminal and the caller returns.
+///
+/// ```ignore
+/// if !require(zsh_installed, "zsh is not installed (.ci/run installs it)") {
+///     return;
+/// }
+/// ```
+#[track_caller]
+pub fn require(have: bool, why: &str) -> bool {
+    if !have {
+        skip(why);
+    }
+    have
+}
+
+/// Reports that (part of) the calling test cannot run: a failure under `CI=true`, else a
+/// `SKIPPED` line that `cargo test` shows even for a passing test. libtest captures what
+/// `print!`/`eprint!` write and shows it only for failing tests, so this writes to the
+/// process's stderr itself, past the capture.
+#[track_caller]
+pub fn skip(why: &str) {
+    let at = std::panic::Location::caller();
+    let thread = std::thread::current();
+    // libtest runs each test on a thread named after it (unless tests run on the main thread).
+    let test = match thread.name() {
+        Some(n) if n != "main" => n.to_string(),
+        _ => format!("{}:{}", at.file(), at.line()),
+    };
+    if std::env::var_os("CI").is_some_and(|v| v == "true") {
+        panic!(
+            "{test} cannot run: {why}; under CI=true every test must run (.ci/run installs what they need)"
+        );
+    }
+    let line = format!("SKIPPED {test}: {why}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }

@@ -36,13 +36,14 @@
 //!
 //! HTTP/1.1 with keep-alive, one thread per connection; bodies with
 //! `Content-Length` are read and dropped, chunked ones get `501` and the
-//! connection closes. SIGTERM (how multinode drains a worker) or SIGINT:
+//! connection closes (requests are read and parsed by the `mini-http` crate,
+//! examples/http; a malformed one gets its status and the connection closes). SIGTERM (how multinode drains a worker) or SIGINT:
 //! stop accepting (after taking the connections already routed here),
 //! finish the requests in flight, close idle connections, exit 0.
 
 use std::collections::HashMap;
 use std::error::Error;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::Shutdown;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,11 +51,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
 
+use mini_http::{Input, parse_head, reason};
 use multinode_worker::{Connection, Listener, PeerAddr, Stop};
 
 const DEFAULT_ADDR: &str = "127.0.0.1:8080";
-/// The largest request head accepted.
-const MAX_HEAD: usize = 16 * 1024;
 /// How long a keep-alive connection may stay silent.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a new connection may take to send its first request.
@@ -235,7 +235,7 @@ impl Worker {
     }
 
     fn serve(&self, id: u64, conn: Connection, client: &str) {
-        let mut buf = Vec::new();
+        let mut input = Input::new(&conn);
         let mut first = true;
         loop {
             let timeout = if first {
@@ -244,90 +244,47 @@ impl Worker {
                 IDLE_TIMEOUT
             };
             let _ = conn.set_read_timeout(Some(timeout));
-            if !first && buf.is_empty() && !self.set_idle(id, true) {
+            if !first && input.buffered().is_empty() && !self.set_idle(id, true) {
                 break;
             }
-            let head = read_head(&conn, &mut buf);
+            let head = input.read_head();
             self.set_idle(id, false);
             first = false;
-            match head.and_then(|n| self.answer(&conn, &mut buf, n, client)) {
-                Ok(Next::KeepAlive) => {}
-                Ok(Next::Close) | Err(_) => break,
+            match head {
+                // A head larger than mini_http::MAX_HEAD: close.
+                Ok(None) | Err(_) => break,
+                Ok(Some(n)) => match self.answer(&mut input, n, client) {
+                    Ok(Next::KeepAlive) => {}
+                    Ok(Next::Close) | Err(_) => break,
+                },
             }
         }
         drop(conn);
         self.untrack(id);
     }
 
-    /// Answers the request whose head is the first `head_len` bytes of `buf`.
+    /// Answers the request whose head is the first `head_len` bytes buffered.
     fn answer(
         &self,
-        conn: &Connection,
-        buf: &mut Vec<u8>,
+        input: &mut Input<&Connection>,
         head_len: usize,
         client: &str,
     ) -> io::Result<Next> {
-        let head = String::from_utf8_lossy(&buf[..head_len]).into_owned();
-        buf.drain(..head_len);
-        let mut lines = head.lines();
-        let mut parts = lines.next().unwrap_or_default().split(' ');
-        let (Some(_method), Some(_target), Some(version), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return respond(conn, "400 Bad Request", "bad request line\n", false, false);
+        let conn = *input.get_ref();
+        let parsed = parse_head(&input.buffered()[..head_len]);
+        input.consume(head_len);
+        let req = match parsed {
+            Ok(req) => req,
+            Err((status, why)) => return respond(conn, status, &format!("{why}\n"), false, false),
         };
-        let http11 = match version {
-            "HTTP/1.1" => true,
-            "HTTP/1.0" => false,
-            _ => {
-                return respond(
-                    conn,
-                    "505 HTTP Version Not Supported",
-                    "HTTP/1.x only\n",
-                    false,
-                    false,
-                );
-            }
-        };
-        let mut keep = http11;
-        let mut length: u64 = 0;
-        for line in lines.take_while(|l| !l.is_empty()) {
-            let Some((name, value)) = line.split_once(':') else {
-                return respond(conn, "400 Bad Request", "bad header line\n", false, false);
-            };
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("connection") {
-                for token in value.split(',').map(str::trim) {
-                    if token.eq_ignore_ascii_case("close") {
-                        keep = false;
-                    } else if token.eq_ignore_ascii_case("keep-alive") {
-                        keep = true;
-                    }
-                }
-            } else if name.eq_ignore_ascii_case("content-length") {
-                match value.parse() {
-                    Ok(n) => length = n,
-                    Err(_) => {
-                        return respond(
-                            conn,
-                            "400 Bad Request",
-                            "bad Content-Length\n",
-                            false,
-                            false,
-                        );
-                    }
-                }
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                return respond(
-                    conn,
-                    "501 Not Implemented",
-                    "chunked bodies\n",
-                    false,
-                    false,
-                );
-            }
+        if req.chunked {
+            return respond(conn, 501, "chunked bodies\n", false, false);
         }
-        discard_body(conn, buf, length)?;
+        let http11 = req.minor == 1;
+        let keep = !req.close && (http11 || req.keep_alive);
+        if let Some(length) = req.content_length {
+            input.discard(length)?;
+        }
 
         let reqno = self.reqno.fetch_add(1, Ordering::SeqCst) + 1;
         let visits = self.visit(client);
@@ -336,7 +293,7 @@ impl Worker {
             self.pid
         );
         let keep = keep && !self.stop.is_requested();
-        respond(conn, "200 OK", &body, keep, !http11)
+        respond(conn, 200, &body, keep, !http11)
     }
 
     /// Counts a request of `client`; its count so far.
@@ -354,50 +311,13 @@ impl Worker {
     }
 }
 
-/// Reads until `buf` holds a whole request head; its length.
-fn read_head(mut conn: &Connection, buf: &mut Vec<u8>) -> io::Result<usize> {
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            return Ok(i + 4);
-        }
-        if buf.len() > MAX_HEAD {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "head too long"));
-        }
-        match conn.read(&mut chunk) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Drops `length` body bytes: those already in `buf`, then from the socket.
-fn discard_body(mut conn: &Connection, buf: &mut Vec<u8>, length: u64) -> io::Result<()> {
-    let buffered = buf.len().min(usize::try_from(length).unwrap_or(usize::MAX));
-    buf.drain(..buffered);
-    let mut left = length - buffered as u64;
-    let mut chunk = [0u8; 8192];
-    while left > 0 {
-        let want = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        match conn.read(&mut chunk[..want]) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => left -= n as u64,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 /// Sends a response, in one write (two small writes would meet Nagle's
 /// algorithm and delayed ACKs). `keep`: the connection stays open for the
 /// next request; `http10`: the request was HTTP/1.0, which keeps it open
 /// only when the response says so.
 fn respond(
     mut conn: &Connection,
-    status: &str,
+    status: u16,
     body: &str,
     keep: bool,
     http10: bool,
@@ -408,7 +328,8 @@ fn respond(
         (true, false) => "",
     };
     let out = format!(
-        "HTTP/1.1 {status}\r\n{connection}Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}",
+        "HTTP/1.1 {status} {}\r\n{connection}Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}",
+        reason(status),
         body.len()
     );
     conn.write_all(out.as_bytes())?;
@@ -418,6 +339,7 @@ fn respond(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
     use std::os::unix::net::UnixStream;
 
     fn worker() -> Arc<Worker> {

@@ -3,10 +3,13 @@
 //! channel (`--route`), so one program can be measured in both modes.
 //!
 //! Every request gets `200` with the body `process=<pid>; worker=<slot>; seq=<seq>` (seq is
-//! the route sequence number, 0 when not routed). `Connection: close` is honoured. One thread
-//! per connection. Sends READY=1 once serving. Route channel wire format: see src/route.rs.
+//! the route sequence number, 0 when not routed). `Connection: close` is honoured; an
+//! HTTP/1.0 request is answered with `Connection: close`. Requests are read and parsed by the
+//! `mini-http` crate (examples/http); a malformed one gets its error status and the connection
+//! closes. One thread per connection. Sends READY=1 once serving. Route channel wire format:
+//! see src/route.rs.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
@@ -138,40 +141,45 @@ fn serve(s: TcpStream, seq: u64) {
         std::process::id(),
         std::env::var("MULTINODE_WORKER_ID").unwrap_or_else(|_| "-".into())
     );
-    let Ok(w) = s.try_clone() else { return };
-    let mut w = std::io::BufWriter::new(w);
-    let mut r = BufReader::new(s);
-    let mut line = String::new();
+    let mut input = mini_http::Input::new(&s);
     loop {
-        line.clear();
-        match r.read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+        let head_len = match input.read_head() {
+            Ok(Some(n)) => n,
+            Ok(None) => return error(&s, 431, "request head too large"),
+            Err(_) => return,
+        };
+        let parsed = mini_http::parse_head(&input.buffered()[..head_len]);
+        input.consume(head_len);
+        let req = match parsed {
+            Ok(req) => req,
+            Err((status, why)) => return error(&s, status, why),
+        };
+        let drained = if req.chunked {
+            matches!(input.discard_chunked(), Ok(Ok(())))
+        } else {
+            input.discard(req.content_length.unwrap_or(0)).is_ok()
+        };
+        if !drained {
+            return;
         }
-        let mut keep = !line.trim_end().ends_with("HTTP/1.0");
-        loop {
-            line.clear();
-            match r.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            let h = line.trim_end().to_ascii_lowercase();
-            if h.is_empty() {
-                break;
-            }
-            if h.starts_with("connection:") && h.contains("close") {
-                keep = false;
-            }
-        }
+        let keep = req.minor == 1 && !req.close;
         let conn = if keep { "keep-alive" } else { "close" };
-        let ok = write!(
-            w,
+        let out = format!(
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: {conn}\r\n\r\n{body}",
             body.len()
-        )
-        .and_then(|_| w.flush());
-        if ok.is_err() || !keep {
+        );
+        if (&s).write_all(out.as_bytes()).is_err() || !keep {
             return;
         }
     }
+}
+
+/// Answers a request it cannot serve, then the connection closes.
+fn error(mut s: &TcpStream, status: u16, why: &str) {
+    let out = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{why}\n",
+        mini_http::reason(status),
+        why.len() + 1
+    );
+    let _ = s.write_all(out.as_bytes());
 }
