@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
+use super::reload::Failure;
 use super::{Action, Core, MAX_WORKERS, Phase, SdNote, Slot};
 use crate::cli::RestartPolicy;
 use crate::config::Mode;
@@ -73,7 +74,12 @@ impl Core {
             .as_ref()
             .is_some_and(|r| r.generation == generation)
         {
-            self.abort_reload(msg, now);
+            let failure = Failure {
+                cause: "start-failed",
+                worker: None,
+                reason: msg,
+            };
+            self.abort_reload(failure, now);
             return;
         }
         if slot as usize >= self.slots.len() || self.phase != Phase::Running {
@@ -172,10 +178,12 @@ impl Core {
         };
         if in_reload {
             self.log(ev(Log::error("exited", what.clone())));
-            self.abort_reload(
-                format!("worker.{}[{}] {what} before it was ready", w.slot, w.pid),
-                now,
-            );
+            let failure = Failure {
+                cause: "exited",
+                worker: Some((w.slot, w.pid)),
+                reason: format!("worker.{}[{}] {what} before it was ready", w.slot, w.pid),
+            };
+            self.abort_reload(failure, now);
             return;
         }
         let gone = w.slot as usize >= self.slots.len();
@@ -255,7 +263,12 @@ impl Core {
             .as_ref()
             .is_some_and(|r| r.generation == generation && r.in_flight.contains(&slot));
         if in_reload {
-            self.abort_reload(format!("worker.{slot}[{pid}] {msg}"), now);
+            let failure = Failure {
+                cause: "not-ready",
+                worker: Some((slot, pid)),
+                reason: format!("worker.{slot}[{pid}] {msg}"),
+            };
+            self.abort_reload(failure, now);
             return;
         }
         self.log(

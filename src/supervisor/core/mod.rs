@@ -238,6 +238,8 @@ pub struct Core {
     rereading: Option<String>,
     /// `--watch`: reload once nothing changed until then; the first path that changed.
     watch_at: Option<(Instant, String)>,
+    /// The changed path behind the reload being asked for, for its event.
+    watch_path: Option<String>,
     phase: Phase,
     /// A spawn was asked for and its answer is not in yet.
     spawning: bool,
@@ -273,6 +275,7 @@ impl Core {
             reload: None,
             rereading: None,
             watch_at: None,
+            watch_path: None,
             phase: Phase::Running,
             spawning: false,
             jitter,
@@ -327,6 +330,7 @@ impl Core {
                     "internal",
                     format!("{msg}; killing every worker and exiting"),
                 ));
+                self.log(Log::warn("kill", "killing every worker").with("why", "internal"));
                 self.exit = self.exit.worst(Exit::Internal);
                 self.kill_all();
             }
@@ -414,14 +418,16 @@ impl Core {
                         "kill",
                         format!("{} again: killing every worker now", sig.name()),
                     )
-                    .with("signal", sig.name()),
+                    .with("signal", sig.name())
+                    .with("why", "signal-again"),
                 );
                 self.kill_all();
             }
             Sig::Quit => {
                 self.log(
                     Log::warn("kill", "SIGQUIT: fast stop, killing every worker now")
-                        .with("signal", "SIGQUIT"),
+                        .with("signal", "SIGQUIT")
+                        .with("why", "fast-stop"),
                 );
                 self.kill_all();
             }
@@ -466,6 +472,7 @@ impl Core {
         if self.phase == Phase::Running {
             if let Some((at, path)) = self.watch_at.take() {
                 if at <= now {
+                    self.watch_path = Some(path.clone());
                     self.request_reload(format!("change in {path}"));
                 } else {
                     self.watch_at = Some((at, path));
@@ -484,6 +491,7 @@ impl Core {
                         ),
                     )
                     .with("workers", left)
+                    .with("why", "grace")
                     .with("grace_ms", self.rt.grace.as_millis() as u64),
                 );
                 self.kill_all();
@@ -541,6 +549,7 @@ impl Core {
                 ),
             )
             .worker(slot, pid.as_raw())
+            .with("why", "grace")
             .with("grace_ms", self.rt.grace.as_millis() as u64),
         );
         self.signal(pid, sig);

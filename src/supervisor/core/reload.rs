@@ -23,6 +23,15 @@ use crate::log::Event as Log;
 use crate::supervisor::backoff::Budget;
 use crate::supervisor::worker::{Leave, later};
 
+/// Why a roll was abandoned.
+pub(super) struct Failure {
+    /// `exited`, `not-ready` or `start-failed`.
+    pub(super) cause: &'static str,
+    /// The new worker that failed, if one ran.
+    pub(super) worker: Option<(u32, nix::unistd::Pid)>,
+    pub(super) reason: String,
+}
+
 #[derive(Debug)]
 pub(super) struct Reload {
     pub(super) generation: u64,
@@ -48,6 +57,7 @@ impl Core {
     /// The config file was read again (or there is none): begin the roll.
     pub(super) fn config_read(&mut self, result: Result<Option<Reread>, String>, now: Instant) {
         let why = self.rereading.take().unwrap_or_else(|| "reload".into());
+        let path = self.watch_path.take();
         if self.phase != Phase::Running {
             return;
         }
@@ -72,6 +82,7 @@ impl Core {
                 self.log(
                     Log::error("reload-failed", msg)
                         .with("why", why.as_str())
+                        .with("cause", "config")
                         .with("reason", e.as_str()),
                 );
                 self.reload_finished(Err(e));
@@ -113,19 +124,21 @@ impl Core {
             self.budget = Budget::new(self.rt.max_restarts);
             self.scale_to(workers, "config reload", now);
         }
-        self.log(
-            Log::info(
-                "reload",
-                format!(
-                    "{why}: rolling {} worker(s) over to generation {generation}, {} at a time",
-                    self.rt.workers, self.rt.reload_parallel
-                ),
-            )
-            .with("why", why.as_str())
-            .with("generation", generation)
-            .with("workers", self.rt.workers)
-            .with("parallel", self.rt.reload_parallel),
-        );
+        let mut ev = Log::info(
+            "reload",
+            format!(
+                "{why}: rolling {} worker(s) over to generation {generation}, {} at a time",
+                self.rt.workers, self.rt.reload_parallel
+            ),
+        )
+        .with("why", why.as_str())
+        .with("generation", generation)
+        .with("workers", self.rt.workers)
+        .with("parallel", self.rt.reload_parallel);
+        if let Some(path) = path {
+            ev = ev.with("path", path);
+        }
+        self.log(ev);
     }
 
     /// Moves the roll on: drains the old worker of every slot whose new worker is ready,
@@ -219,22 +232,30 @@ impl Core {
     }
 
     /// Stops the roll; old workers of the slots not yet replaced keep serving.
-    pub(super) fn abort_reload(&mut self, reason: String, now: Instant) {
+    pub(super) fn abort_reload(&mut self, failure: Failure, now: Instant) {
         let Some(r) = self.reload.take() else { return };
+        let Failure {
+            cause,
+            worker,
+            reason,
+        } = failure;
         self.cancel_in_flight(&r, now);
         let kept = self.rt.workers.saturating_sub(r.replaced);
         let msg = format!(
             "reload to generation {} failed: {reason}; {kept} worker(s) keep serving the previous generation, {} run the new one",
             r.generation, r.replaced
         );
-        self.log(
-            Log::error("reload-failed", msg.clone())
-                .with("why", r.why.as_str())
-                .with("reason", reason.as_str())
-                .with("generation", r.generation)
-                .with("replaced", r.replaced)
-                .with("kept", kept),
-        );
+        let mut ev = Log::error("reload-failed", msg.clone())
+            .with("why", r.why.as_str())
+            .with("cause", cause)
+            .with("reason", reason.as_str())
+            .with("generation", r.generation)
+            .with("replaced", r.replaced)
+            .with("kept", kept);
+        if let Some((slot, pid)) = worker {
+            ev = ev.worker(slot, pid.as_raw());
+        }
+        self.log(ev);
         self.reload_finished(Err(msg));
     }
 

@@ -555,6 +555,7 @@ fn a_new_worker_that_misses_its_ready_timeout_rolls_the_reload_back() {
     );
     let failed = s.events("reload-failed");
     assert_eq!(Sim::field(failed[0], "kept"), 2);
+    assert_eq!(Sim::field(failed[0], "cause"), "not-ready");
     assert!(matches!(s.reply_to(4), Some(Reply::Failed { .. })));
     s.obey(Signal::SIGTERM);
     s.advance(SEC);
@@ -573,6 +574,8 @@ fn a_new_worker_that_crashes_mid_roll_aborts_and_the_old_generation_keeps_servin
     s.exit(new1, 1);
     let failed = s.events("reload-failed");
     assert_eq!(failed.len(), 1);
+    assert_eq!(Sim::field(failed[0], "cause"), "exited");
+    assert_eq!(failed[0].pid, Some(new1.as_raw()));
     assert_eq!(Sim::field(failed[0], "replaced"), 1);
     assert_eq!(Sim::field(failed[0], "kept"), 2);
     assert_eq!(s.generations(), [1, 1, 2], "slot 0 keeps its new worker");
@@ -713,6 +716,7 @@ fn file_changes_become_one_reload_after_the_debounce() {
     let reload = s.events("reload");
     assert_eq!(reload.len(), 1);
     assert_eq!(Sim::field(reload[0], "why"), "change in /src/f0");
+    assert_eq!(Sim::field(reload[0], "path"), "/src/f0");
 }
 
 // ---- stopping -------------------------------------------------------------------------------
