@@ -1032,3 +1032,86 @@ fn systemd_notifications_follow_readiness_reload_and_stop() {
     let st = m.wait_exit();
     assert_eq!(st.code(), Some(0), "{}", m.output());
 }
+
+/// A reload re-reads the config file: a changed `log-format` takes effect at once, and a
+/// changed option that only a restart applies is named, never silently ignored.
+#[test]
+fn a_reload_applies_log_format_and_names_what_needs_a_restart() {
+    let s = Scratch::new("reload-format");
+    let name = unique_name();
+    let cfg = s.path("multinode.toml");
+    let text = reload_config(
+        &name,
+        &format!("\"{}\"", hello()),
+        "log-format = \"text\"\n",
+    );
+    write(&cfg, &text);
+    // Not through `Multinode::serve`: it would choose the format on the command line, which
+    // wins over the file.
+    let mut cmd = Command::new(multinode_bin());
+    cmd.args(["serve", "--config", cfg.to_str().unwrap()]);
+    let m = Multinode::spawn(cmd);
+    m.wait_line("text output", |l| {
+        l.starts_with("multinode | ") && l.contains("started")
+    });
+    assert!(m.events("started").is_empty(), "JSON before the reload");
+
+    let json = text
+        .replace("log-format = \"text\"", "log-format = \"json\"")
+        .replace("127.0.0.1:0", "127.0.0.1:1");
+    write(&cfg, &json);
+    m.signal(libc::SIGHUP);
+    let restart = m.wait_event("reload-needs-restart", |_| true);
+    assert_eq!(
+        restart.get("keys"),
+        Some(&serde_json::json!(["listen"])),
+        "{restart}"
+    );
+    m.wait_event("reloaded", |e| e.generation() == Some(2));
+}
+
+/// The supervisor never waits for a control client: one that sends half a request and goes
+/// quiet holds up neither other clients nor a reload, and is dropped after a while; one that
+/// sends garbage gets an error.
+#[test]
+fn a_silent_control_client_holds_up_nothing() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let name = unique_name();
+    let m = Multinode::serve(&[
+        "--name",
+        &name,
+        "-w",
+        "1",
+        "--ready",
+        "delay:100ms",
+        "-l",
+        "127.0.0.1:0",
+        "--",
+        &hello(),
+    ]);
+    m.wait_ready(1);
+    let control = control_path(&m);
+    let mut silent = UnixStream::connect(&control).unwrap();
+    silent.write_all(br#"{"cmd":"sta"#).unwrap();
+
+    let v = status_json(&name);
+    assert_eq!(v["workers"], 1, "{v}");
+    let out = mn(&["reload", "--name", &name]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let mut garbage = UnixStream::connect(&control).unwrap();
+    garbage.write_all(b"hello?\n").unwrap();
+    let mut answer = String::new();
+    garbage.read_to_string(&mut answer).unwrap();
+    assert!(answer.contains("not a valid request"), "{answer}");
+
+    // The silent one is closed by the supervisor once its time is up.
+    silent.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut rest = Vec::new();
+    let closed = silent.read_to_end(&mut rest);
+    assert!(
+        matches!(closed, Ok(0)),
+        "the supervisor should close it without an answer: {closed:?} {rest:?}"
+    );
+}

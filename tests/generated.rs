@@ -153,3 +153,56 @@ fn zsh_and_fish_completions_load() {
         Err(_) => skip("fish is not installed (.ci/run installs it)"),
     }
 }
+
+/// `--help` prints the exit codes from their one definition in the code; README's table must
+/// say the same, code by code.
+#[test]
+fn readme_lists_the_exit_codes_of_help() {
+    let out = run({
+        let mut c = Command::new(multinode_bin());
+        c.arg("--help");
+        c
+    });
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    let table = help
+        .split("Exit codes:")
+        .nth(1)
+        .expect("--help has an exit code table");
+    // Entries: "  N   text", continued on lines indented further.
+    let mut entries: Vec<(String, String)> = Vec::new();
+    for line in table.lines() {
+        let t = line.trim();
+        if t.is_empty() {
+            continue;
+        }
+        let (first, rest) = t.split_once(' ').unwrap_or((t, ""));
+        if first.chars().all(|c| c.is_ascii_digit())
+            && line.starts_with("  ")
+            && !line.starts_with("      ")
+        {
+            entries.push((first.to_string(), rest.trim().to_string()));
+        } else if let Some(last) = entries.last_mut() {
+            last.1.push(' ');
+            last.1.push_str(t);
+        }
+    }
+    assert!(entries.len() >= 9, "{help}");
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = readme
+        .split("## Exit codes")
+        .nth(1)
+        .expect("README has an Exit codes section");
+    let rows: Vec<(String, String)> = section
+        .lines()
+        .take_while(|l| !l.starts_with("## "))
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            (cells.len() == 4
+                && cells[1].chars().all(|c| c.is_ascii_digit())
+                && !cells[1].is_empty())
+            .then(|| (cells[1].to_string(), cells[2].replace('`', "")))
+        })
+        .collect();
+    assert_eq!(rows, entries, "README's exit codes differ from --help");
+}

@@ -8,9 +8,9 @@ use nix::unistd::Pid;
 
 use super::*;
 use crate::cli::{RestartPolicy, RoutePolicy};
-use crate::config::ReadyMode;
+use crate::config::{Mode, ReadyMode};
 use crate::control::protocol::{Reply, Request};
-use crate::supervisor::worker::Leave;
+use crate::supervisor::worker::{ExitStatus, Leave};
 
 const MS: Duration = Duration::from_millis(1);
 const SEC: Duration = Duration::from_secs(1);

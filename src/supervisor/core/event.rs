@@ -1,0 +1,168 @@
+//! What goes into the core ([`Event`]) and what comes out ([`Action`]), with the few types
+//! they carry.
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use crate::config::{Mode, Runtime};
+use crate::control::protocol::{Reply, Request};
+use crate::log::Event as Log;
+use crate::supervisor::worker::ExitStatus;
+
+/// A control connection, as the shell numbers them.
+pub type ClientId = u64;
+
+/// The signals the supervisor acts on (the shell has already dropped the terminal's own
+/// job-control TTIN/TTOU).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sig {
+    Term,
+    Int,
+    Quit,
+    Hup,
+    Ttin,
+    Ttou,
+}
+
+impl Sig {
+    pub fn name(self) -> &'static str {
+        match self {
+            Sig::Term => "SIGTERM",
+            Sig::Int => "SIGINT",
+            Sig::Quit => "SIGQUIT",
+            Sig::Hup => "SIGHUP",
+            Sig::Ttin => "SIGTTIN",
+            Sig::Ttou => "SIGTTOU",
+        }
+    }
+}
+
+/// What happened.
+#[derive(Debug)]
+pub enum Event {
+    /// Start every slot.
+    Start,
+    Signal(Sig),
+    /// Answer to [`Action::Spawn`]: the worker runs.
+    Spawned {
+        slot: u32,
+        generation: u64,
+        pid: Pid,
+    },
+    /// Answer to [`Action::Spawn`]: it could not be started (`error` says why, with the path).
+    SpawnFailed {
+        slot: u32,
+        generation: u64,
+        error: String,
+    },
+    /// A worker's leader was reaped; `group_alive`: processes of its group live on.
+    Exited {
+        pid: Pid,
+        status: ExitStatus,
+        group_alive: bool,
+    },
+    /// The process group of a worker whose leader was reaped is gone.
+    GroupGone {
+        pid: Pid,
+    },
+    /// An sd_notify datagram credited to the worker `pid`.
+    Notify {
+        pid: Pid,
+        fields: Vec<(String, String)>,
+    },
+    /// `--watch` saw a change.
+    FilesChanged {
+        path: String,
+    },
+    /// Answer to [`Action::ReadConfig`]: `Ok(None)` when there is no config file.
+    ConfigRead(Result<Option<Reread>, String>),
+    /// Answer to [`Action::OpenSlot`].
+    SlotOpened {
+        slot: u32,
+        result: Result<(), String>,
+    },
+    Control {
+        client: ClientId,
+        request: Request,
+    },
+    /// A deadline passed (see [`Core::next_deadline`]).
+    Tick,
+    /// The shell cannot go on (poll failed): kill everything and exit.
+    Fatal(String),
+}
+
+/// What a config file read again for a reload changes at run time.
+#[derive(Debug)]
+pub struct Reread {
+    pub runtime: Runtime,
+    /// Options that changed but need a restart, by key.
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// What the shell must do.
+#[derive(Debug)]
+pub enum Action {
+    /// Start a worker for `slot` running `generation`'s program (`workers`: how many slots
+    /// there are, for its environment); answer with [`Event::Spawned`] or
+    /// [`Event::SpawnFailed`].
+    Spawn {
+        slot: u32,
+        generation: u64,
+        workers: u32,
+    },
+    /// Send `signal` to the worker's whole process group.
+    Signal {
+        pid: Pid,
+        signal: Signal,
+    },
+    Log(Log),
+    Reply {
+        client: ClientId,
+        reply: Reply,
+    },
+    /// Keep the client's connection open after its reply, until the supervisor exits
+    /// (`multinode stop`). Comes before that reply.
+    Hold {
+        client: ClientId,
+    },
+    Systemd(SdNote),
+    /// Read the config file again; answer with [`Event::ConfigRead`].
+    ReadConfig,
+    /// A reload is complete: `generation`'s program is the service's program now.
+    RolledOut {
+        generation: u64,
+    },
+    /// `--balance reuseport`: bind the sockets of a new slot; answer with
+    /// [`Event::SlotOpened`].
+    OpenSlot {
+        slot: u32,
+    },
+    /// `--balance reuseport`: close a removed slot's sockets.
+    CloseSlot {
+        slot: u32,
+    },
+}
+
+/// A notification to systemd (when it started multinode with `Type=notify`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum SdNote {
+    /// `READY=1` and the status line.
+    Ready(String),
+    Status(String),
+    /// `RELOADING=1` (the shell adds `MONOTONIC_USEC`).
+    Reloading,
+    Stopping,
+}
+
+/// What stays fixed for the supervisor's life.
+#[derive(Debug, Clone)]
+pub struct Fixed {
+    pub name: String,
+    pub mode: Mode,
+    /// systemd listens for notifications.
+    pub systemd: bool,
+    /// The control socket's path, for `status`.
+    pub control: Option<String>,
+    /// The supervisor's own pid, for `status`.
+    pub pid: u32,
+}
