@@ -48,9 +48,9 @@ pub fn locate(name: Option<&str>, control: Option<&Path>) -> Result<PathBuf> {
         return Ok(default_path(n));
     }
     let live = running();
-    match live.len() {
-        1 => Ok(live.into_iter().next().expect("one").1),
-        0 => Err(Error::new(
+    match live.as_slice() {
+        [(_, path)] => Ok(path.clone()),
+        [] => Err(Error::new(
             Exit::Unreachable,
             format!(
                 "no multinode is running here (looked in {}); give --control PATH if it uses another socket",
