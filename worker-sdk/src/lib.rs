@@ -140,6 +140,7 @@
 compile_error!("multinode-worker supports Linux only, like multinode");
 
 pub mod activation;
+mod addr;
 mod error;
 mod listener;
 pub mod route;
@@ -148,8 +149,9 @@ mod stop;
 pub mod wire;
 
 pub use activation::{Listeners, UNKNOWN_NAME, listeners};
+pub use addr::PeerAddr;
 pub use error::Error;
-pub use listener::{Accepted, Connection, Listener, PeerAddr};
+pub use listener::{Accepted, Connection, Listener};
 pub use route::{CloseNotice, RouteChannel, RoutedConnection};
 pub use sd_notify::{notify, ready, status, stopping, watchdog};
 pub use stop::{Stop, catch_stop_signals};

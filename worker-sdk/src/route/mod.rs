@@ -16,7 +16,7 @@
 //!
 //! The channel carries one datagram per batch of connections, their
 //! descriptors attached, and the worker's close notices back. The format
-//! and its codec are in [`wire`], for workers in any language
+//! and its codec are in [`wire`](crate::wire), for workers in any language
 //! that can `recvmsg` file descriptors.
 //!
 //! # What this implementation does
@@ -45,27 +45,33 @@
 //! [`Accepted`]: crate::Accepted
 //! [`Connection::Routed`]: crate::Connection::Routed
 
+// This file: `RouteChannel` and `RoutedConnection`. Receiving a batch is
+// in `recv.rs`, close notices in `notice.rs`.
+
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::mem;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::activation::{peer_name, socket_family, sockopt_int};
-use crate::listener::{Accepted, Connection, PeerAddr};
+use crate::addr::PeerAddr;
+use crate::listener::{Accepted, Connection};
 use crate::stop::{self, Stop};
-use crate::wire;
 pub use crate::wire::{MAX_BATCH, MAX_NOTICE};
 
-/// The longest valid message: a full batch.
-const MAX_MESSAGE: usize = wire::MAX_BATCH_LEN;
+mod notice;
+mod recv;
+
+pub use notice::CloseNotice;
+use notice::send_notice;
+use recv::{Received, receive};
 
 /// The worker's end of a route channel: hands out the connections the
 /// supervisor routes to this worker. See the [module docs](self) for what
-/// it does, and [`wire`] for the protocol.
+/// it does, and [`wire`](crate::wire) for the protocol.
 ///
 /// Usually reached as [`Listener::Routed`](crate::Listener::Routed), whose
 /// methods cover every kind of listener; use it directly when you know the
@@ -107,31 +113,12 @@ pub struct RoutedConnection {
     notice: CloseNotice,
 }
 
-/// Sends the supervisor a close notice for one routed connection when
-/// dropped (see the [module docs](self)). From
-/// [`RoutedConnection::into_parts`], for callers that move the socket
-/// elsewhere (an async runtime, say) and want the notice to go when they
-/// close it: keep the two together.
-///
-/// The notice is skipped when every handle of the channel has been dropped
-/// (the supervisor then knows the worker is done with it).
-pub struct CloseNotice {
-    seq: u64,
-    channel: Weak<Shared>,
-}
-
 /// What one attempt to get a connection found.
 enum Next {
     Conn(Box<Accepted>),
     /// Nothing buffered and nothing in the channel now.
     Empty,
     /// The supervisor closed the channel, and nothing is buffered.
-    Eof,
-}
-
-/// What one `recvmsg` brought.
-enum Received {
-    Batch(Vec<Item>),
     Eof,
 }
 
@@ -414,29 +401,6 @@ impl RoutedConnection {
     }
 }
 
-impl CloseNotice {
-    /// The sequence number the notice reports.
-    pub fn seq(&self) -> u64 {
-        self.seq
-    }
-}
-
-impl fmt::Debug for CloseNotice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CloseNotice")
-            .field("seq", &self.seq)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Drop for CloseNotice {
-    fn drop(&mut self) {
-        if let Some(shared) = self.channel.upgrade() {
-            send_notice(shared.fd.as_fd(), &[self.seq]);
-        }
-    }
-}
-
 /// Turns a received connection into what `accept` returns. On error the
 /// connection is closed and reported closed.
 fn hand_out(shared: &Arc<Shared>, item: Item) -> io::Result<Accepted> {
@@ -480,149 +444,12 @@ pub(crate) fn new_wake() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Sends close notices for `seqs` (in datagrams of at most [`MAX_NOTICE`]),
-/// without blocking; errors are ignored (a lost notice only skews the
-/// supervisor's least-conn count).
-fn send_notice(fd: BorrowedFd<'_>, seqs: &[u64]) {
-    let mut m = Vec::new();
-    for chunk in seqs.chunks(MAX_NOTICE) {
-        wire::encode_notice(chunk, &mut m);
-        // SAFETY: sends `m.len()` bytes from `m`.
-        unsafe {
-            libc::send(
-                fd.as_raw_fd(),
-                m.as_ptr().cast(),
-                m.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-    }
-}
-
-fn invalid(why: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, why)
-}
-
-/// Receives one message (never waits: `MSG_DONTWAIT`) with room for
-/// `max_fds` descriptors (tests pass fewer than [`MAX_BATCH`] to provoke
-/// `MSG_CTRUNC`). Every descriptor that arrives is owned at once, so each
-/// error path closes them all.
-fn receive(fd: BorrowedFd<'_>, max_fds: usize) -> io::Result<Received> {
-    let mut data = [0u8; MAX_MESSAGE];
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE((max_fds * mem::size_of::<libc::c_int>()) as u32) };
-    // u64 elements: aligned for cmsghdr.
-    let mut control = vec![0u64; (space as usize).div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr().cast(),
-        iov_len: data.len(),
-    };
-    // SAFETY: an all-zero msghdr is a valid value.
-    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-    msg.msg_iov = &raw mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    // SAFETY: `msg` points at `iov` (into `data`) and `control`, valid for
-    // the lengths it states, for the duration of the call.
-    let n = unsafe {
-        libc::recvmsg(
-            fd.as_raw_fd(),
-            &raw mut msg,
-            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-        )
-    };
-    if n == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    let fds = take_fds(&msg);
-    let data = &data[..n as usize];
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-        return Err(truncated(fd, data, fds));
-    }
-    if n == 0 && fds.is_empty() {
-        return Ok(Received::Eof);
-    }
-    if msg.msg_flags & libc::MSG_TRUNC != 0 {
-        return Err(invalid(format!(
-            "route channel: a message longer than {MAX_MESSAGE} bytes; closed its {} connection(s)",
-            fds.len()
-        )));
-    }
-    let batch = wire::decode_batch(data).map_err(|why| {
-        invalid(format!(
-            "route channel: malformed message ({why}); closed its {} connection(s)",
-            fds.len()
-        ))
-    })?;
-    if batch.len() != fds.len() {
-        return Err(invalid(format!(
-            "route channel: malformed message ({} records but {} connections); closed them",
-            batch.len(),
-            fds.len()
-        )));
-    }
-    Ok(Received::Batch(
-        batch
-            .records()
-            .zip(fds)
-            .map(|(r, fd)| Item {
-                fd,
-                seq: r.seq,
-                peer: r.peer,
-            })
-            .collect(),
-    ))
-}
-
-/// Owns every descriptor of every `SCM_RIGHTS` message in `msg`'s control
-/// data, in order.
-fn take_fds(msg: &libc::msghdr) -> Vec<OwnedFd> {
-    let mut fds = Vec::new();
-    // SAFETY: `msg` was filled in by recvmsg: its control pointer and
-    // (updated) length describe the control messages the kernel wrote, and
-    // the CMSG_* macros walk them within those bounds.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(c).cast::<libc::c_int>();
-                let bytes = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                for i in 0..bytes / mem::size_of::<libc::c_int>() {
-                    // The kernel installed these descriptors for this
-                    // process just now; nothing else owns them.
-                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
-                }
-            }
-            c = libc::CMSG_NXTHDR(msg, c);
-        }
-    }
-    fds
-}
-
-/// A message whose descriptors did not all arrive: closes those that did,
-/// reports all of its connections closed, and describes the loss.
-fn truncated(channel: BorrowedFd<'_>, data: &[u8], fds: Vec<OwnedFd>) -> io::Error {
-    let arrived = fds.len();
-    drop(fds);
-    let what = match wire::decode_batch(data) {
-        Ok(batch) => {
-            let seqs: Vec<u64> = batch.records().map(|r| r.seq).collect();
-            send_notice(channel, &seqs);
-            format!("{} connection(s)", batch.len())
-        }
-        Err(_) => "a malformed message".to_owned(),
-    };
-    io::Error::other(format!(
-        "route channel: lost {what}: only {arrived} of its descriptors arrived \
-         (MSG_CTRUNC; is the process out of file descriptors?), closed them"
-    ))
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::wire;
     use std::io::{Read, Write};
+    use std::mem;
     use std::net::{Shutdown, TcpListener};
     use std::thread;
     use std::time::Duration;
@@ -646,7 +473,7 @@ pub(crate) mod tests {
         (a, RouteChannel::new(b).unwrap())
     }
 
-    const HEADER: usize = wire::HEADER_LEN;
+    pub(crate) const HEADER: usize = wire::HEADER_LEN;
     const RECORD: usize = wire::RECORD_LEN;
 
     /// A record as the supervisor encodes it.
@@ -707,7 +534,7 @@ pub(crate) mod tests {
     }
 
     /// Whether the far end of `kept` has been closed: a read sees EOF.
-    fn sees_eof(kept: &mut UnixStream) -> bool {
+    pub(crate) fn sees_eof(kept: &mut UnixStream) -> bool {
         kept.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         matches!(kept.read(&mut [0u8; 1]), Ok(0))
     }
@@ -841,104 +668,6 @@ pub(crate) mod tests {
         seqs.sort_unstable();
         assert_eq!(seqs, (1000..1000 + MAX_BATCH as u64).collect::<Vec<_>>());
         assert!(kept.iter_mut().all(sees_eof));
-    }
-
-    #[test]
-    fn malformed_messages_close_their_fds() {
-        let good = record(1, None);
-        let mut bad_family = record(1, None);
-        bad_family[8] = 5;
-        let mut bad_magic = message(&[good]);
-        bad_magic[..4].copy_from_slice(b"MNRX");
-        let mut bad_version = message(&[good]);
-        bad_version[4] = 2;
-        let mut long = message(&[good]);
-        long.push(0);
-        let mut zero = message(&[]);
-        zero.truncate(HEADER);
-        let cases: Vec<(Vec<u8>, usize, &str)> = vec![
-            (bad_magic, 1, "magic"),
-            (bad_version, 1, "version 2"),
-            (message(&[good, good]), 1, "2 records but 1 connections"),
-            (message(&[good]), 2, "1 records but 2 connections"),
-            (message(&[bad_family]), 1, "address family 5"),
-            (long, 1, "41 bytes for 1 records"),
-            (zero, 1, "count 0"),
-            (b"MNR".to_vec(), 1, "shorter than the header"),
-            (vec![0u8; MAX_MESSAGE + 1], 1, "longer than"),
-        ];
-        for (data, nfds, why) in cases {
-            let (sup, ch) = pair();
-            let (pass, mut kept) = streams(nfds);
-            send(&sup, &data, &raw(&pass));
-            drop(pass);
-            let e = ch.accept().unwrap_err();
-            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{why}: {e}");
-            assert!(e.to_string().contains(why), "{why}: {e}");
-            assert!(kept.iter_mut().all(sees_eof), "{why}: fds closed");
-            // The channel goes on with the next message.
-            let (pass, _kept) = streams(1);
-            send(&sup, &message(&[record(9, None)]), &raw(&pass));
-            assert_eq!(ch.accept().unwrap().seq, Some(9), "{why}");
-        }
-    }
-
-    #[test]
-    fn truncated_control_data_closes_what_arrived() {
-        let (sup, ch) = pair();
-        let (pass, mut kept) = streams(5);
-        let records: Vec<_> = (1..=5).map(|s| record(s, None)).collect();
-        send(&sup, &message(&records), &raw(&pass));
-        drop(pass);
-        // Room for 2 descriptors: the kernel installs 2, sets MSG_CTRUNC and
-        // closes the other 3.
-        let e = match receive(ch.as_fd(), 2) {
-            Err(e) => e,
-            Ok(_) => panic!("expected MSG_CTRUNC"),
-        };
-        assert_eq!(e.kind(), io::ErrorKind::Other);
-        let text = e.to_string();
-        assert!(text.contains("lost 5 connection(s): only 2 of"), "{text}");
-        assert!(kept.iter_mut().all(sees_eof), "all closed");
-        assert_eq!(notices(&sup), [1, 2, 3, 4, 5]);
-        assert_eq!(ch.buffered(), 0);
-    }
-
-    #[test]
-    fn notice_follows_the_close() {
-        let (sup, ch) = pair();
-        let (pass, mut kept) = streams(2);
-        send(
-            &sup,
-            &message(&[record(41, None), record(42, None)]),
-            &raw(&pass),
-        );
-        drop(pass);
-        let a = ch.accept().unwrap();
-        let b = ch.accept().unwrap();
-        assert!(notices(&sup).is_empty());
-        drop(a);
-        assert_eq!(notices(&sup), [41]);
-        assert!(sees_eof(&mut kept[0]));
-
-        // into_parts: the stream lives on until the notice's owner drops it.
-        let Connection::Routed(r) = b.conn else {
-            panic!("not routed")
-        };
-        let (stream, notice) = r.into_parts();
-        assert_eq!(notice.seq(), 42);
-        drop(stream);
-        assert!(notices(&sup).is_empty());
-        drop(notice);
-        assert_eq!(notices(&sup), [42]);
-
-        // With every channel handle gone, no notice (and no error).
-        let (pass, _kept) = streams(1);
-        send(&sup, &message(&[record(43, None)]), &raw(&pass));
-        let c = ch.accept().unwrap();
-        drop(ch);
-        drop(c);
-        assert!(notices(&sup).is_empty());
     }
 
     #[test]
