@@ -250,6 +250,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "300ms", value_parser = parse_duration)]
     pub watch_debounce: Duration,
 
+    /// Let workers gain privileges through exec (setuid programs, file capabilities). By
+    /// default multinode sets no_new_privs and empties the capability bounding set, for itself
+    /// and so for every worker
+    #[arg(long)]
+    pub allow_new_privileges: bool,
+
     /// Colour the output
     #[arg(long, value_enum, value_name = "WHEN", default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,

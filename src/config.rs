@@ -36,6 +36,8 @@ pub struct Config {
     pub watch_ignore: Vec<String>,
     pub color: bool,
     pub log_format: LogFormat,
+    /// `--allow-new-privileges`: workers may gain privileges through exec.
+    pub allow_new_privileges: bool,
     /// What the supervisor's decisions follow, all of which a reload may change.
     pub runtime: Runtime,
     /// What the config was built from, to build it again on a reload.
@@ -205,6 +207,7 @@ impl Config {
             watch_ignore: args.watch_ignore,
             color: crate::log::use_color(args.color),
             log_format: args.log_format,
+            allow_new_privileges: args.allow_new_privileges,
             runtime: Runtime {
                 workers,
                 restart: args.restart,
@@ -243,6 +246,7 @@ impl Config {
             watch_ignore,
             color,
             log_format,
+            allow_new_privileges,
             runtime,
             source: _,
         } = new;
@@ -258,6 +262,10 @@ impl Config {
             ("proxy-protocol", proxy_protocol != self.proxy_protocol),
             ("watch", watch != self.watch),
             ("watch-ignore", watch_ignore != self.watch_ignore),
+            (
+                "allow-new-privileges",
+                allow_new_privileges != self.allow_new_privileges,
+            ),
         ];
         ReloadPlan {
             runtime,

@@ -158,6 +158,39 @@ pub fn drop_to(target: &Target) -> Result<()> {
     verify(target)
 }
 
+/// Empties the capability bounding set, so that nothing multinode or its workers exec can gain a
+/// capability again — a setuid-root program or a file with capabilities included. Needs
+/// CAP_SETPCAP: call as root, before [`drop_to`]. Without root there is nothing to gain that
+/// [`no_new_privileges`] does not already block, and this does nothing.
+pub fn clear_bounding_set() -> Result<()> {
+    if !Uid::effective().is_root() {
+        return Ok(());
+    }
+    for cap in 0..64 {
+        // SAFETY: prctl with integer arguments only.
+        let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        if r != 0 {
+            match Errno::last() {
+                // Past the last capability this kernel knows.
+                Errno::EINVAL => break,
+                e => return Err(Error::sys("emptying the capability bounding set", e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// PR_SET_NO_NEW_PRIVS: no exec by this process or any child gains privileges (setuid bits and
+/// file capabilities are ignored). Inherited by every worker.
+pub fn no_new_privileges() -> Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    if r != 0 {
+        return Err(Error::sys("setting no_new_privs", Errno::last()));
+    }
+    Ok(())
+}
+
 fn verify(target: &Target) -> Result<()> {
     let bad = |what: &str| {
         Error::privilege(format!(

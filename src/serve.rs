@@ -110,8 +110,14 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
         .clone()
         .unwrap_or_else(|| control::default_path(&cfg.name));
     let control = ControlServer::bind(&control_path, owner)?;
+    if !cfg.allow_new_privileges {
+        privilege::clear_bounding_set()?;
+    }
     if let Some(t) = &target {
         privilege::drop_to(t)?;
+    }
+    if !cfg.allow_new_privileges {
+        privilege::no_new_privileges()?;
     }
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|e| Error::sys("becoming a child subreaper (PR_SET_CHILD_SUBREAPER)", e))?;

@@ -1,4 +1,4 @@
-//! Starting one worker: its fd layout, its environment, LISTEN_PID, its process group, its
+//! Starting one worker: its fd layout, its environment, LISTEN_PID, its session, its
 //! parent-death signal, and the exec. The only place in multinode that forks.
 //!
 //! std's `Command` forks and sets up stdio and the process group; command-fds places the
@@ -184,7 +184,6 @@ impl Spawner {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0)
             .fd_mappings(mappings)
             .map_err(|_| io::Error::other("two sockets mapped to one fd"))?;
         let mut image = image;
@@ -276,6 +275,13 @@ impl ExecImage {
         // SAFETY: every call below is async-signal-safe and takes only stack values or
         // pointers to buffers built before the fork (see `ExecImage`).
         unsafe {
+            // A session of its own: no controlling terminal (so it can never reach the
+            // operator's terminal, e.g. with TIOCSTI), and it leads its own process group, which
+            // the supervisor signals as a whole. Another worker's group is out of its reach:
+            // setpgid only joins groups of the same session.
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
             // No fd of the supervisor beyond the sockets may reach the worker. Marking them
             // CLOEXEC rather than closing keeps std's status pipe working until the exec.
             let r = libc::syscall(

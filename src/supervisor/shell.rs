@@ -416,18 +416,12 @@ impl Shell {
         }
     }
 
-    /// sd_notify datagrams: credited to the worker that sent them, or to the worker whose
-    /// process group the sender is in; anything else is ignored.
+    /// sd_notify datagrams: credited to the worker that sent them or that started their
+    /// sender (kernel-checked credentials, then the parent chain); anything else is ignored.
     fn on_notify(&mut self) {
         for msg in self.p.notify.recv_all() {
             let sender = Pid::from_raw(msg.pid);
-            let worker = if self.procs.iter().any(|w| w.pid == sender) {
-                Some(sender)
-            } else {
-                nix::unistd::getpgid(Some(sender))
-                    .ok()
-                    .filter(|pgid| self.procs.iter().any(|w| w.pid == *pgid))
-            };
+            let worker = ancestors(sender).find(|p| self.procs.iter().any(|w| w.pid == *p));
             if let Some(pid) = worker {
                 self.dispatch(Event::Notify {
                     pid,
@@ -436,6 +430,23 @@ impl Shell {
             }
         }
     }
+}
+
+/// `pid` and its ancestors, nearest first, read from /proc (at most 32; the chain stops at pid 1
+/// or at a process that is gone). Never the process group: a process can join another group,
+/// but it cannot choose its parent, so a worker's helper is credited to that worker only.
+fn ancestors(pid: Pid) -> impl Iterator<Item = Pid> {
+    let me = Pid::this();
+    std::iter::successors(Some(pid), |p| parent_of(*p))
+        .take(32)
+        .take_while(move |p| p.as_raw() > 1 && *p != me)
+}
+
+fn parent_of(pid: Pid) -> Option<Pid> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: the fields follow its last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(1)?.parse().ok().map(Pid::from_raw)
 }
 
 /// True while any process of the group `pgid` exists.
