@@ -72,6 +72,7 @@ never\t''"
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l log-format -d 'Output format of supervisor events and worker output' -r -f -a "text\t'Prefixed lines: `worker.2[1234] | text` and `multinode | event`'
 json\t'One JSON object per line, for log collectors'"
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l proxy-protocol -d 'With --route: read a PROXY protocol header (v1 or v2) first on every connection and route by the client address it names; connections without a valid one are closed'
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l allow-new-privileges -d 'Let workers gain privileges through exec (setuid programs, file capabilities). By default multinode sets no_new_privs and empties the capability bounding set, for itself and so for every worker'
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -s V -l version -d 'Print version'
 complete -c multinode -n "__fish_multinode_using_subcommand check" -s c -l config -d 'Read options from this TOML file; options given on the command line win' -r -F
@@ -111,6 +112,7 @@ never\t''"
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l log-format -d 'Output format of supervisor events and worker output' -r -f -a "text\t'Prefixed lines: `worker.2[1234] | text` and `multinode | event`'
 json\t'One JSON object per line, for log collectors'"
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l proxy-protocol -d 'With --route: read a PROXY protocol header (v1 or v2) first on every connection and route by the client address it names; connections without a valid one are closed'
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l allow-new-privileges -d 'Let workers gain privileges through exec (setuid programs, file capabilities). By default multinode sets no_new_privs and empties the capability bounding set, for itself and so for every worker'
 complete -c multinode -n "__fish_multinode_using_subcommand check" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c multinode -n "__fish_multinode_using_subcommand check" -s V -l version -d 'Print version'
 complete -c multinode -n "__fish_multinode_using_subcommand status" -s n -l name -d 'The --name it was started with [default: the only one running]' -r
