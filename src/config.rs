@@ -371,7 +371,12 @@ pub fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
-/// Parses `250ms`, `2s`, `1.5s`, `5m`, `1h`; a bare number is seconds.
+/// The longest duration any option takes: a year. Longer values are surely mistakes, and a
+/// deadline built from one must stay within what the clock can count.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses `250ms`, `2s`, `1.5s`, `5m`, `1h`; a bare number is seconds. At most a year
+/// ([`MAX_DURATION`]); clap (and the config file, through the same parser) names the option.
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let t = s.trim();
     let split = t
@@ -392,8 +397,12 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let value: f64 = num
         .parse()
         .map_err(|_| format!("'{s}' is not a duration such as 500ms, 10s, 2m or 1h"))?;
-    Duration::try_from_secs_f64(value * scale)
-        .map_err(|_| format!("'{s}' is out of range for a duration"))
+    let too_long = || format!("'{s}' is longer than a year, the most a duration may be");
+    let d = Duration::try_from_secs_f64(value * scale).map_err(|_| too_long())?;
+    if d > MAX_DURATION {
+        return Err(too_long());
+    }
+    Ok(d)
 }
 
 /// Parses `notify` or `delay:DURATION` (`--ready`).
@@ -435,6 +444,12 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
+        assert_eq!(parse_duration("8760h"), Ok(MAX_DURATION));
+        for huge in ["8761h", "10000000000000000000", "99999999999s", "1e30"] {
+            assert!(parse_duration(huge).is_err(), "{huge}");
+        }
+        let msg = parse_duration("99999999999s").unwrap_err();
+        assert!(msg.contains("longer than a year"), "{msg}");
     }
 
     #[test]
