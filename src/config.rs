@@ -32,6 +32,10 @@ pub struct Config {
     pub program: Program,
     pub mode: Mode,
     pub proxy_protocol: bool,
+    /// `--proxy-from`: where PROXY headers are believed from (empty: anywhere).
+    pub proxy_from: Vec<crate::proxy::Cidr>,
+    /// `--proxy-timeout`: how long a PROXY header may take.
+    pub proxy_timeout: Duration,
     pub watch: Vec<PathBuf>,
     pub watch_ignore: Vec<String>,
     pub color: bool,
@@ -161,6 +165,16 @@ impl Config {
                 "proxy-protocol needs route: the PROXY header is read by multinode's own accept",
             ));
         }
+        if !args.proxy_from.is_empty() && !args.proxy_protocol {
+            return Err(Error::usage(
+                "proxy-from needs proxy-protocol: it says whose PROXY headers to believe",
+            ));
+        }
+        if args.proxy_timeout.is_zero() {
+            return Err(Error::usage(
+                "--proxy-timeout 0: a PROXY header needs some time to arrive (e.g. 5s)",
+            ));
+        }
         if let Some(dir) = &args.workdir {
             if !dir.is_dir() {
                 return Err(Error::usage(format!(
@@ -201,6 +215,8 @@ impl Config {
                 (None, Balance::Shared) => Mode::Shared,
             },
             proxy_protocol: args.proxy_protocol,
+            proxy_from: args.proxy_from,
+            proxy_timeout: args.proxy_timeout,
             watch: args.watch,
             watch_ignore: args.watch_ignore,
             color: crate::log::use_color(args.color),
@@ -239,6 +255,8 @@ impl Config {
             program,
             mode,
             proxy_protocol,
+            proxy_from,
+            proxy_timeout,
             watch,
             watch_ignore,
             color,
@@ -256,6 +274,8 @@ impl Config {
             ("socket-mode", socket_mode != self.socket_mode),
             ("balance/route", mode != self.mode),
             ("proxy-protocol", proxy_protocol != self.proxy_protocol),
+            ("proxy-from", proxy_from != self.proxy_from),
+            ("proxy-timeout", proxy_timeout != self.proxy_timeout),
             ("watch", watch != self.watch),
             ("watch-ignore", watch_ignore != self.watch_ignore),
         ];

@@ -695,6 +695,7 @@ mod tests {
                             "notify",
                             "640",
                             "sample=127.0.0.1:7",
+                            "192.0.2.0/24",
                         ]);
                         let found =
                             candidates

@@ -91,7 +91,7 @@ enum Wake {
 
 /// Runs the supervisor until every worker is gone; returns the exit status and the parts (for
 /// cleanup).
-pub fn run(cfg: Config, p: Parts) -> (Exit, Parts) {
+pub fn run(cfg: Config, mut p: Parts) -> (Exit, Parts) {
     let fixed = Fixed {
         name: cfg.name.clone(),
         mode: cfg.mode,
@@ -100,7 +100,7 @@ pub fn run(cfg: Config, p: Parts) -> (Exit, Parts) {
         pid: std::process::id(),
     };
     let router = match cfg.mode {
-        Mode::Route(policy) => Some(Router::new(policy, cfg.proxy_protocol)),
+        Mode::Route(policy) => Some(Router::new(policy, &cfg, &mut p.out)),
         _ => None,
     };
     let mut sh = Shell {
