@@ -4,7 +4,10 @@
 
 mod common;
 
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -62,4 +65,66 @@ fn huge_durations_exit_2_naming_the_option() {
         "1",
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+/// A control socket whose supervisor is out of file descriptors (RLIMIT_NOFILE 40, and idle
+/// clients holding the rest) does not spin: accepting pauses, a warning says so, the
+/// supervisor's CPU time stays low, and `status` works again once the clients are gone.
+#[test]
+fn control_socket_out_of_fds_does_not_spin() {
+    let mut cmd = Command::new(multinode_bin());
+    cmd.args(serve_args(&[
+        "--workers",
+        "1",
+        "-l",
+        "127.0.0.1:0",
+        "--",
+        "/bin/sleep",
+        "1000",
+    ]));
+    // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 40,
+                rlim_max: 40,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mn = Multinode::spawn(cmd);
+    mn.wait_ready(1);
+    let path = mn
+        .wait_event("control", |_| true)
+        .str("path")
+        .unwrap()
+        .to_string();
+
+    // More idle clients than the supervisor has fds left: it accepts until EMFILE.
+    let mut clients = Vec::new();
+    for _ in 0..60 {
+        clients.push(UnixStream::connect(&path).expect("connect to the control socket"));
+    }
+    let warned = mn.wait_event("accept", |e| e.str("socket") == Some("control"));
+    assert_eq!(warned.level, "warn");
+    let t0 = cpu_ticks(mn.pid);
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(mn.pid) - t0;
+    let elapsed = start.elapsed();
+    eprintln!("{used} ticks in {elapsed:?} while out of fds");
+    // Spinning would take about 100 ticks a second; pausing takes next to none.
+    assert!(
+        used < 40,
+        "the supervisor used {used} ticks of CPU in {elapsed:?} while out of fds"
+    );
+
+    drop(clients);
+    let ok = eventually(DEADLINE, || {
+        multinode(&["status", "--control", &path]).status.success()
+    });
+    assert!(ok, "status works again; output:\n{}", mn.output());
 }

@@ -217,8 +217,10 @@ impl Shell {
             fds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
         }
         if let Some(c) = &self.p.control {
-            keys.push(Wake::Control);
-            fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
+            if c.accepting(now) {
+                keys.push(Wake::Control);
+                fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
+            }
             for (id, fd, interest) in c.polled() {
                 let ev = match interest {
                     Interest::Read => PollFlags::POLLIN,
@@ -279,8 +281,13 @@ impl Shell {
                 }
             }
             Wake::Control => {
-                if let Some(c) = &mut self.p.control {
-                    c.accept(Instant::now());
+                let warning = self
+                    .p
+                    .control
+                    .as_mut()
+                    .and_then(|c| c.accept(Instant::now()));
+                if let Some(ev) = warning {
+                    self.p.out.event(ev);
                 }
             }
             Wake::Client(id, Interest::Read) => {
