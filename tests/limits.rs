@@ -128,3 +128,69 @@ fn control_socket_out_of_fds_does_not_spin() {
     });
     assert!(ok, "status works again; output:\n{}", mn.output());
 }
+
+/// A worker's terminal escape sequences (a window title, a screen clear, a cursor move) are
+/// escaped in text output and in `multinode status`; colour sequences pass; JSON escapes
+/// everything already.
+#[test]
+fn worker_escape_sequences_are_escaped_in_text() {
+    let script = r#"
+import os, socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto(b"READY=1\nSTATUS=\x1b]0;owned\x07 \x1b[H\x1b[2J \x1b[32mgreen\x1b[0m", os.environ["NOTIFY_SOCKET"])
+sys.stdout.write("title:\x1b]0;title\x07 clear:\x1b[2J red:\x1b[31mR\x1b[0m tab:\there\n")
+sys.stdout.flush()
+time.sleep(1000)
+"#;
+    let mn = Multinode::serve(&[
+        "--log-format",
+        "text",
+        "--workers",
+        "1",
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "notify",
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        script,
+    ]);
+    let line = mn.wait_line("the worker's line", |l| l.contains("title:"));
+    assert!(
+        line.contains(r"title:\x1b]0;title\x07 clear:\x1b[2J red:"),
+        "escaped: {line:?}"
+    );
+    assert!(
+        line.contains("red:\x1b[31mR\x1b[0m tab:\there"),
+        "colour and tab pass: {line:?}"
+    );
+    assert!(!line.contains("\x07") && !line.contains("\x1b]") && !line.contains("\x1b[2J"));
+
+    mn.wait_line("ready", |l| l.contains("] ready"));
+    let path = mn
+        .wait_line("the control socket", |l| l.contains("control socket "))
+        .rsplit("control socket ")
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    let out = multinode(&["status", "--control", &path]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        text.contains(r"\x1b]0;owned\x07 \x1b[H\x1b[2J ") && text.contains("\x1b[32mgreen"),
+        "status escapes STATUS= but keeps colour: {text:?}"
+    );
+    assert!(
+        !text.contains("\x07") && !text.contains("\x1b[2J"),
+        "{text:?}"
+    );
+    let json = multinode(&["status", "--control", &path, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let status = v["slots"][0]["status"].as_str().unwrap();
+    assert!(
+        status.starts_with("\x1b]0;owned\x07"),
+        "JSON keeps the text: {status:?}"
+    );
+}
