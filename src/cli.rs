@@ -327,10 +327,14 @@ pub enum LogFormat {
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
+    if s.contains('\0') {
+        return Err(format!(
+            "'{}' holds a NUL byte, which no environment variable can",
+            s.escape_debug()
+        ));
+    }
     match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => {
-            Ok((k.to_string(), v.to_string()))
-        }
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("'{s}' is not KEY=VALUE")),
     }
 }

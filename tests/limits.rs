@@ -194,3 +194,87 @@ time.sleep(1000)
         "JSON keeps the text: {status:?}"
     );
 }
+
+/// `check` builds what `serve` builds before binding, so the two agree: what one refuses the
+/// other refuses with the same exit code and message, and what `check` accepts `serve` runs.
+#[test]
+fn check_refuses_exactly_what_serve_refuses() {
+    let scratch = Scratch::new("agree");
+    let file = |name: &str, text: &str| {
+        let p = scratch.path(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let env_nul = file(
+        "env-nul.toml",
+        "command = [\"/bin/sleep\", \"100\"]\n[env]\nSECRET = \"a\\u0000b\"\n",
+    );
+    let arg_nul = file(
+        "arg-nul.toml",
+        "command = [\"/bin/sleep\", \"1\\u00000\"]\n",
+    );
+    let no_listen = file(
+        "no-listen.toml",
+        "listen = []\ncommand = [\"/bin/sleep\", \"100\"]\n",
+    );
+    let missing = scratch.path("missing").display().to_string();
+    let sleep = ["--", "/bin/sleep", "100"];
+    let cases: Vec<(Vec<&str>, Option<i32>)> = vec![
+        (vec!["--config", &env_nul], Some(2)),
+        (vec!["--config", &arg_nul], Some(2)),
+        (vec!["--config", &no_listen], Some(2)),
+        (vec!["--watch", &missing], Some(2)),
+        (
+            [["--user", "root", "--group", "nogroup"].as_slice(), &sleep].concat(),
+            Some(4),
+        ),
+        (
+            [["--user", "root", "--group", "0"].as_slice(), &sleep].concat(),
+            is_root().then_some(0),
+        ),
+    ];
+    for (args, want) in cases {
+        let name = unique_name();
+        let with = |cmd: &'static str| -> Vec<&str> {
+            let mut v = vec![cmd, "--name", &name];
+            if !args.contains(&"--config") {
+                v.extend_from_slice(&["-l", "127.0.0.1:0"]);
+            }
+            v.extend_from_slice(&args);
+            v
+        };
+        let check = multinode(&with("check"));
+        if let Some(code) = want {
+            assert_eq!(
+                check.status.code(),
+                Some(code),
+                "check {args:?}: {}",
+                stderr(&check)
+            );
+        }
+        if check.status.success() {
+            // serve must run it: wait for a worker, then stop.
+            let mut v = vec!["--name", &name, "-l", "127.0.0.1:0"];
+            v.extend_from_slice(&args);
+            let mut mn = Multinode::serve(&v);
+            mn.wait_started(1);
+            mn.signal(libc::SIGTERM);
+            mn.wait_exit();
+            continue;
+        }
+        let serve = multinode(&with("serve"));
+        assert_eq!(
+            serve.status.code(),
+            check.status.code(),
+            "serve {args:?}: {}\ncheck said: {}",
+            stderr(&serve),
+            stderr(&check)
+        );
+        assert_eq!(
+            stderr(&serve),
+            stderr(&check),
+            "the same message for {args:?}"
+        );
+        assert_eq!(stderr(&check).lines().count(), 1, "{}", stderr(&check));
+    }
+}
