@@ -67,6 +67,60 @@ fn huge_durations_exit_2_naming_the_option() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
+/// A worker sending sd_notify datagrams as fast as it can for a few seconds (four of them at
+/// once) cannot make the supervisor hold them in memory: it reads at most 64 per wake-up and
+/// the rest wait in the socket's bounded buffer.
+///
+/// The bound is 8 MiB of peak RSS (VmHWM). A debug build's file-backed pages (its code) are
+/// about 6.5 MiB of that before any input (a release build's under 4 MiB, its VmHWM about
+/// 4.5 MiB after the flood), so the peak is measured less the file-backed pages before the
+/// flood; a release build must also stay under 8 MiB outright. And the peak may not exceed
+/// the RSS before the flood by 1 MiB. (Before the bound, a flood took VmHWM from 4 MB to
+/// 50 MB.)
+#[test]
+fn notify_flood_keeps_the_supervisor_small() {
+    let flood = worker_bin("mn-flood").display().to_string();
+    let mn = Multinode::serve(&[
+        "--workers",
+        "4",
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "notify",
+        "--",
+        &flood,
+        "4",
+    ]);
+    // Each worker floods from a second after its READY=1.
+    mn.wait_ready(4);
+    let kib = |field: &str| -> u64 {
+        let v = status_field(mn.pid, field).unwrap_or_else(|| panic!("{field} of {}", mn.pid));
+        v.trim_end_matches("kB").trim().parse().unwrap()
+    };
+    let (before, code) = (kib("VmRSS"), kib("RssFile"));
+    let sent = mn.wait_events(OUTPUT, 4, |e| e.msg.starts_with("mn-flood sent"));
+    let total: u64 = sent
+        .iter()
+        .filter_map(|e| e.msg.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    let hwm = kib("VmHWM");
+    let facts = format!(
+        "{total} datagrams: RSS {before} KiB before ({code} KiB of it file-backed), VmHWM {hwm} KiB after"
+    );
+    eprintln!("{facts}");
+    assert!(total > 1000, "the workers flooded: {facts}");
+    assert!(hwm - code < 8 * 1024, "{facts}");
+    if !cfg!(debug_assertions) {
+        assert!(hwm < 8 * 1024, "{facts}");
+    }
+    assert!(hwm < before + 1024, "{facts}");
+    // The supervisor still answers.
+    let control = mn.wait_event("control", |_| true);
+    let path = control.str("path").unwrap().to_string();
+    let out = multinode(&["status", "--control", &path, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
 /// A control socket whose supervisor is out of file descriptors (RLIMIT_NOFILE 40, and idle
 /// clients holding the rest) does not spin: accepting pauses, a warning says so, the
 /// supervisor's CPU time stays low, and `status` works again once the clients are gone.
