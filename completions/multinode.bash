@@ -105,7 +105,7 @@ _multinode() {
             return 0
             ;;
         multinode__subcmd__check)
-            opts="-c -e -w -l -u -g -h -V --config --name --control --workdir --env --workers --listen --backlog --user --group --socket-mode --balance --route --proxy-protocol --restart --backoff-max --min-uptime --max-restarts --restart-window --stop-signal --grace --ready --ready-timeout --reload-parallel --watch --watch-ignore --watch-debounce --allow-new-privileges --color --log-format --help --version"
+            opts="-c -e -w -l -u -g -h -V --config --name --control --workdir --env --workers --listen --backlog --user --group --socket-mode --balance --route --proxy-protocol --proxy-from --proxy-timeout --restart --backoff-max --min-uptime --max-restarts --restart-window --stop-signal --grace --ready --ready-timeout --reload-parallel --watch --watch-ignore --watch-debounce --allow-new-privileges --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -221,6 +221,14 @@ _multinode() {
                     ;;
                 --route)
                     COMPREPLY=($(compgen -W "ip-hash round-robin least-conn" -- "${cur}"))
+                    return 0
+                    ;;
+                --proxy-from)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --proxy-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --restart)
@@ -519,7 +527,7 @@ _multinode() {
             return 0
             ;;
         multinode__subcmd__serve)
-            opts="-c -e -w -l -u -g -h -V --config --name --control --workdir --env --workers --listen --backlog --user --group --socket-mode --balance --route --proxy-protocol --restart --backoff-max --min-uptime --max-restarts --restart-window --stop-signal --grace --ready --ready-timeout --reload-parallel --watch --watch-ignore --watch-debounce --allow-new-privileges --color --log-format --help --version"
+            opts="-c -e -w -l -u -g -h -V --config --name --control --workdir --env --workers --listen --backlog --user --group --socket-mode --balance --route --proxy-protocol --proxy-from --proxy-timeout --restart --backoff-max --min-uptime --max-restarts --restart-window --stop-signal --grace --ready --ready-timeout --reload-parallel --watch --watch-ignore --watch-debounce --allow-new-privileges --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -635,6 +643,14 @@ _multinode() {
                     ;;
                 --route)
                     COMPREPLY=($(compgen -W "ip-hash round-robin least-conn" -- "${cur}"))
+                    return 0
+                    ;;
+                --proxy-from)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --proxy-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --restart)

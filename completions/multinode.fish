@@ -51,6 +51,8 @@ reuseport\t'One SO_REUSEPORT socket per worker slot'"
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l route -d 'Accept connections in multinode and hand each to a worker chosen by POLICY, over a Unix channel (SCM_RIGHTS). Workers read it with the multinode-worker SDK (or the documented wire format); the channel replaces each listening socket at its fd, under its name' -r -f -a "ip-hash\t'The same client address always goes to the same slot (rendezvous hashing)'
 round-robin\t'Each worker in turn'
 least-conn\t'The worker holding the fewest open routed connections'"
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l proxy-from -d 'With --proxy-protocol: believe PROXY headers only from this network or address (your load balancers); repeatable. A connection from anywhere else is closed before a byte is read. IPv4 (10.0.0.0/8, 192.0.2.7) or IPv6 (2001:db8::/32, ::1). Without it, any client can claim any address' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l proxy-timeout -d 'With --proxy-protocol: how long a connection may take to send its PROXY header before it is closed' -r
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l restart -d 'What to do when a worker exits' -r -f -a "always\t'Restart a worker whatever way it exited'
 on-failure\t'Restart a worker unless it exited with status 0'
 never\t'Never restart; multinode exits when the last worker has'"
@@ -91,6 +93,8 @@ reuseport\t'One SO_REUSEPORT socket per worker slot'"
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l route -d 'Accept connections in multinode and hand each to a worker chosen by POLICY, over a Unix channel (SCM_RIGHTS). Workers read it with the multinode-worker SDK (or the documented wire format); the channel replaces each listening socket at its fd, under its name' -r -f -a "ip-hash\t'The same client address always goes to the same slot (rendezvous hashing)'
 round-robin\t'Each worker in turn'
 least-conn\t'The worker holding the fewest open routed connections'"
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l proxy-from -d 'With --proxy-protocol: believe PROXY headers only from this network or address (your load balancers); repeatable. A connection from anywhere else is closed before a byte is read. IPv4 (10.0.0.0/8, 192.0.2.7) or IPv6 (2001:db8::/32, ::1). Without it, any client can claim any address' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l proxy-timeout -d 'With --proxy-protocol: how long a connection may take to send its PROXY header before it is closed' -r
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l restart -d 'What to do when a worker exits' -r -f -a "always\t'Restart a worker whatever way it exited'
 on-failure\t'Restart a worker unless it exited with status 0'
 never\t'Never restart; multinode exits when the last worker has'"

@@ -12,6 +12,7 @@ use nix::sys::signal::Signal;
 use crate::config::{ReadyMode, parse_duration, parse_ready, parse_signal};
 use crate::error::exit_codes_help;
 use crate::listen::{ListenSpec, parse_listen};
+use crate::proxy::{Cidr, parse_cidr};
 
 /// Run N copies of any server program on sockets multinode binds once.
 ///
@@ -192,6 +193,24 @@ pub struct ServeArgs {
     #[arg(long, requires = "route")]
     pub proxy_protocol: bool,
 
+    /// With --proxy-protocol: believe PROXY headers only from this network or address (your
+    /// load balancers); repeatable. A connection from anywhere else is closed before a byte is
+    /// read. IPv4 (10.0.0.0/8, 192.0.2.7) or IPv6 (2001:db8::/32, ::1). Without it, any
+    /// client can claim any address
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr, requires = "proxy_protocol")]
+    pub proxy_from: Vec<Cidr>,
+
+    /// With --proxy-protocol: how long a connection may take to send its PROXY header before
+    /// it is closed
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "5s",
+        value_parser = parse_duration,
+        requires = "proxy_protocol"
+    )]
+    pub proxy_timeout: Duration,
+
     /// What to do when a worker exits
     #[arg(long, value_enum, default_value_t = RestartPolicy::Always)]
     pub restart: RestartPolicy,
@@ -314,10 +333,14 @@ pub enum LogFormat {
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
+    if s.contains('\0') {
+        return Err(format!(
+            "'{}' holds a NUL byte, which no environment variable can",
+            s.escape_debug()
+        ));
+    }
     match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => {
-            Ok((k.to_string(), v.to_string()))
-        }
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("'{s}' is not KEY=VALUE")),
     }
 }

@@ -32,6 +32,10 @@ pub struct Config {
     pub program: Program,
     pub mode: Mode,
     pub proxy_protocol: bool,
+    /// `--proxy-from`: where PROXY headers are believed from (empty: anywhere).
+    pub proxy_from: Vec<crate::proxy::Cidr>,
+    /// `--proxy-timeout`: how long a PROXY header may take.
+    pub proxy_timeout: Duration,
     pub watch: Vec<PathBuf>,
     pub watch_ignore: Vec<String>,
     pub color: bool,
@@ -163,6 +167,16 @@ impl Config {
                 "proxy-protocol needs route: the PROXY header is read by multinode's own accept",
             ));
         }
+        if !args.proxy_from.is_empty() && !args.proxy_protocol {
+            return Err(Error::usage(
+                "proxy-from needs proxy-protocol: it says whose PROXY headers to believe",
+            ));
+        }
+        if args.proxy_timeout.is_zero() {
+            return Err(Error::usage(
+                "--proxy-timeout 0: a PROXY header needs some time to arrive (e.g. 5s)",
+            ));
+        }
         if let Some(dir) = &args.workdir {
             if !dir.is_dir() {
                 return Err(Error::usage(format!(
@@ -203,6 +217,8 @@ impl Config {
                 (None, Balance::Shared) => Mode::Shared,
             },
             proxy_protocol: args.proxy_protocol,
+            proxy_from: args.proxy_from,
+            proxy_timeout: args.proxy_timeout,
             watch: args.watch,
             watch_ignore: args.watch_ignore,
             color: crate::log::use_color(args.color),
@@ -242,6 +258,8 @@ impl Config {
             program,
             mode,
             proxy_protocol,
+            proxy_from,
+            proxy_timeout,
             watch,
             watch_ignore,
             color,
@@ -260,6 +278,8 @@ impl Config {
             ("socket-mode", socket_mode != self.socket_mode),
             ("balance/route", mode != self.mode),
             ("proxy-protocol", proxy_protocol != self.proxy_protocol),
+            ("proxy-from", proxy_from != self.proxy_from),
+            ("proxy-timeout", proxy_timeout != self.proxy_timeout),
             ("watch", watch != self.watch),
             ("watch-ignore", watch_ignore != self.watch_ignore),
             (
@@ -379,7 +399,12 @@ pub fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
-/// Parses `250ms`, `2s`, `1.5s`, `5m`, `1h`; a bare number is seconds.
+/// The longest duration any option takes: a year. Longer values are surely mistakes, and a
+/// deadline built from one must stay within what the clock can count.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses `250ms`, `2s`, `1.5s`, `5m`, `1h`; a bare number is seconds. At most a year
+/// ([`MAX_DURATION`]); clap (and the config file, through the same parser) names the option.
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let t = s.trim();
     let split = t
@@ -400,8 +425,12 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let value: f64 = num
         .parse()
         .map_err(|_| format!("'{s}' is not a duration such as 500ms, 10s, 2m or 1h"))?;
-    Duration::try_from_secs_f64(value * scale)
-        .map_err(|_| format!("'{s}' is out of range for a duration"))
+    let too_long = || format!("'{s}' is longer than a year, the most a duration may be");
+    let d = Duration::try_from_secs_f64(value * scale).map_err(|_| too_long())?;
+    if d > MAX_DURATION {
+        return Err(too_long());
+    }
+    Ok(d)
 }
 
 /// Parses `notify` or `delay:DURATION` (`--ready`).
@@ -443,6 +472,12 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
+        assert_eq!(parse_duration("8760h"), Ok(MAX_DURATION));
+        for huge in ["8761h", "10000000000000000000", "99999999999s", "1e30"] {
+            assert!(parse_duration(huge).is_err(), "{huge}");
+        }
+        let msg = parse_duration("99999999999s").unwrap_err();
+        assert!(msg.contains("longer than a year"), "{msg}");
     }
 
     #[test]

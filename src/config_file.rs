@@ -12,7 +12,8 @@
 //! and the command line accept the same values with the same messages. The TOML type a key
 //! takes follows from the option: `true`/`false` for a flag, a number for a numeric option, a
 //! duration as a string or a number of seconds, a list for a repeatable option (an empty list
-//! is the same as leaving the key out), a string otherwise.
+//! is the same as leaving the key out, except for an option with a default — `listen = []`
+//! is refused rather than read as the default), a string otherwise.
 //!
 //! Options given on the command line win over the file; `[env]` and `--env` merge, the
 //! command line winning per variable. Relative paths in the file (`command`'s program when it
@@ -356,6 +357,17 @@ impl File<'_> {
                 let msg = format!("{key}: expected a list of {}", kind.expected().1);
                 return Err(self.err(value.span(), &msg));
             };
+            if list.is_empty() {
+                if let Some(default) = arg.get_default_values().first() {
+                    // Not "the default": an empty list reads as "none", which is no setting.
+                    let msg = format!(
+                        "{key}: the list is empty; give at least one value, or leave the key out \
+                         for the default {}",
+                        default.to_string_lossy()
+                    );
+                    return Err(self.err(value.span(), &msg));
+                }
+            }
             list.iter().collect()
         } else {
             vec![value]
@@ -695,6 +707,7 @@ mod tests {
                             "notify",
                             "640",
                             "sample=127.0.0.1:7",
+                            "192.0.2.0/24",
                         ]);
                         let found =
                             candidates

@@ -4,7 +4,12 @@
 //! writer thread through a bounded queue; when the terminal (or pipe) is too slow and the
 //! queue is full, lines are dropped and counted, and a `dropped N lines` event is printed as
 //! soon as there is room again. A stalled terminal therefore slows no worker and no restart.
+//!
+//! Text output passes worker lines (and event messages) through [`escape_controls`]: a worker
+//! may colour its lines, but it cannot move the cursor, clear the screen, retitle the window
+//! or send any other terminal sequence. JSON output escapes every control character anyway.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::Write;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
@@ -155,10 +160,11 @@ impl Output {
                     (Some(s), Some(p)) => format!("{} ", worker_tag(s, p, self.color)),
                     _ => String::new(),
                 };
+                let text = escape_controls(&ev.msg);
                 let msg = match ev.level {
-                    Level::Info => ev.msg.normal(),
-                    Level::Warn => ev.msg.yellow(),
-                    Level::Error => ev.msg.red().bold(),
+                    Level::Info => text.normal(),
+                    Level::Warn => text.yellow(),
+                    Level::Error => text.red().bold(),
                 };
                 format!("{} {who}{msg}", "multinode |".bold())
             }
@@ -186,7 +192,11 @@ impl Output {
     pub fn worker_line(&mut self, slot: u32, pid: i32, stream: Stream, line: &[u8]) {
         let line = String::from_utf8_lossy(line);
         let text = match self.format {
-            LogFormat::Text => format!("{} | {line}", worker_tag(slot, pid, self.color)),
+            LogFormat::Text => format!(
+                "{} | {}",
+                worker_tag(slot, pid, self.color),
+                escape_controls(&line)
+            ),
             LogFormat::Json => {
                 let mut o = json_head("worker");
                 let s = if stream == Stream::Stdout {
@@ -288,6 +298,50 @@ fn write_lines(rx: Receiver<Line>) {
         let _ = out.flush();
         let _ = err.flush();
     }
+}
+
+/// `s` made safe for a terminal: every control character but tab (C0, DEL, C1) is written as
+/// `\xNN`, except colour sequences (SGR: `ESC [` digits and `;` or `:` `m`), which pass; a
+/// line that coloured itself ends with a reset, so the colour stops with it.
+pub fn escape_controls(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(is_escaped) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    let mut coloured = false;
+    let mut rest = s;
+    while let Some(c) = rest.chars().next() {
+        if let Some(n) = sgr_len(rest) {
+            out.push_str(&rest[..n]);
+            rest = &rest[n..];
+            coloured = true;
+            continue;
+        }
+        if is_escaped(c) {
+            let _ = write!(out, "\\x{:02x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+        rest = &rest[c.len_utf8()..];
+    }
+    if coloured {
+        out.push_str("\x1b[0m");
+    }
+    Cow::Owned(out)
+}
+
+fn is_escaped(c: char) -> bool {
+    c.is_control() && c != '\t'
+}
+
+/// The length of the colour sequence `s` starts with, if it does.
+fn sgr_len(s: &str) -> Option<usize> {
+    let b = s.strip_prefix("\x1b[")?.as_bytes();
+    let params = b
+        .iter()
+        .take_while(|c| c.is_ascii_digit() || **c == b';' || **c == b':')
+        .count();
+    (b.get(params) == Some(&b'm')).then_some(2 + params + 1)
 }
 
 fn json_head(source: &str) -> String {
@@ -396,6 +450,26 @@ mod tests {
         line.push(b'\n');
         s.push(&line, |l| got.push(l.len()));
         assert_eq!(got, [MAX_LINE, 7]);
+    }
+
+    #[test]
+    fn control_characters_are_escaped_but_colours_pass() {
+        assert_eq!(escape_controls("plain\ttext"), "plain\ttext");
+        assert!(matches!(escape_controls("plain"), Cow::Borrowed(_)));
+        assert_eq!(
+            escape_controls("\x1b]0;title\x07 and \x1b[2J"),
+            "\\x1b]0;title\\x07 and \\x1b[2J"
+        );
+        assert_eq!(
+            escape_controls("\x1b[31mred\x1b[0m \x1b[1;38;5;200mpink\x1b[m"),
+            "\x1b[31mred\x1b[0m \x1b[1;38;5;200mpink\x1b[m\x1b[0m"
+        );
+        assert_eq!(
+            escape_controls("a\rb\x08c\x7f\u{9b}2J"),
+            "a\\x0db\\x08c\\x7f\\x9b2J"
+        );
+        assert_eq!(escape_controls("\x1b[31"), "\\x1b[31");
+        assert_eq!(escape_controls("\x1b[?25l"), "\\x1b[?25l");
     }
 
     #[test]

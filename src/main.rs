@@ -34,7 +34,9 @@ fn main() -> ExitCode {
     let exit = match run() {
         Ok(exit) => exit,
         Err(e) => {
-            eprintln!("multinode: error: {e}");
+            // One line, whatever the input it quotes holds.
+            let msg = log::escape_controls(&e.to_string()).into_owned();
+            eprintln!("multinode: error: {msg}");
             e.exit
         }
     };

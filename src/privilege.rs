@@ -60,8 +60,15 @@ pub fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Option<Target>
         }
         return Ok(None);
     }
-    if u.uid.is_root() && group.is_none() {
-        return Ok(None);
+    if u.uid.is_root() {
+        // Root stays root: no drop happens, so a group can only be the one we have already.
+        return match group {
+            Some(g) if gid != Gid::effective() => Err(Error::privilege(format!(
+                "--group {g} with --user {user_name}: multinode stays root then and changes no \
+                 group; leave out --group, or give --user a user other than root"
+            ))),
+            _ => Ok(None),
+        };
     }
     Ok(Some(Target {
         uid: u.uid,

@@ -139,6 +139,88 @@ fn parse_v2(buf: &[u8]) -> Parsed {
     }
 }
 
+/// A network allowed to send PROXY headers (`--proxy-from`): an IPv4 or IPv6 address and a
+/// prefix length. A bare address is a network of one (/32, /128). An IPv4-mapped IPv6 network
+/// (`::ffff:10.0.0.0/104`) is stored as the IPv4 network it is, so it matches the IPv4
+/// clients of a dual-stack socket, which are seen as IPv4 addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    len: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is in this network (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.net, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                mask(u128::from(ip.to_bits()), self.len, 32) == u128::from(net.to_bits())
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => mask(ip.to_bits(), self.len, 128) == net.to_bits(),
+            _ => false,
+        }
+    }
+}
+
+/// `bits` (an address of `width` bits) with all but its first `len` bits cleared.
+fn mask(bits: u128, len: u8, width: u8) -> u128 {
+    if len == 0 {
+        return 0;
+    }
+    let keep = u32::from(width - len);
+    (bits >> keep) << keep
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.net, self.len)
+    }
+}
+
+/// Parses `10.0.0.0/8`, `2001:db8::/32`, or a bare address (`192.0.2.7`, `::1`).
+pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    let bad = || {
+        format!("'{s}' is not an address or network such as 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32")
+    };
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let ip: IpAddr = addr.parse().map_err(|_| bad())?;
+    let width: u8 = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        None => width,
+        Some(l) => match l.parse::<u8>() {
+            Ok(n) if n <= width && !l.starts_with('+') => n,
+            _ => return Err(format!("'{s}': the prefix length must be 0 to {width}")),
+        },
+    };
+    // An IPv4-mapped network is the IPv4 network it names.
+    let mapped = match ip {
+        IpAddr::V6(v6) if len >= 96 => v6.to_ipv4_mapped(),
+        _ => None,
+    };
+    let (ip, len, width) = match mapped {
+        Some(v4) => (IpAddr::V4(v4), len - 96, 32),
+        None => (ip, len, width),
+    };
+    let bits = match ip {
+        IpAddr::V4(v4) => u128::from(v4.to_bits()),
+        IpAddr::V6(v6) => v6.to_bits(),
+    };
+    let net_bits = mask(bits, len, width);
+    if net_bits != bits {
+        let net = match ip {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from_bits(net_bits as u32)),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from_bits(net_bits)),
+        };
+        return Err(format!(
+            "'{s}' has bits set past its /{len} prefix; did you mean {net}/{len}?"
+        ));
+    }
+    Ok(Cidr { net: ip, len })
+}
+
 /// A v2 header for `client` → `server` (TCP), as HAProxy would send it.
 #[cfg(test)]
 pub fn encode_v2(client: SocketAddr, server: SocketAddr) -> Vec<u8> {
@@ -258,5 +340,40 @@ mod tests {
         let mut huge = V2_SIG.to_vec();
         huge.extend_from_slice(&[0x21, 0x11, 0xff, 0xff]);
         assert!(matches!(parse(&huge), Parsed::Invalid(_)));
+    }
+
+    #[test]
+    fn cidrs() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let net = parse_cidr("10.0.0.0/8").unwrap();
+        assert!(net.contains(ip("10.1.2.3")));
+        assert!(!net.contains(ip("11.0.0.1")));
+        assert!(net.contains(ip("::ffff:10.9.9.9")), "an IPv4-mapped peer");
+        assert!(!net.contains(ip("2001:db8::1")));
+        let one = parse_cidr("192.0.2.7").unwrap();
+        assert_eq!(one.to_string(), "192.0.2.7/32");
+        assert!(one.contains(ip("192.0.2.7")) && !one.contains(ip("192.0.2.8")));
+        let v6 = parse_cidr("2001:db8::/32").unwrap();
+        assert!(v6.contains(ip("2001:db8:1::5")) && !v6.contains(ip("2001:db9::1")));
+        assert!(!v6.contains(ip("10.0.0.1")));
+        assert_eq!(parse_cidr("::1").unwrap().to_string(), "::1/128");
+        let all = parse_cidr("0.0.0.0/0").unwrap();
+        assert!(all.contains(ip("203.0.113.1")) && !all.contains(ip("::2")));
+        assert!(parse_cidr("::/0").unwrap().contains(ip("2001:db8::1")));
+        let mapped = parse_cidr("::ffff:10.0.0.0/104").unwrap();
+        assert_eq!(mapped.to_string(), "10.0.0.0/8");
+        assert!(mapped.contains(ip("10.3.3.3")));
+        for bad in [
+            "10.0.0.0/33",
+            "::/129",
+            "nonsense",
+            "10.0.0/8",
+            "10.0.0.0/",
+            "10.0.0.0/+8",
+        ] {
+            assert!(parse_cidr(bad).is_err(), "{bad}");
+        }
+        let host_bits = parse_cidr("10.0.0.1/8").unwrap_err();
+        assert!(host_bits.contains("did you mean 10.0.0.0/8"), "{host_bits}");
     }
 }

@@ -22,19 +22,52 @@ use crate::systemd::{self, Notifier};
 use crate::watch::Watch;
 use crate::{socket, spawn};
 
-/// Everything that can be checked without binding or starting anything.
-fn prepare(args: ServeArgs, explicit: Vec<String>) -> Result<(Config, Option<Target>)> {
+/// Everything `serve` builds before binding or starting anything. `check` runs exactly this,
+/// so that it refuses what `serve` would refuse, with the same message and exit code.
+fn prepare(args: ServeArgs, explicit: Vec<String>) -> Result<Prepared> {
     let cfg = Config::from_args(args, explicit)?;
     let target = privilege::resolve(cfg.user.as_deref(), cfg.group.as_deref())?;
     if let Some(t) = &target {
         privilege::check_executable_as(t, &cfg.program.path)?;
     }
-    Ok((cfg, target))
+    crate::watch::check(&cfg.watch)?;
+    let overrides: Vec<(String, OsString)> = match &target {
+        Some(t) => vec![
+            ("USER".into(), t.user.clone().into()),
+            ("LOGNAME".into(), t.user.clone().into()),
+            ("HOME".into(), t.home.clone().into()),
+        ],
+        None => Vec::new(),
+    };
+    // The worker command as execve will get it (no NUL in an argument or a variable); serve
+    // builds it again once NOTIFY_SOCKET is known.
+    spawner(&cfg, &overrides)?;
+    Ok(Prepared {
+        cfg,
+        target,
+        overrides,
+    })
+}
+
+/// What [`prepare`] gives `serve`.
+struct Prepared {
+    cfg: Config,
+    target: Option<Target>,
+    /// Environment every worker gets besides the configured one (USER, LOGNAME, HOME).
+    overrides: Vec<(String, OsString)>,
+}
+
+/// The spawner of the configured worker command, with `overrides` under the configured `env`.
+fn spawner(cfg: &Config, overrides: &[(String, OsString)]) -> Result<spawn::Spawner> {
+    let mut env = overrides.to_vec();
+    env.extend(cfg.env.iter().map(|(k, v)| (k.clone(), v.into())));
+    spawn::Spawner::new(&cfg.program, &env, cfg.workdir.as_deref())
+        .map_err(|e| Error::usage(format!("worker command: {e}")))
 }
 
 /// `multinode check`: validates the configuration and says what `serve` would run.
 pub fn check(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
-    let (cfg, target) = prepare(args, explicit)?;
+    let Prepared { cfg, target, .. } = prepare(args, explicit)?;
     let listen: Vec<&str> = cfg.listen.iter().map(|l| l.text.as_str()).collect();
     let user = target.as_ref().map_or_else(
         || "the current user".to_string(),
@@ -55,7 +88,11 @@ pub fn check(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
 
 pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
     let listen_given = explicit.iter().any(|e| e == "listen");
-    let (cfg, target) = prepare(args, explicit)?;
+    let Prepared {
+        cfg,
+        target,
+        mut overrides,
+    } = prepare(args, explicit)?;
     let inherited = systemd::inherited(cfg.backlog)?;
     if inherited.is_some() && listen_given {
         return Err(Error::usage(
@@ -122,20 +159,9 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|e| Error::sys("becoming a child subreaper (PR_SET_CHILD_SUBREAPER)", e))?;
 
-    let mut overrides: Vec<(String, OsString)> = match &target {
-        Some(t) => vec![
-            ("USER".into(), t.user.clone().into()),
-            ("LOGNAME".into(), t.user.clone().into()),
-            ("HOME".into(), t.home.clone().into()),
-        ],
-        None => Vec::new(),
-    };
     let notify = NotifyServer::bind()?;
     overrides.push(("NOTIFY_SOCKET".into(), notify.path().as_os_str().to_owned()));
-    let mut env = overrides.clone();
-    env.extend(cfg.env.iter().map(|(k, v)| (k.clone(), v.into())));
-    let spawner = spawn::Spawner::new(&cfg.program, &env, cfg.workdir.as_deref())
-        .map_err(|e| Error::usage(format!("worker command: {e}")))?;
+    let spawner = spawner(&cfg, &overrides)?;
 
     let mut out = Output::start(cfg.log_format, cfg.color);
     for (i, s) in sockets.iter().enumerate() {

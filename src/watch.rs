@@ -39,32 +39,44 @@ struct Root {
     file: Option<std::ffi::OsString>,
 }
 
+/// Checks that every `--watch` path can be watched (it exists), as [`Watch::start`] will;
+/// `multinode check` runs this.
+pub fn check(paths: &[PathBuf]) -> Result<()> {
+    roots(paths).map(drop)
+}
+
+/// What each `--watch` path covers.
+fn roots(paths: &[PathBuf]) -> Result<Vec<Root>> {
+    let mut roots = Vec::new();
+    for p in paths {
+        let abs = std::path::absolute(p)
+            .map_err(|e| Error::usage(format!("--watch {}: {e}", p.display())))?;
+        let meta = std::fs::metadata(&abs).map_err(|e| {
+            Error::usage(format!(
+                "--watch {}: {}; give an existing file or directory",
+                p.display(),
+                crate::config::io_reason(&e)
+            ))
+        })?;
+        if meta.is_dir() {
+            roots.push(Root {
+                dir: abs,
+                file: None,
+            });
+        } else {
+            let dir = abs.parent().unwrap_or(Path::new("/")).to_path_buf();
+            roots.push(Root {
+                dir,
+                file: abs.file_name().map(|n| n.to_os_string()),
+            });
+        }
+    }
+    Ok(roots)
+}
+
 impl Watch {
     pub fn start(paths: &[PathBuf], ignores: &[String]) -> Result<Watch> {
-        let mut roots = Vec::new();
-        for p in paths {
-            let abs = std::path::absolute(p)
-                .map_err(|e| Error::usage(format!("--watch {}: {e}", p.display())))?;
-            let meta = std::fs::metadata(&abs).map_err(|e| {
-                Error::usage(format!(
-                    "--watch {}: {}; give an existing file or directory",
-                    p.display(),
-                    crate::config::io_reason(&e)
-                ))
-            })?;
-            if meta.is_dir() {
-                roots.push(Root {
-                    dir: abs,
-                    file: None,
-                });
-            } else {
-                let dir = abs.parent().unwrap_or(Path::new("/")).to_path_buf();
-                roots.push(Root {
-                    dir,
-                    file: abs.file_name().map(|n| n.to_os_string()),
-                });
-            }
-        }
+        let roots = roots(paths)?;
         let mut patterns: Vec<String> = DEFAULT_IGNORES.iter().map(|s| s.to_string()).collect();
         patterns.extend(ignores.iter().cloned());
 

@@ -772,6 +772,129 @@ fn proxy_protocol_bad_clients_do_not_disturb_others() {
     good(n);
 }
 
+/// With `--proxy-from 127.0.0.2` (and a network that is not ours), a PROXY header from
+/// 127.0.0.3 is not believed: the connection is closed before a byte is read, a
+/// `proxy-refused` warning counts it, and no worker ever gets it (the supervisor's sequence
+/// numbers, which count routed connections, show no gap). Headers from 127.0.0.2 are
+/// believed and routed by the address they name. No `proxy-untrusted` warning at start.
+#[test]
+fn proxy_headers_are_believed_only_from_proxy_from() {
+    let mn = serve_routed(
+        "ip-hash",
+        2,
+        "127.0.0.1:0",
+        &[
+            "--proxy-protocol",
+            "--proxy-from",
+            "127.0.0.2",
+            "--proxy-from",
+            "10.0.0.0/8",
+        ],
+    );
+    let addr = mn.tcp_addr("listen0");
+    let trusted = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    let stranger = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+    let named = SocketAddr::from(([192, 0, 2, 50], 4242));
+
+    let first = ask(connect_from(trusted, addr).unwrap(), &proxy_v1(named)).unwrap();
+    assert_eq!(
+        first.client,
+        named.to_string(),
+        "a trusted header is believed"
+    );
+
+    for header in [proxy_v1(named), proxy_v2(named)] {
+        let mut s = connect_from(stranger, addr).unwrap();
+        let mut req = header;
+        req.extend_from_slice(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        // The supervisor may have closed it already: then the write fails, which is fine.
+        let _ = s.write_all(&req);
+        expect_closed_without_answer(s, "a header from outside --proxy-from");
+    }
+    let refused = mn.wait_event("proxy-refused", |e| e.str("peer") == Some("127.0.0.3"));
+    assert_eq!(refused.level, "warn");
+    assert!(refused.u64("refused").is_some_and(|n| n >= 1), "{refused}");
+
+    let next = ask(connect_from(trusted, addr).unwrap(), &proxy_v2(named)).unwrap();
+    assert_eq!(next.client, named.to_string());
+    assert_eq!(
+        next.seq,
+        first.seq + 1,
+        "the refused connections never reached a worker: {first:?}, then {next:?}"
+    );
+    assert!(mn.events("proxy-untrusted").is_empty(), "{}", mn.output());
+}
+
+/// Raises this process's RLIMIT_NOFILE to at least `want` (the hard limit too, as root).
+fn raise_nofile(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    if lim.rlim_cur >= want {
+        return;
+    }
+    if lim.rlim_max < want && is_root() {
+        lim.rlim_max = want;
+    }
+    lim.rlim_cur = want.min(lim.rlim_max);
+    // SAFETY: setrlimit reads the struct we pass.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+    assert!(
+        lim.rlim_cur >= want,
+        "RLIMIT_NOFILE is {} and cannot be raised to {want}",
+        lim.rlim_cur
+    );
+}
+
+/// 2,000 connections from 127.0.0.2 that never send a PROXY header (more than the 1,024 that
+/// may wait at once, and a header timeout far away) do not lock out 127.0.0.3: once the limit
+/// is reached, each new connection closes the oldest of the source holding the most, so the
+/// request from 127.0.0.3 is served with the address its header names. The idle source's
+/// oldest connection is closed by then, its newest is still open. Without `--proxy-from`,
+/// multinode warned at start that any client can claim any address.
+#[test]
+fn idle_proxy_connections_from_one_source_do_not_lock_out_another() {
+    raise_nofile(8192);
+    let mn = serve_routed(
+        "ip-hash",
+        2,
+        "127.0.0.1:0",
+        &["--proxy-protocol", "--proxy-timeout", "10m"],
+    );
+    let warned = mn.wait_event("proxy-untrusted", |_| true);
+    assert_eq!(warned.level, "warn");
+    let addr = mn.tcp_addr("listen0");
+    let idle_src = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    let mut idle = Vec::with_capacity(2000);
+    for i in 0..2000 {
+        let s = connect_from(idle_src, addr)
+            .unwrap_or_else(|e| panic!("idle connection {i}: {e}; output:\n{}", mn.output()));
+        idle.push(s);
+    }
+    // The limit was reached: the idle source is losing its oldest connections.
+    mn.wait_event("proxy", |e| e.str("cause") == Some("evicted"));
+
+    let named = SocketAddr::from(([203, 0, 113, 9], 5000));
+    let other = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+    let r = ask(connect_from(other, addr).unwrap(), &proxy_v1(named))
+        .unwrap_or_else(|e| panic!("the other source is locked out: {e}"));
+    assert_eq!(r.client, named.to_string());
+
+    let newest = idle.pop().unwrap();
+    let mut probe = [0u8; 1];
+    newest.set_nonblocking(true).unwrap();
+    match (&newest).read(&mut probe) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        other => panic!("the newest idle connection was closed: {other:?}"),
+    }
+    expect_closed_without_answer(idle.remove(0), "the oldest idle connection");
+    drop(idle);
+    drop(newest);
+}
+
 // ---------------------------------------------------------------------------------------------
 // (f) the Python example under each policy
 

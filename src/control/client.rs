@@ -7,6 +7,7 @@ use super::protocol::{Reply, Request, Status};
 use super::{locate, request};
 use crate::cli::Target;
 use crate::error::{Error, Exit, Result};
+use crate::log::escape_controls;
 
 fn status_of(path: &Path) -> Result<Status> {
     match request(path, &Request::Status)?.0 {
@@ -62,10 +63,12 @@ fn to_json(s: &Status) -> String {
     serde_json::to_string(s).unwrap_or_default()
 }
 
+/// The status as text, its strings escaped: STATUS= and last-exit text come from workers, and
+/// may not drive the terminal (see `log::escape_controls`).
 fn summary(s: &Status) -> String {
     format!(
         "{}: pid {}, {} worker(s), generation {}, {}",
-        s.name,
+        escape_controls(&s.name),
         s.pid,
         s.workers,
         s.generation,
@@ -76,9 +79,10 @@ fn summary(s: &Status) -> String {
 fn print_table(s: &Status) {
     println!("{}", summary(s));
     if let Some(c) = &s.control {
-        println!("control socket {c}");
+        println!("control socket {}", escape_controls(c));
     }
-    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let opt =
+        |v: Option<String>| v.map_or_else(|| "-".into(), |t| escape_controls(&t).into_owned());
     let rows: Vec<[String; 8]> = s
         .slots
         .iter()
@@ -89,7 +93,7 @@ fn print_table(s: &Status) {
             [
                 r.slot.to_string(),
                 opt(r.pid.map(|p| p.to_string())),
-                r.state.clone(),
+                escape_controls(&r.state).into_owned(),
                 opt(r.generation.map(|g| g.to_string())),
                 uptime,
                 r.restarts.to_string(),

@@ -7,7 +7,9 @@
 //! writability). At most [`MAX_CLIENTS`] connections are served at once; more are closed at
 //! once. A reply larger than [`MAX_REPLY`] is replaced by an error. A client that stops
 //! reading its reply for [`WRITE_TIMEOUT`] is dropped. `multinode stop` callers are held open
-//! after their reply until the supervisor exits.
+//! after their reply until the supervisor exits. Out of file descriptors, the listening
+//! socket is not polled for [`ACCEPT_PAUSE`] (it would stay readable and spin the loop);
+//! connections wait in its queue meanwhile.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -31,6 +33,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections accepted per wake-up.
 const ACCEPT_BURST: usize = 16;
+/// How long accepting pauses when the supervisor is out of fds.
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 pub type ClientId = u64;
 
@@ -68,6 +72,10 @@ pub struct ControlServer {
     file: SocketFile,
     clients: Vec<Client>,
     next_id: ClientId,
+    /// Out of fds: the listening socket is not polled until then.
+    paused_until: Option<Instant>,
+    /// Out-of-fds warnings: one a second at most.
+    warnings: crate::route::RateLimit,
 }
 
 impl ControlServer {
@@ -117,6 +125,8 @@ impl ControlServer {
             file,
             clients: Vec::new(),
             next_id: 0,
+            paused_until: None,
+            warnings: crate::route::RateLimit::new(),
         })
     }
 
@@ -125,11 +135,38 @@ impl ControlServer {
         self.file.remove().map(drop)
     }
 
+    /// Whether the listening socket should be polled now (not while out of fds).
+    pub fn accepting(&self, now: Instant) -> bool {
+        self.paused_until.is_none_or(|t| t <= now)
+    }
+
     /// Accepts waiting connections (a burst); over [`MAX_CLIENTS`] they are closed at once.
-    pub fn accept(&mut self, now: Instant) {
+    /// Out of fds, pauses accepting and returns a warning to log (one a second at most).
+    pub fn accept(&mut self, now: Instant) -> Option<crate::log::Event> {
+        self.paused_until = None;
         for _ in 0..ACCEPT_BURST {
-            let Ok((stream, _)) = self.listener.accept() else {
-                return;
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    self.paused_until = Some(now + ACCEPT_PAUSE);
+                    let held = self.warnings.allow(now)?;
+                    let more = match held {
+                        0 => String::new(),
+                        n => format!(" ({n} more like it not shown)"),
+                    };
+                    return Some(
+                        crate::log::Event::warn(
+                            "accept",
+                            format!(
+                                "control socket: out of file descriptors; connections wait in its queue{more}"
+                            ),
+                        )
+                        .with("socket", "control")
+                        .with("held", held),
+                    );
+                }
+                Err(_) => return None,
             };
             if self.clients.len() >= MAX_CLIENTS || stream.set_nonblocking(true).is_err() {
                 continue; // dropped: closed
@@ -144,6 +181,7 @@ impl ControlServer {
                 hold: false,
             });
         }
+        None
     }
 
     /// The clients to poll, and for what.
@@ -256,15 +294,18 @@ impl ControlServer {
         }
     }
 
-    /// Drops clients past their deadline.
+    /// Drops clients past their deadline; ends an accept pause that is over.
     pub fn expire(&mut self, now: Instant) {
+        if self.paused_until.is_some_and(|t| t <= now) {
+            self.paused_until = None;
+        }
         self.clients.retain(|c| match c.phase {
             Phase::Reading(until) | Phase::Writing(until) => until > now,
             Phase::Waiting | Phase::Held => true,
         });
     }
 
-    /// The next client deadline.
+    /// The next client deadline, or the end of an accept pause.
     pub fn deadline(&self) -> Option<Instant> {
         self.clients
             .iter()
@@ -272,6 +313,7 @@ impl ControlServer {
                 Phase::Reading(until) | Phase::Writing(until) => Some(until),
                 Phase::Waiting | Phase::Held => None,
             })
+            .chain(self.paused_until)
             .min()
     }
 

@@ -1,16 +1,30 @@
 //! Connections whose PROXY protocol header is still arriving (`--proxy-protocol`): read
-//! without blocking, exactly the header's bytes, with a deadline.
+//! without blocking, exactly the header's bytes, with a deadline (`--proxy-timeout`).
+//!
+//! At most [`MAX_PENDING`] connections wait at once. Each counts against its source (see
+//! [`source_of`]); when the limit is reached, the source holding the most waiting connections
+//! loses its oldest one, so idle connections from one source cannot lock out another.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{self, MsgFlags};
 
-/// How long a connection may take to send its PROXY header.
-pub const PROXY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-/// Connections waiting for their PROXY header at most; more are closed at once.
+/// Connections waiting for their PROXY header at most; past it, the busiest source's oldest
+/// is closed.
 pub const MAX_PENDING: usize = 1024;
+
+/// What a waiting connection counts against: its client's IPv4 address, or the /64 network of
+/// its IPv6 address (one host usually has a whole /64); `None` for a Unix socket.
+pub type Source = Option<IpAddr>;
+
+pub fn source_of(peer: Option<SocketAddr>) -> Source {
+    peer.map(|p| match p.ip().to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() >> 64 << 64)),
+        v4 => v4,
+    })
+}
 
 /// A connection whose PROXY header is still arriving.
 pub struct Pending {
@@ -18,6 +32,7 @@ pub struct Pending {
     pub fd: OwnedFd,
     pub listener: usize,
     pub peer: Option<SocketAddr>,
+    pub source: Source,
     pub deadline: std::time::Instant,
     /// Header bytes consumed so far (all of it is header: only complete prefixes are read).
     got: Vec<u8>,
@@ -36,14 +51,15 @@ impl Pending {
         fd: OwnedFd,
         listener: usize,
         peer: Option<SocketAddr>,
-        now: std::time::Instant,
+        deadline: std::time::Instant,
     ) -> Self {
         Pending {
             id,
             fd,
             listener,
             peer,
-            deadline: now + PROXY_TIMEOUT,
+            source: source_of(peer),
+            deadline,
             got: Vec::new(),
         }
     }
@@ -86,5 +102,24 @@ impl Pending {
             Parsed::Header { client, .. } => Progress::Done(client.or(self.peer)),
             _ => Progress::Waiting,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources() {
+        let src = |s: &str| source_of(Some(s.parse().unwrap()));
+        assert_eq!(src("192.0.2.7:80"), src("192.0.2.7:9999"));
+        assert_ne!(src("192.0.2.7:80"), src("192.0.2.8:80"));
+        assert_eq!(
+            src("[2001:db8:1:2:aa::1]:80"),
+            src("[2001:db8:1:2:bb::9]:80")
+        );
+        assert_ne!(src("[2001:db8:1:2::1]:80"), src("[2001:db8:1:3::1]:80"));
+        assert_eq!(src("[::ffff:192.0.2.7]:80"), src("192.0.2.7:1"));
+        assert_eq!(source_of(None), None);
     }
 }

@@ -3,21 +3,24 @@
 //! connections ([`Router::set_targets`], from `Core::route_targets`); everything per
 //! connection happens here, in the shell, without a round trip through the core.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::socket::{self, SockFlag};
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockaddrLike, SockaddrStorage};
 use nix::unistd::Pid;
 
 use super::channel::{self, Channel};
-use super::pending::{MAX_PENDING, Pending, Progress};
+use super::pending::{MAX_PENDING, Pending, Progress, Source};
 use super::policy::{Candidate, choose};
 use super::{Conn, MAX_BACKLOG, RateLimit, peer_of};
 use crate::cli::RoutePolicy;
+use crate::config::Config;
 use crate::log::{Event, Output};
+use crate::proxy::Cidr;
+use crate::supervisor::human;
 
 /// Connections accepted from one listening socket per wake-up, so one busy socket cannot
 /// starve the rest of the loop.
@@ -42,9 +45,20 @@ pub enum Wake {
     Channel(Pid, usize),
 }
 
+/// `--proxy-protocol`: whom to believe, and how long to wait for a header.
+struct ProxyRules {
+    /// `--proxy-from`; empty: anyone.
+    from: Vec<Cidr>,
+    timeout: Duration,
+}
+
 pub struct Router {
     policy: RoutePolicy,
-    proxy: bool,
+    proxy: Option<ProxyRules>,
+    /// Connections closed because they came from outside `--proxy-from`, since the start.
+    refused: u64,
+    /// Connections waiting for a PROXY header, per source.
+    per_source: HashMap<Source, usize>,
     seq: u64,
     turn: usize,
     next_id: u64,
@@ -60,10 +74,26 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(policy: RoutePolicy, proxy: bool) -> Router {
+    /// The router of `cfg`'s route mode. With `--proxy-protocol` and no `--proxy-from`, says
+    /// (once, now) that any client can claim any address.
+    pub fn new(policy: RoutePolicy, cfg: &Config, out: &mut Output) -> Router {
+        let proxy = cfg.proxy_protocol.then(|| ProxyRules {
+            from: cfg.proxy_from.clone(),
+            timeout: cfg.proxy_timeout,
+        });
+        if proxy.as_ref().is_some_and(|p| p.from.is_empty()) {
+            out.event(Event::warn(
+                "proxy-untrusted",
+                "--proxy-protocol without --proxy-from: any client can claim any address in its \
+                 PROXY header (and so choose its worker); give --proxy-from with the addresses \
+                 of your load balancers",
+            ));
+        }
         Router {
             policy,
             proxy,
+            refused: 0,
+            per_source: HashMap::new(),
             seq: 0,
             turn: 0,
             next_id: 0,
@@ -168,8 +198,10 @@ impl Router {
                 Err(Errno::EMFILE) | Err(Errno::ENFILE) => {
                     self.paused_until = Some(now + ACCEPT_PAUSE);
                     self.warn(
-                        "accept",
-                        "out of file descriptors; connections wait in the accept queue".into(),
+                        Event::warn(
+                            "accept",
+                            "out of file descriptors; connections wait in the accept queue",
+                        ),
                         out,
                     );
                     break;
@@ -179,18 +211,32 @@ impl Router {
             // SAFETY: accept4 just returned this fd and nothing else owns it.
             let fd = unsafe { OwnedFd::from_raw_fd(raw) };
             let peer = peer_of(&fd);
-            if self.proxy {
-                if self.pending.len() >= MAX_PENDING {
+            if let Some(rules) = &self.proxy {
+                if !trusted(&rules.from, &fd, peer) {
+                    // Closed before a byte is read: its header would not be believed.
                     drop(fd);
-                    let msg = format!(
-                        "{MAX_PENDING} connections already wait for a PROXY header; closing a new one"
-                    );
-                    self.warn("proxy", msg, out);
+                    self.refused += 1;
+                    let from = peer.map_or_else(|| "?".to_string(), |p| p.ip().to_string());
+                    let ev = Event::warn(
+                        "proxy-refused",
+                        format!(
+                            "closed a connection from {from}: not in --proxy-from ({} so far)",
+                            self.refused
+                        ),
+                    )
+                    .with("peer", from)
+                    .with("refused", self.refused);
+                    self.warn(ev, out);
                     continue;
                 }
+                let deadline = crate::supervisor::later(now, rules.timeout);
+                if self.pending.len() >= MAX_PENDING {
+                    self.evict(out);
+                }
                 self.next_id += 1;
-                self.pending
-                    .push(Pending::new(self.next_id, fd, listener, peer, now));
+                let p = Pending::new(self.next_id, fd, listener, peer, deadline);
+                *self.per_source.entry(p.source).or_default() += 1;
+                self.pending.push(p);
             } else {
                 self.seq += 1;
                 let seq = self.seq;
@@ -214,21 +260,78 @@ impl Router {
         };
         match self.pending[idx].advance() {
             Progress::Waiting => {}
-            Progress::Done(client) => {
-                let p = self.pending.swap_remove(idx);
-                self.seq += 1;
-                let conn = Conn {
-                    fd: p.fd,
-                    peer: client,
-                    seq: self.seq,
-                    listener: p.listener,
-                };
-                self.dispatch(conn, out);
-            }
+            Progress::Done(client) => self.proxied(idx, client, out),
             Progress::Failed(why) => {
-                let p = self.pending.swap_remove(idx);
+                let p = self.take_pending(idx);
                 drop(p.fd);
-                self.proxy_warn(why, p.peer, out);
+                self.proxy_warn(why, "invalid", p.peer, out);
+            }
+        }
+    }
+
+    /// The pending connection at `idx` sent its header naming `client`: route it.
+    fn proxied(&mut self, idx: usize, client: Option<SocketAddr>, out: &mut Output) {
+        let p = self.take_pending(idx);
+        self.seq += 1;
+        let conn = Conn {
+            fd: p.fd,
+            peer: client,
+            seq: self.seq,
+            listener: p.listener,
+        };
+        self.dispatch(conn, out);
+    }
+
+    /// Removes the pending connection at `idx` (and its count against its source).
+    fn take_pending(&mut self, idx: usize) -> Pending {
+        let p = self.pending.swap_remove(idx);
+        self.uncount(p.source);
+        p
+    }
+
+    fn uncount(&mut self, source: Source) {
+        if let Some(n) = self.per_source.get_mut(&source) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(&source);
+            }
+        }
+    }
+
+    /// Makes room for one more waiting connection: the source holding the most loses its
+    /// oldest (after a last look, in case its header is there, not yet read).
+    fn evict(&mut self, out: &mut Output) {
+        let Some(source) = self
+            .per_source
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map(|(s, _)| *s)
+        else {
+            return;
+        };
+        let Some(idx) = self
+            .pending
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.source == source)
+            .min_by_key(|(_, p)| p.id)
+            .map(|(i, _)| i)
+        else {
+            return;
+        };
+        match self.pending[idx].advance() {
+            Progress::Done(client) => self.proxied(idx, client, out),
+            Progress::Failed(why) => {
+                let p = self.take_pending(idx);
+                self.proxy_warn(why, "invalid", p.peer, out);
+            }
+            Progress::Waiting => {
+                let p = self.take_pending(idx);
+                let why = format!(
+                    "{MAX_PENDING} connections wait for a PROXY header and this source holds \
+                     the most; closed its oldest"
+                );
+                self.proxy_warn(&why, "evicted", p.peer, out);
             }
         }
     }
@@ -242,9 +345,12 @@ impl Router {
             .into_iter()
             .partition(|p| p.deadline <= now);
         self.pending = keep;
+        let timeout = self.proxy.as_ref().map_or(Duration::ZERO, |r| r.timeout);
+        let why = format!("no PROXY header within {}", human(timeout));
         for p in late {
+            self.uncount(p.source);
             drop(p.fd);
-            self.proxy_warn("no PROXY header within 5s", p.peer, out);
+            self.proxy_warn(&why, "timeout", p.peer, out);
         }
     }
 
@@ -301,8 +407,10 @@ impl Router {
                 } else {
                     drop(conn);
                     self.warn(
-                        "route",
-                        "every worker's channel is full; closed a connection".into(),
+                        Event::warn(
+                            "route",
+                            "every worker's channel is full; closed a connection",
+                        ),
                         out,
                     );
                 }
@@ -336,13 +444,21 @@ impl Router {
         choose(self.policy, client, &cands, &mut self.turn).map(|k| idx[k])
     }
 
-    fn proxy_warn(&mut self, why: &str, peer: Option<SocketAddr>, out: &mut Output) {
+    /// A connection closed while waiting for its PROXY header; `cause`: `invalid`, `timeout`
+    /// or `evicted`.
+    fn proxy_warn(&mut self, why: &str, cause: &str, peer: Option<SocketAddr>, out: &mut Output) {
         let from = peer.map_or_else(String::new, |p| format!(" from {p}"));
-        self.warn("proxy", format!("closed a connection{from}: {why}"), out);
+        let mut ev =
+            Event::warn("proxy", format!("closed a connection{from}: {why}")).with("cause", cause);
+        if let Some(p) = peer {
+            ev = ev.with("peer", p.to_string());
+        }
+        self.warn(ev, out);
     }
 
-    /// A rate-limited warning (one line a second at most, counting the rest).
-    fn warn(&mut self, kind: &'static str, msg: String, out: &mut Output) {
+    /// A rate-limited warning (one line a second at most per kind, counting the rest).
+    fn warn(&mut self, ev: Event, out: &mut Output) {
+        let kind = ev.kind;
         let i = match self.logs.iter().position(|(k, _)| *k == kind) {
             Some(i) => i,
             None => {
@@ -356,7 +472,22 @@ impl Router {
             } else {
                 String::new()
             };
-            out.event(Event::warn(kind, format!("{msg}{more}")).with("held", held));
+            let msg = format!("{}{more}", ev.msg);
+            out.event(Event { msg, ..ev }.with("held", held));
         }
+    }
+}
+
+/// Whether a PROXY header on this connection may be believed: `from` is empty (anyone), or
+/// the TCP peer is in one of its networks. A Unix socket's peers are believed: its file's
+/// mode decides who may connect.
+fn trusted(from: &[Cidr], fd: &OwnedFd, peer: Option<SocketAddr>) -> bool {
+    if from.is_empty() {
+        return true;
+    }
+    match peer {
+        Some(p) => from.iter().any(|c| c.contains(p.ip())),
+        None => socket::getsockname::<SockaddrStorage>(fd.as_raw_fd())
+            .is_ok_and(|a| a.family() == Some(AddressFamily::Unix)),
     }
 }

@@ -23,7 +23,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use crate::error::{Error, Result};
 
 pub use shell::{Parts, run};
-pub use worker::human;
+pub use worker::{human, later};
 
 /// The signals the supervisor handles; they are blocked in every thread and read from a
 /// signalfd by the loop. Workers get a clean mask (see spawn.rs).

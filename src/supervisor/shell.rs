@@ -91,7 +91,7 @@ enum Wake {
 
 /// Runs the supervisor until every worker is gone; returns the exit status and the parts (for
 /// cleanup).
-pub fn run(cfg: Config, p: Parts) -> (Exit, Parts) {
+pub fn run(cfg: Config, mut p: Parts) -> (Exit, Parts) {
     let fixed = Fixed {
         name: cfg.name.clone(),
         mode: cfg.mode,
@@ -100,7 +100,7 @@ pub fn run(cfg: Config, p: Parts) -> (Exit, Parts) {
         pid: std::process::id(),
     };
     let router = match cfg.mode {
-        Mode::Route(policy) => Some(Router::new(policy, cfg.proxy_protocol)),
+        Mode::Route(policy) => Some(Router::new(policy, &cfg, &mut p.out)),
         _ => None,
     };
     let mut sh = Shell {
@@ -217,8 +217,10 @@ impl Shell {
             fds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
         }
         if let Some(c) = &self.p.control {
-            keys.push(Wake::Control);
-            fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
+            if c.accepting(now) {
+                keys.push(Wake::Control);
+                fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
+            }
             for (id, fd, interest) in c.polled() {
                 let ev = match interest {
                     Interest::Read => PollFlags::POLLIN,
@@ -279,8 +281,13 @@ impl Shell {
                 }
             }
             Wake::Control => {
-                if let Some(c) = &mut self.p.control {
-                    c.accept(Instant::now());
+                let warning = self
+                    .p
+                    .control
+                    .as_mut()
+                    .and_then(|c| c.accept(Instant::now()));
+                if let Some(ev) = warning {
+                    self.p.out.event(ev);
                 }
             }
             Wake::Client(id, Interest::Read) => {
