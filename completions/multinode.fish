@@ -37,7 +37,7 @@ complete -c multinode -n "__fish_multinode_needs_command" -f -a "__generate" -d 
 complete -c multinode -n "__fish_multinode_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -s c -l config -d 'Read options from this TOML file; options given on the command line win' -r -F
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l name -d 'Name of this service: picks its control socket [default: the program\'s file name]' -r
-complete -c multinode -n "__fish_multinode_using_subcommand serve" -l control -d 'Path of the control socket [default: /run/multinode/NAME/control.sock as root, else $XDG_RUNTIME_DIR/multinode/NAME/control.sock]' -r -F
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l control -d 'Path of the control socket [default: /run/multinode/NAME/control.sock as root, else $XDG_RUNTIME_DIR/multinode/NAME/control.sock, or /tmp/multinode-UID/NAME/control.sock without XDG_RUNTIME_DIR]' -r -F
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l workdir -d 'Working directory of the workers [default: multinode\'s]' -r -f -a "(__fish_complete_directories)"
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -s e -l env -d 'Set an environment variable for the workers; repeatable' -r
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -s w -l workers -d 'Number of worker processes [default: the number of CPUs]' -r
@@ -79,7 +79,7 @@ complete -c multinode -n "__fish_multinode_using_subcommand serve" -s h -l help 
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -s V -l version -d 'Print version'
 complete -c multinode -n "__fish_multinode_using_subcommand check" -s c -l config -d 'Read options from this TOML file; options given on the command line win' -r -F
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l name -d 'Name of this service: picks its control socket [default: the program\'s file name]' -r
-complete -c multinode -n "__fish_multinode_using_subcommand check" -l control -d 'Path of the control socket [default: /run/multinode/NAME/control.sock as root, else $XDG_RUNTIME_DIR/multinode/NAME/control.sock]' -r -F
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l control -d 'Path of the control socket [default: /run/multinode/NAME/control.sock as root, else $XDG_RUNTIME_DIR/multinode/NAME/control.sock, or /tmp/multinode-UID/NAME/control.sock without XDG_RUNTIME_DIR]' -r -F
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l workdir -d 'Working directory of the workers [default: multinode\'s]' -r -f -a "(__fish_complete_directories)"
 complete -c multinode -n "__fish_multinode_using_subcommand check" -s e -l env -d 'Set an environment variable for the workers; repeatable' -r
 complete -c multinode -n "__fish_multinode_using_subcommand check" -s w -l workers -d 'Number of worker processes [default: the number of CPUs]' -r

@@ -129,7 +129,8 @@ pub struct ServeArgs {
     pub name: Option<String>,
 
     /// Path of the control socket [default: /run/multinode/NAME/control.sock as root,
-    /// else $XDG_RUNTIME_DIR/multinode/NAME/control.sock]
+    /// else $XDG_RUNTIME_DIR/multinode/NAME/control.sock, or /tmp/multinode-UID/NAME/control.sock
+    /// without XDG_RUNTIME_DIR]
     #[arg(long, value_name = "PATH", value_hint = ValueHint::FilePath)]
     pub control: Option<PathBuf>,
 

@@ -4,8 +4,9 @@
 //! validate everything (config, program, user) → block signals → start the file watcher →
 //! take systemd's sockets or bind every socket (as root if started so) → bind the control
 //! socket → drop privileges for good → become a subreaper → the notify socket → run the event
-//! loop → remove our socket files. A failure before the loop leaves no socket file behind:
-//! bound sockets are closed and their files removed while we still have the rights to.
+//! loop → remove the socket files we still may. A failure before the loop leaves no socket
+//! file behind: bound sockets are closed and their files removed while we still have the
+//! rights to.
 
 use std::ffi::OsString;
 
@@ -17,6 +18,7 @@ use crate::guard::Guard;
 use crate::log::{Event, Output};
 use crate::notify::NotifyServer;
 use crate::privilege::{self, Target};
+use crate::socket::file::{FileId, SocketFile};
 use crate::supervisor::{self, Parts};
 use crate::systemd::{self, Notifier};
 use crate::watch::Watch;
@@ -68,6 +70,9 @@ fn spawner(cfg: &Config, overrides: &[(String, OsString)]) -> Result<spawn::Spaw
 /// `multinode check`: validates the configuration and says what `serve` would run.
 pub fn check(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
     let Prepared { cfg, target, .. } = prepare(args, explicit)?;
+    if cfg.control.is_none() {
+        control::checked_base(true)?;
+    }
     let listen: Vec<&str> = cfg.listen.iter().map(|l| l.text.as_str()).collect();
     let user = target.as_ref().map_or_else(
         || "the current user".to_string(),
@@ -142,11 +147,17 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
             slot_fds.push(set);
         }
     }
-    let control_path = cfg
-        .control
-        .clone()
-        .unwrap_or_else(|| control::default_path(&cfg.name));
-    let control = ControlServer::bind(&control_path, owner)?;
+    let control = ControlServer::bind(cfg.control.as_deref(), &cfg.name)?;
+    // The socket files this run made, each with its inode: what must be removed at exit. The
+    // dropped supervisor removes those it still may (at the end below); the others (the
+    // control socket in root's /run/multinode/NAME, a socket in a directory only root can
+    // write) need root: this list is what a root helper that outlives us is to be handed.
+    let created: Vec<FileId> = sockets
+        .iter()
+        .filter_map(|s| s.file.as_ref())
+        .chain([control.file()])
+        .map(SocketFile::id)
+        .collect();
     if !cfg.allow_new_privileges {
         privilege::clear_bounding_set()?;
     }
@@ -227,30 +238,25 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
         mut control,
         ..
     } = parts;
-    let mut leftovers: Vec<(std::path::PathBuf, std::io::Error)> = Vec::new();
     for s in &mut sockets {
         if let Some(file) = &mut s.file {
-            if let Err(e) = file.remove() {
-                leftovers.push((file.path.clone(), e));
-            }
+            let _ = file.remove();
         }
     }
     if let Some(c) = &mut control {
-        if let Err(e) = c.remove() {
-            leftovers.push((c.path.clone(), e));
-        }
+        let _ = c.remove();
     }
-    for (path, e) in leftovers {
+    for id in created.iter().filter(|id| id.present()) {
+        let shown = id.path.display();
         out.event(
-            Event::warn(
+            Event::info(
                 "socket-file",
                 format!(
-                    "left {} in place: {} (the next start replaces it)",
-                    path.display(),
-                    crate::config::io_reason(&e)
+                    "left {shown} in place: uid {} may not remove it (the next start replaces it)",
+                    nix::unistd::Uid::effective()
                 ),
             )
-            .with("path", path.display().to_string()),
+            .with("path", shown.to_string()),
         );
     }
     out.event(

@@ -385,8 +385,13 @@ fn not_root_runs_as_is() {
     let hello = worker_bin("hello");
     // The copy worker_bin() made, which nobody can execute wherever the checkout is.
     let multinode = worker_bin("multinode");
+    // Its own TMPDIR: the control directory it makes there (multinode-65534, 0700) never
+    // meets one another run left in /tmp.
+    let tmp = Scratch::new("not-root");
     let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+    cmd.env_remove("XDG_RUNTIME_DIR")
+        .env("TMPDIR", &tmp.0)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(&multinode)
         .args(serve_args(&[
             "-w",

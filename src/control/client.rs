@@ -16,10 +16,21 @@ fn status_of(path: &Path) -> Result<Status> {
     }
 }
 
+/// The supervisor said no: exit 1, or 4 when this user may not ask for that (the supervisor's
+/// refusal starts with "permission denied:").
+fn failed(msg: String, error: &str) -> Error {
+    let exit = if error.starts_with("permission denied:") {
+        Exit::Privilege
+    } else {
+        Exit::Unclean
+    };
+    Error::new(exit, msg)
+}
+
 /// An answer of the wrong kind: the supervisor's failure message, or a protocol mismatch.
 fn unexpected(reply: &Reply) -> Error {
     match reply {
-        Reply::Failed { error } => Error::new(Exit::Unclean, error.clone()),
+        Reply::Failed { error } => failed(error.clone(), error),
         other => Error::new(
             Exit::Unclean,
             format!("unexpected answer from multinode: {other:?}"),
@@ -29,7 +40,7 @@ fn unexpected(reply: &Reply) -> Error {
 
 pub fn status(t: &Target, as_json: bool, check: bool) -> Result<Exit> {
     if t.name.is_none() && t.control.is_none() && !check {
-        let live = super::running();
+        let live = super::running()?;
         if live.len() > 1 {
             // Several services: one line each.
             for (name, path) in live {
@@ -142,9 +153,7 @@ pub fn reload(t: &Target) -> Result<Exit> {
             println!("reloaded: every worker runs generation {generation}");
             Ok(Exit::Ok)
         }
-        Reply::Failed { error } => {
-            Err(Error::new(Exit::Unclean, format!("reload failed: {error}")))
-        }
+        Reply::Failed { error } => Err(failed(format!("reload failed: {error}"), &error)),
         other => Err(unexpected(&other)),
     }
 }
@@ -156,9 +165,9 @@ pub fn scale(t: &Target, workers: u32) -> Result<Exit> {
             println!("scaled: {workers} worker(s) ready");
             Ok(Exit::Ok)
         }
-        Reply::Failed { error } => Err(Error::new(
-            Exit::Unclean,
+        Reply::Failed { error } => Err(failed(
             format!("scale to {workers} failed: {error}"),
+            &error,
         )),
         other => Err(unexpected(&other)),
     }
@@ -170,7 +179,7 @@ pub fn stop(t: &Target) -> Result<Exit> {
     match reply {
         Reply::Stopping => {}
         Reply::Failed { error } => {
-            return Err(Error::new(Exit::Unclean, format!("stop failed: {error}")));
+            return Err(failed(format!("stop failed: {error}"), &error));
         }
         other => return Err(unexpected(&other)),
     }

@@ -10,6 +10,13 @@
 //! after their reply until the supervisor exits. Out of file descriptors, the listening
 //! socket is not polled for [`ACCEPT_PAUSE`] (it would stay readable and spin the loop);
 //! connections wait in its queue meanwhile.
+//!
+//! Who may ask what: each accepted connection's `SO_PEERCRED` uid is read once. Root and the
+//! user who started multinode (the real uid at start) may ask anything; every other peer —
+//! the workers' user too, when it is not the one who started multinode — may ask only for
+//! `status`: anything else is answered `{"failed":{"error":"permission denied: ..."}}` here
+//! and never reaches the core. Those peers hold at most [`MAX_GUESTS`] of the places, so they
+//! can never lock root out.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -17,11 +24,13 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nix::unistd::{Gid, Uid};
+use nix::errno::Errno;
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use nix::unistd::Uid;
 
 use super::protocol::{MAX_REQUEST, Reply, Request};
 use crate::error::{Error, Result};
-use crate::socket::file::{Occupied, SocketFile, clear_stale, with_private_umask};
+use crate::socket::file::{Failure, SocketFile, bind_in};
 
 /// Connections served at once.
 pub const MAX_CLIENTS: usize = 64;
@@ -31,6 +40,9 @@ pub const MAX_REPLY: usize = 4 << 20;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a reply may wait for a client that does not read it.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once from users who may only ask for `status`, so that they can
+/// never take every place from root and the user who started multinode.
+pub const MAX_GUESTS: usize = MAX_CLIENTS / 2;
 /// Connections accepted per wake-up.
 const ACCEPT_BURST: usize = 16;
 /// How long accepting pauses when the supervisor is out of fds.
@@ -57,6 +69,11 @@ struct Client {
     phase: Phase,
     /// Keep it open after the reply, until the supervisor exits.
     hold: bool,
+    /// The peer's uid (`SO_PEERCRED`), if the kernel told it.
+    uid: Option<u32>,
+    /// The peer is root or the user who started multinode: it may ask for anything, not just
+    /// `status`.
+    may_act: bool,
 }
 
 /// What polling a client's socket is for.
@@ -76,58 +93,68 @@ pub struct ControlServer {
     paused_until: Option<Instant>,
     /// Out-of-fds warnings: one a second at most.
     warnings: crate::route::RateLimit,
+    /// The real uid at start: the user who started multinode.
+    starter: Uid,
 }
 
 impl ControlServer {
-    /// Binds the control socket, refusing one that another supervisor still serves. `owner`:
-    /// who the directory and socket must belong to (the user multinode is about to become).
-    pub fn bind(path: &Path, owner: Option<(Uid, Gid)>) -> Result<ControlServer> {
+    /// Binds the control socket (`--control PATH`, else BASE/NAME/control.sock; mod.rs makes
+    /// the directory safe), refusing one that another supervisor still serves. The file is
+    /// born 0666 and belongs to whoever starts multinode (root, usually): anyone who can reach
+    /// it may connect, and each connection's `SO_PEERCRED` decides what it may ask.
+    ///
+    /// Call before the privilege drop: the real uid now is the user who started multinode,
+    /// who may act on it (with root).
+    pub fn bind(explicit: Option<&Path>, name: &str) -> Result<ControlServer> {
+        let (path, dir) = super::socket_dir(explicit, name)?;
         let shown = path.display();
-        let fail = |what: &str, e: &dyn std::fmt::Display| {
-            Error::socket(format!("control socket {shown}: {what}: {e}"))
+        let file_name = path.file_name().unwrap_or_default();
+        let bind = |at: &Path| {
+            UnixListener::bind(at)
+                .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
         };
-        if let Some(dir) = path.parent() {
-            if !dir.exists() {
-                if let Some(base) = dir.parent() {
-                    std::fs::create_dir_all(base)
-                        .map_err(|e| fail("cannot create its directory", &e))?;
-                }
-                std::fs::create_dir(dir).map_err(|e| fail("cannot create its directory", &e))?;
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                    .map_err(|e| fail("cannot chmod its directory", &e))?;
-                if let Some((uid, gid)) = owner {
-                    nix::unistd::chown(dir, Some(uid), Some(gid))
-                        .map_err(|e| fail("cannot chown its directory", &e))?;
-                }
-            }
-        }
-        clear_stale(path).map_err(|o| match o {
-            Occupied::InUse => Error::socket(format!(
-                "control socket {shown} is in use by another running multinode; give this one another --name (or --control)"
-            )),
-            Occupied::NotSocket => fail("exists and is not a socket; refusing to replace it", &""),
-            Occupied::Io(what, e) => fail(what, &e),
-        })?;
-        let listener =
-            with_private_umask(|| UnixListener::bind(path)).map_err(|e| fail("cannot bind", &e))?;
         // From here on, an error (or the end of the run) removes the file again.
-        let file = SocketFile::created(path).map_err(|e| fail("cannot stat", &e))?;
-        if let Some((uid, gid)) = owner {
-            nix::unistd::chown(path, Some(uid), Some(gid)).map_err(|e| fail("cannot chown", &e))?;
-        }
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| fail("cannot make it non-blocking", &e))?;
+        let (listener, file) = bind_in(&dir, file_name, 0o666, None, bind).map_err(|f| {
+            Error::socket(match f {
+                Failure::InUse => format!(
+                    "control socket {shown} is in use by another running multinode; give this one another --name (or --control)"
+                ),
+                Failure::NotSocket => format!(
+                    "control socket {shown}: exists and is not a socket; refusing to replace it"
+                ),
+                Failure::Bind(e, _) => format!(
+                    "control socket {shown}: cannot bind: {}",
+                    e.desc().to_lowercase()
+                ),
+                Failure::Changed => format!(
+                    "control socket {shown}: replaced right after it was bound (by another process?); refusing to use it"
+                ),
+                Failure::Io(what, e) => format!(
+                    "control socket {shown}: {what}: {}",
+                    crate::config::io_reason(&e)
+                ),
+            })
+        })?;
+        listener.set_nonblocking(true).map_err(|e| {
+            Error::socket(format!(
+                "control socket {shown}: cannot make it non-blocking: {e}"
+            ))
+        })?;
         Ok(ControlServer {
             listener,
-            path: path.to_path_buf(),
+            path,
             file,
             clients: Vec::new(),
             next_id: 0,
             paused_until: None,
             warnings: crate::route::RateLimit::new(),
+            starter: Uid::current(),
         })
+    }
+
+    /// The socket file, to be removed at exit (by whoever still may).
+    pub fn file(&self) -> &SocketFile {
+        &self.file
     }
 
     /// Removes the socket file if it is still ours.
@@ -140,8 +167,9 @@ impl ControlServer {
         self.paused_until.is_none_or(|t| t <= now)
     }
 
-    /// Accepts waiting connections (a burst); over [`MAX_CLIENTS`] they are closed at once.
-    /// Out of fds, pauses accepting and returns a warning to log (one a second at most).
+    /// Accepts waiting connections (a burst); over [`MAX_CLIENTS`] (or [`MAX_GUESTS`] for
+    /// those who may only ask for `status`) they are closed at once. Out of fds, pauses
+    /// accepting and returns a warning to log (one a second at most).
     pub fn accept(&mut self, now: Instant) -> Option<crate::log::Event> {
         self.paused_until = None;
         for _ in 0..ACCEPT_BURST {
@@ -168,7 +196,13 @@ impl ControlServer {
                 }
                 Err(_) => return None,
             };
-            if self.clients.len() >= MAX_CLIENTS || stream.set_nonblocking(true).is_err() {
+            let uid = getsockopt(&stream, PeerCredentials).ok().map(|c| c.uid());
+            let may_act = uid.is_some_and(|u| u == 0 || u == self.starter.as_raw());
+            let guests = self.clients.iter().filter(|c| !c.may_act).count();
+            if self.clients.len() >= MAX_CLIENTS
+                || (!may_act && guests >= MAX_GUESTS)
+                || stream.set_nonblocking(true).is_err()
+            {
                 continue; // dropped: closed
             }
             self.next_id += 1;
@@ -179,6 +213,8 @@ impl ControlServer {
                 sent: 0,
                 phase: Phase::Reading(now + REQUEST_TIMEOUT),
                 hold: false,
+                uid,
+                may_act,
             });
         }
         None
@@ -229,6 +265,11 @@ impl ControlServer {
         let parsed = serde_json::from_slice::<Request>(&c.buf[..end]);
         c.buf.clear();
         match parsed {
+            Ok(req) if !c.may_act && req != Request::Status => {
+                let reply = Reply::failed(denied(&req, c.uid, self.starter));
+                self.reply(id, &reply, now);
+                None
+            }
             Ok(req) => {
                 c.phase = Phase::Waiting;
                 Some(req)
@@ -334,6 +375,29 @@ impl ControlServer {
     fn drop_client(&mut self, id: ClientId) {
         self.clients.retain(|c| c.id != id);
     }
+}
+
+/// The refusal of `req` to the peer `uid`: starts with "permission denied:", which the client
+/// turns into exit code 4.
+fn denied(req: &Request, uid: Option<u32>, starter: Uid) -> String {
+    let what = match req {
+        Request::Status => "status",
+        Request::Reload => "reload",
+        Request::Scale { .. } => "scale",
+        Request::Stop => "stop",
+    };
+    let who = uid.map_or_else(
+        || "a peer of unknown uid".to_string(),
+        |u| format!("uid {u}"),
+    );
+    let allowed = if starter.is_root() {
+        "root".to_string()
+    } else {
+        format!("root and uid {starter}")
+    };
+    format!(
+        "permission denied: {what} is for {allowed} (who started this multinode); {who} may only ask for status"
+    )
 }
 
 impl AsFd for ControlServer {

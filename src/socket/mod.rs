@@ -6,14 +6,15 @@
 //! hands them to a worker, at the fd numbers the worker contract promises.
 //!
 //! Unix socket files (file.rs): a stale file (nothing accepts on it) is replaced; a live one is
-//! an error. The file is removed when multinode exits if the directory still lets the (dropped)
-//! user do it; otherwise it stays and the next start replaces it as stale.
+//! an error. A file is born with `--socket-mode` and given to the workers' user without root
+//! ever touching it by path (file.rs says how). It is removed when multinode exits if the
+//! directory still lets the (dropped) user do it; otherwise it stays and the next start
+//! replaces it as stale.
 
 pub mod file;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -22,7 +23,7 @@ use nix::sys::socket::{
 };
 use nix::unistd::{Gid, Uid};
 
-use self::file::{Occupied, SocketFile, clear_stale, with_private_umask};
+use self::file::{Dir, Failure, SocketFile, bind_in};
 use crate::error::{Error, Result};
 use crate::listen::{ListenAddr, ListenSpec};
 
@@ -236,18 +237,21 @@ fn bind_unix(
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         Error::socket(format!("--listen {}: {what} {shown}: {e}", spec.text))
     };
-    clear_stale(path).map_err(|o| {
-        Error::socket(match o {
-            Occupied::NotSocket => format!(
-                "--listen {}: {shown} exists and is not a socket; refusing to replace it",
-                spec.text
-            ),
-            Occupied::InUse => format!(
-                "--listen {}: {shown} is in use by a running server; stop it or choose another path",
-                spec.text
-            ),
-            Occupied::Io(what, e) => format!("--listen {}: {what} {shown}: {e}", spec.text),
-        })
+    let (parent, name) = split(path).ok_or_else(|| {
+        Error::socket(format!(
+            "--listen {}: {shown} does not name a file; give the path of the socket file",
+            spec.text
+        ))
+    })?;
+    let dir = Dir::open(parent).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) => Error::socket(format!(
+            "--listen {}: directory of {shown} does not exist; create it first",
+            spec.text
+        )),
+        _ => fail(
+            "cannot open the directory of",
+            &crate::config::io_reason(&e),
+        ),
     })?;
     let fd = socket::socket(
         AddressFamily::Unix,
@@ -256,26 +260,43 @@ fn bind_unix(
         None,
     )
     .map_err(|e| fail("cannot create a socket for", &e.desc()))?;
-    let addr = UnixAddr::new(path).map_err(|e| fail("bad path", &e.desc()))?;
-    let r = with_private_umask(|| socket::bind(fd.as_raw_fd(), &addr));
-    r.map_err(|e| match e {
-        Errno::EACCES => Error::socket(format!(
-            "--listen {}: permission denied creating {shown}: the directory is not writable by this user (run as root or choose another directory)",
-            spec.text
-        )),
-        Errno::ENOENT => Error::socket(format!(
-            "--listen {}: directory of {shown} does not exist; create it first",
-            spec.text
-        )),
-        e => fail("cannot bind", &e.desc().to_lowercase()),
+    let bind = |at: &Path| socket::bind(fd.as_raw_fd(), &UnixAddr::new(at)?);
+    let (_, file) = bind_in(&dir, name, mode, owner, bind).map_err(|f| {
+        Error::socket(match f {
+            Failure::NotSocket => format!(
+                "--listen {}: {shown} exists and is not a socket; refusing to replace it",
+                spec.text
+            ),
+            Failure::InUse => format!(
+                "--listen {}: {shown} is in use by a running server; stop it or choose another path",
+                spec.text
+            ),
+            Failure::Bind(Errno::EACCES, true) => format!(
+                "--listen {}: {} (or a directory or link on the way to it) can be changed by users other than root, so multinode creates the socket as the workers' user ({}), who may not create {shown}; make the directory writable by that user, or changeable by root alone",
+                spec.text,
+                dir.path.display(),
+                owner.map_or_else(String::new, |(uid, _)| user_name(uid))
+            ),
+            Failure::Bind(Errno::EACCES, false) => format!(
+                "--listen {}: permission denied creating {shown}: the directory is not writable by this user (run as root or choose another directory)",
+                spec.text
+            ),
+            Failure::Bind(e, _) => format!(
+                "--listen {}: cannot bind {shown}: {}",
+                spec.text,
+                e.desc().to_lowercase()
+            ),
+            Failure::Changed => format!(
+                "--listen {}: {shown} was replaced right after it was bound (by another process?); refusing to use it",
+                spec.text
+            ),
+            Failure::Io(what, e) => format!(
+                "--listen {}: {what} {shown}: {}",
+                spec.text,
+                crate::config::io_reason(&e)
+            ),
+        })
     })?;
-    let file = SocketFile::created(path).map_err(|e| fail("cannot stat", &e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| fail("cannot chmod", &e))?;
-    if let Some((uid, gid)) = owner {
-        nix::unistd::chown(path, Some(uid), Some(gid))
-            .map_err(|e| fail("cannot chown", &e.desc()))?;
-    }
     listen(&fd, backlog).map_err(|e| fail("cannot listen on", &e.desc()))?;
     Ok(Bound {
         name: spec.name.clone(),
@@ -285,4 +306,19 @@ fn bind_unix(
         tcp: None,
         backlog,
     })
+}
+
+/// `dir/name` → (`dir`, `name`); a bare name is in the current directory.
+pub fn split(path: &Path) -> Option<(&Path, &std::ffi::OsStr)> {
+    let name = path.file_name()?;
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    Some((parent.unwrap_or(Path::new(".")), name))
+}
+
+/// A user's name for messages, else their uid.
+fn user_name(uid: Uid) -> String {
+    nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map_or_else(|| format!("uid {uid}"), |u| u.name)
 }
