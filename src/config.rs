@@ -117,13 +117,32 @@ impl Config {
     /// Builds the config: the file's values (if `--config`) under the command line's, then
     /// every check that needs more than one option or the file system.
     pub fn from_args(cli: ServeArgs, explicit: Vec<String>) -> Result<Config> {
+        Config::build(cli, explicit, None)
+    }
+
+    /// [`Config::from_args`] with the `--config` file's bytes already read (by the guard,
+    /// with the rights multinode started with).
+    pub fn from_args_and_file(
+        cli: ServeArgs,
+        explicit: Vec<String>,
+        file: &[u8],
+    ) -> Result<Config> {
+        Config::build(cli, explicit, Some(file))
+    }
+
+    fn build(cli: ServeArgs, explicit: Vec<String>, file: Option<&[u8]>) -> Result<Config> {
         let source = Source {
             args: cli.clone(),
             explicit,
         };
         let mut args = cli;
         if let Some(path) = args.config.clone() {
-            crate::config_file::apply(&path, &mut args, &source.explicit)?;
+            match file {
+                Some(bytes) => {
+                    crate::config_file::apply_bytes(&path, bytes, &mut args, &source.explicit)?
+                }
+                None => crate::config_file::apply(&path, &mut args, &source.explicit)?,
+            }
         }
         let workers = match args.workers {
             Some(0) => {
