@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::cli::{Balance, LogFormat, RestartPolicy, RoutePolicy, ServeArgs};
+use crate::cli::{Balance, CgroupMode, LogFormat, RestartPolicy, RoutePolicy, ServeArgs};
 use crate::error::{Error, Result};
 use crate::listen::ListenSpec;
 
@@ -36,6 +36,8 @@ pub struct Config {
     pub watch_ignore: Vec<String>,
     pub color: bool,
     pub log_format: LogFormat,
+    /// `--cgroup`: contain each worker in a cgroup of its own.
+    pub cgroup: CgroupMode,
     /// What the supervisor's decisions follow, all of which a reload may change.
     pub runtime: Runtime,
     /// What the config was built from, to build it again on a reload.
@@ -224,6 +226,7 @@ impl Config {
             watch_ignore: args.watch_ignore,
             color: crate::log::use_color(args.color),
             log_format: args.log_format,
+            cgroup: args.cgroup,
             runtime: Runtime {
                 workers,
                 restart: args.restart,
@@ -262,6 +265,7 @@ impl Config {
             watch_ignore,
             color,
             log_format,
+            cgroup,
             runtime,
             source: _,
         } = new;
@@ -277,6 +281,7 @@ impl Config {
             ("proxy-protocol", proxy_protocol != self.proxy_protocol),
             ("watch", watch != self.watch),
             ("watch-ignore", watch_ignore != self.watch_ignore),
+            ("cgroup", cgroup != self.cgroup),
         ];
         ReloadPlan {
             runtime,
