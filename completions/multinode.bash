@@ -105,7 +105,7 @@ _multinode() {
             return 0
             ;;
         multinode__subcmd__check)
-            opts="-c -e -w -l -u -g -h -V --config --name --control --workdir --env --workers --listen --backlog --user --group --socket-mode --balance --route --proxy-protocol --proxy-from --proxy-timeout --restart --backoff-max --min-uptime --max-restarts --restart-window --stop-signal --grace --ready --ready-timeout --reload-parallel --watch --watch-ignore --watch-debounce --allow-new-privileges --color --log-format --help --version"
+            opts="-c -e -w -l -u -g -h -V --config --name --control --workdir --env --workers --listen --backlog --user --group --socket-mode --balance --route --proxy-protocol --proxy-from --proxy-timeout --restart --backoff-max --min-uptime --max-restarts --restart-window --stop-signal --grace --ready --ready-timeout --reload-parallel --watch --watch-ignore --watch-debounce --allow-new-privileges --cgroup --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -281,6 +281,10 @@ _multinode() {
                     ;;
                 --watch-debounce)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cgroup)
+                    COMPREPLY=($(compgen -W "auto required off" -- "${cur}"))
                     return 0
                     ;;
                 --color)
@@ -527,7 +531,7 @@ _multinode() {
             return 0
             ;;
         multinode__subcmd__serve)
-            opts="-c -e -w -l -u -g -h -V --config --name --control --workdir --env --workers --listen --backlog --user --group --socket-mode --balance --route --proxy-protocol --proxy-from --proxy-timeout --restart --backoff-max --min-uptime --max-restarts --restart-window --stop-signal --grace --ready --ready-timeout --reload-parallel --watch --watch-ignore --watch-debounce --allow-new-privileges --color --log-format --help --version"
+            opts="-c -e -w -l -u -g -h -V --config --name --control --workdir --env --workers --listen --backlog --user --group --socket-mode --balance --route --proxy-protocol --proxy-from --proxy-timeout --restart --backoff-max --min-uptime --max-restarts --restart-window --stop-signal --grace --ready --ready-timeout --reload-parallel --watch --watch-ignore --watch-debounce --allow-new-privileges --cgroup --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -703,6 +707,10 @@ _multinode() {
                     ;;
                 --watch-debounce)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cgroup)
+                    COMPREPLY=($(compgen -W "auto required off" -- "${cur}"))
                     return 0
                     ;;
                 --color)

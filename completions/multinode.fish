@@ -68,6 +68,9 @@ complete -c multinode -n "__fish_multinode_using_subcommand serve" -l reload-par
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l watch -d 'Reload when this file or directory (recursively) changes; repeatable' -r -F
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l watch-ignore -d 'Ignore changes to paths matching this glob (`*`, `?`, `**`); repeatable. `**/.git/**` and `**/target/**` are always ignored' -r
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l watch-debounce -d 'Reload once the watched files have been quiet this long' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l cgroup -d 'Contain each worker, and everything it starts however it detaches, in a cgroup v2 group of its own, killed whole when the worker\'s slot ends: `auto` (where a writable cgroup v2 hierarchy exists; the start says which is in force), `required` (exit 4 where not), `off` (process groups only)' -r -f -a "auto\t'Per-worker cgroups where the hierarchy allows, else process groups'
+required\t'Per-worker cgroups, or refuse to start'
+off\t'Process groups only'"
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l color -d 'Colour the output' -r -f -a "auto\t'Colour when the output is a terminal and NO_COLOR is not set'
 always\t''
 never\t''"
@@ -110,6 +113,9 @@ complete -c multinode -n "__fish_multinode_using_subcommand check" -l reload-par
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l watch -d 'Reload when this file or directory (recursively) changes; repeatable' -r -F
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l watch-ignore -d 'Ignore changes to paths matching this glob (`*`, `?`, `**`); repeatable. `**/.git/**` and `**/target/**` are always ignored' -r
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l watch-debounce -d 'Reload once the watched files have been quiet this long' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l cgroup -d 'Contain each worker, and everything it starts however it detaches, in a cgroup v2 group of its own, killed whole when the worker\'s slot ends: `auto` (where a writable cgroup v2 hierarchy exists; the start says which is in force), `required` (exit 4 where not), `off` (process groups only)' -r -f -a "auto\t'Per-worker cgroups where the hierarchy allows, else process groups'
+required\t'Per-worker cgroups, or refuse to start'
+off\t'Process groups only'"
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l color -d 'Colour the output' -r -f -a "auto\t'Colour when the output is a terminal and NO_COLOR is not set'
 always\t''
 never\t''"

@@ -275,6 +275,12 @@ pub struct ServeArgs {
     /// and so for every worker
     #[arg(long)]
     pub allow_new_privileges: bool,
+    /// Contain each worker, and everything it starts however it detaches, in a cgroup v2
+    /// group of its own, killed whole when the worker's slot ends: `auto` (where a writable
+    /// cgroup v2 hierarchy exists; the start says which is in force), `required` (exit 4 where
+    /// not), `off` (process groups only)
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = CgroupMode::Auto)]
+    pub cgroup: CgroupMode,
 
     /// Colour the output
     #[arg(long, value_enum, value_name = "WHEN", default_value_t = ColorChoice::Auto)]
@@ -315,6 +321,16 @@ pub enum RoutePolicy {
     RoundRobin,
     /// The worker holding the fewest open routed connections
     LeastConn,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CgroupMode {
+    /// Per-worker cgroups where the hierarchy allows, else process groups
+    Auto,
+    /// Per-worker cgroups, or refuse to start
+    Required,
+    /// Process groups only
+    Off,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::cli::{Balance, LogFormat, RestartPolicy, RoutePolicy, ServeArgs};
+use crate::cli::{Balance, CgroupMode, LogFormat, RestartPolicy, RoutePolicy, ServeArgs};
 use crate::error::{Error, Result};
 use crate::listen::ListenSpec;
 
@@ -42,6 +42,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `--allow-new-privileges`: workers may gain privileges through exec.
     pub allow_new_privileges: bool,
+    /// `--cgroup`: contain each worker in a cgroup of its own.
+    pub cgroup: CgroupMode,
     /// What the supervisor's decisions follow, all of which a reload may change.
     pub runtime: Runtime,
     /// What the config was built from, to build it again on a reload.
@@ -123,13 +125,32 @@ impl Config {
     /// Builds the config: the file's values (if `--config`) under the command line's, then
     /// every check that needs more than one option or the file system.
     pub fn from_args(cli: ServeArgs, explicit: Vec<String>) -> Result<Config> {
+        Config::build(cli, explicit, None)
+    }
+
+    /// [`Config::from_args`] with the `--config` file's bytes already read (by the guard,
+    /// with the rights multinode started with).
+    pub fn from_args_and_file(
+        cli: ServeArgs,
+        explicit: Vec<String>,
+        file: &[u8],
+    ) -> Result<Config> {
+        Config::build(cli, explicit, Some(file))
+    }
+
+    fn build(cli: ServeArgs, explicit: Vec<String>, file: Option<&[u8]>) -> Result<Config> {
         let source = Source {
             args: cli.clone(),
             explicit,
         };
         let mut args = cli;
         if let Some(path) = args.config.clone() {
-            crate::config_file::apply(&path, &mut args, &source.explicit)?;
+            match file {
+                Some(bytes) => {
+                    crate::config_file::apply_bytes(&path, bytes, &mut args, &source.explicit)?
+                }
+                None => crate::config_file::apply(&path, &mut args, &source.explicit)?,
+            }
         }
         let workers = match args.workers {
             Some(0) => {
@@ -224,6 +245,7 @@ impl Config {
             color: crate::log::use_color(args.color),
             log_format: args.log_format,
             allow_new_privileges: args.allow_new_privileges,
+            cgroup: args.cgroup,
             runtime: Runtime {
                 workers,
                 restart: args.restart,
@@ -265,6 +287,7 @@ impl Config {
             color,
             log_format,
             allow_new_privileges,
+            cgroup,
             runtime,
             source: _,
         } = new;
@@ -286,6 +309,7 @@ impl Config {
                 "allow-new-privileges",
                 allow_new_privileges != self.allow_new_privileges,
             ),
+            ("cgroup", cgroup != self.cgroup),
         ];
         ReloadPlan {
             runtime,

@@ -44,26 +44,68 @@ use crate::error::{Error, Result};
 /// Options of `serve` that are not keys of the file.
 const NOT_KEYS: [&str; 3] = ["config", "help", "version"];
 
+/// The largest config file multinode reads.
+pub const MAX_SIZE: usize = 1 << 20;
+
+/// Reads a config file: a regular file of at most [`MAX_SIZE`] bytes (opened without
+/// blocking, so a FIFO put in its place cannot hang the reader). The guard reads it the same
+/// way for a reload.
+pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_SIZE as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > MAX_SIZE {
+        return Err(std::io::Error::other("larger than 1 MiB"));
+    }
+    Ok(bytes)
+}
+
 /// Reads `path` and fills every option of `args` that was not given on the command line
 /// (`explicit` holds the ids of those that were). The file's values are checked even where
 /// the command line overrides them, so `multinode check` finds a bad file either way.
 pub fn apply(path: &Path, args: &mut ServeArgs, explicit: &[String]) -> Result<()> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let bytes = read(path).map_err(|e| {
         Error::usage(format!(
             "--config {}: {}",
             path.display(),
             crate::config::io_reason(&e)
         ))
     })?;
-    let doc = DeTable::parse(&text).map_err(|e| {
+    apply_bytes(path, &bytes, args, explicit)
+}
+
+/// [`apply`] for a file already read (by the guard, for a reload): `path` is where it was
+/// read from, for relative paths in it and for error positions.
+pub fn apply_bytes(
+    path: &Path,
+    bytes: &[u8],
+    args: &mut ServeArgs,
+    explicit: &[String],
+) -> Result<()> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        Error::usage(format!(
+            "--config {}: not UTF-8 text (byte {})",
+            path.display(),
+            e.valid_up_to()
+        ))
+    })?;
+    let doc = DeTable::parse(text).map_err(|e| {
         let at = e
             .span()
-            .map_or_else(String::new, |s| position(&text, s.start));
+            .map_or_else(String::new, |s| position(text, s.start));
         Error::usage(format!("{}{at}: {}", path.display(), e.message().trim()))
     })?;
     let file = File {
         path,
-        text: &text,
+        text,
         base: path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())

@@ -20,7 +20,8 @@ pub enum Exit {
     Usage = 2,
     /// A listening or control socket could not be set up (address in use, permission, path).
     Socket = 3,
-    /// A user, group or privilege problem (unknown user, cannot switch users, drop failed).
+    /// A user, group or privilege problem (unknown user, cannot switch users, drop failed), or
+    /// `--cgroup required` where no cgroup can be made.
     Privilege = 4,
     /// The worker program cannot be run (missing, not executable, exec failed).
     Program = 5,
@@ -28,7 +29,7 @@ pub enum Exit {
     GaveUp = 6,
     /// A control command found no running multinode to talk to.
     Unreachable = 7,
-    /// A system call the supervisor itself depends on failed.
+    /// A system call the supervisor itself depends on failed, or its guard process died.
     Internal = 70,
 }
 
@@ -64,11 +65,15 @@ impl Exit {
             Exit::Socket => {
                 "a listening or control socket could not be set up (in use, permission, path)"
             }
-            Exit::Privilege => "user, group or privilege problem",
+            Exit::Privilege => {
+                "user, group or privilege problem; --cgroup required where no cgroup can be made"
+            }
             Exit::Program => "the worker program cannot be run",
             Exit::GaveUp => "gave up: more than --max-restarts restarts within --restart-window",
             Exit::Unreachable => "status/reload/scale/stop: no running multinode to talk to",
-            Exit::Internal => "internal error: a system call multinode needs failed",
+            Exit::Internal => {
+                "internal error: a system call multinode needs failed, or its guard process died"
+            }
         }
     }
 

@@ -3,6 +3,7 @@
 //! `main` parses the command line, dispatches, and turns the outcome into the exit code: the
 //! one place that does (see `error::Exit` for the table).
 
+mod cgroup;
 mod cli;
 mod config;
 mod config_file;

@@ -1,20 +1,27 @@
 //! `multinode serve` and `multinode check`: the start-up sequence, in the order the security
 //! model needs.
 //!
-//! validate everything (config, program, user) → block signals → start the file watcher →
-//! take systemd's sockets or bind every socket (as root if started so) → bind the control
-//! socket → drop privileges for good → become a subreaper → the notify socket → run the event
-//! loop → remove the socket files we still may. A failure before the loop leaves no socket
-//! file behind: bound sockets are closed and their files removed while we still have the
-//! rights to.
+//! validate everything (config, program, user) → block signals → fork the guard → the
+//! service's cgroup (multinode moves into it) → start the file watcher → take systemd's
+//! sockets or bind every socket (as root if started so) → bind the control socket → register
+//! with the guard what it removes at the end, and seal that → drop privileges for good →
+//! empty the capability bounding set → drop privileges for good → no_new_privs → become a
+//! subreaper → the notify socket → run the event loop → the guard cleans up (socket files, the
+//! control directory, the cgroup) and exits. A failure before the loop leaves no
+//! socket file behind: bound sockets are closed and their files removed while we still have
+//! the rights to.
 
 use std::ffi::OsString;
+use std::time::Duration;
 
-use crate::cli::ServeArgs;
+use nix::unistd::{Gid, Uid};
+
+use crate::cgroup::{self, Service};
+use crate::cli::{CgroupMode, ServeArgs};
 use crate::config::{Config, Mode};
 use crate::control::{self, server::ControlServer};
 use crate::error::{Error, Exit, Result};
-use crate::guard::Guard;
+use crate::guard::{Finish, Guard};
 use crate::log::{Event, Output};
 use crate::notify::NotifyServer;
 use crate::privilege::{self, Target};
@@ -23,6 +30,27 @@ use crate::supervisor::{self, Parts};
 use crate::systemd::{self, Notifier};
 use crate::watch::Watch;
 use crate::{socket, spawn};
+
+/// How long multinode waits at exit for the guard to clean up; a guard that takes longer
+/// (stopped, say) finishes on its own.
+const GUARD_WAIT: Duration = Duration::from_secs(3);
+
+/// `--cgroup`: the service's cgroup, or why there is none. `required` and none: exit 4.
+fn service_cgroup(
+    mode: CgroupMode,
+    name: &str,
+    owner: Option<(Uid, Gid)>,
+) -> Result<std::result::Result<Service, String>> {
+    match mode {
+        CgroupMode::Off => Ok(Err("--cgroup off".into())),
+        CgroupMode::Auto => Ok(cgroup::setup(name, owner)),
+        CgroupMode::Required => cgroup::setup(name, owner).map(Ok).map_err(|why| {
+            Error::privilege(format!(
+                "--cgroup required: {why}; give multinode a writable cgroup v2 group (as root, or under systemd with Delegate=yes), or use --cgroup auto"
+            ))
+        }),
+    }
+}
 
 /// Everything `serve` builds before binding or starting anything. `check` runs exactly this,
 /// so that it refuses what `serve` would refuse, with the same message and exit code.
@@ -112,8 +140,19 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
     // Before any thread exists, so that every thread inherits the mask and the signals reach
     // only the signalfd.
     let signals = supervisor::block_signals()?;
-    // Still one thread: the only moment the guard can be forked without an exec.
-    let guard = Guard::start(target.as_ref())?;
+    // Still one thread, and still with the rights we started with: the only moment the guard
+    // can be forked without an exec, and keep them.
+    let mut guard = Guard::start(
+        cfg.source.args.config.as_deref(),
+        target.as_ref().map(|t| t.uid),
+    )?;
+    let guard_uid = Uid::current();
+    let owner = target.as_ref().map(|t| (t.uid, t.gid));
+    // Still one thread: multinode moves itself into the service's cgroup whole.
+    let cgroups = service_cgroup(cfg.cgroup, &cfg.name, owner)?;
+    if let Ok(cg) = &cgroups {
+        guard.remove_cgroup(&cg.path);
+    }
     // The watcher's inotify watches are made with our current rights; its thread inherits the
     // blocked signals and, through glibc's setuid broadcast, the privilege drop below.
     let watch = if cfg.watch.is_empty() {
@@ -121,7 +160,6 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
     } else {
         Some(Watch::start(&cfg.watch, &cfg.watch_ignore)?)
     };
-    let owner = target.as_ref().map(|t| (t.uid, t.gid));
     let reuseport = cfg.mode == Mode::ReusePort;
     let from_systemd = inherited.is_some();
     let sockets = match inherited {
@@ -147,17 +185,31 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
             slot_fds.push(set);
         }
     }
+    let control_path = cfg
+        .control
+        .clone()
+        .unwrap_or_else(|| control::default_path(&cfg.name));
+    let new_dir = control_path
+        .parent()
+        .filter(|d| !d.exists())
+        .map(|d| d.to_path_buf());
     let control = ControlServer::bind(cfg.control.as_deref(), &cfg.name)?;
     // The socket files this run made, each with its inode: what must be removed at exit. The
-    // dropped supervisor removes those it still may (at the end below); the others (the
-    // control socket in root's /run/multinode/NAME, a socket in a directory only root can
-    // write) need root: this list is what a root helper that outlives us is to be handed.
+    // root guard removes them at the end (the dropped user may not be able to: the control
+    // socket is root's, in root's /run/multinode/NAME).
     let created: Vec<FileId> = sockets
         .iter()
         .filter_map(|s| s.file.as_ref())
         .chain([control.file()])
         .map(SocketFile::id)
         .collect();
+    for id in &created {
+        guard.remove_socket_file(&id.path);
+    }
+    if let Some(dir) = new_dir {
+        guard.remove_dir(&dir);
+    }
+    guard.seal()?;
     if !cfg.allow_new_privileges {
         privilege::clear_bounding_set()?;
     }
@@ -205,6 +257,34 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
     }
     out.event(
         Event::info(
+            "guard",
+            format!(
+                "guard process {} (uid {guard_uid}) stops what is left of the workers if multinode is killed",
+                guard.pid(),
+            ),
+        )
+        .with("pid", guard.pid().as_raw())
+        .with("uid", guard_uid.as_raw()),
+    );
+    out.event(match &cgroups {
+        Ok(cg) => Event::info(
+            "cgroup",
+            format!(
+                "each worker in a cgroup of its own, under {}",
+                cg.path.display()
+            ),
+        )
+        .with("mode", "cgroup")
+        .with("path", cg.path.display().to_string()),
+        Err(why) => Event::info(
+            "cgroup",
+            format!("no cgroups ({why}): workers are contained by process groups"),
+        )
+        .with("mode", "process-group")
+        .with("reason", why.as_str()),
+    });
+    out.event(
+        Event::info(
             "control",
             format!("control socket {}", control.path.display()),
         )
@@ -229,6 +309,8 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
         systemd,
         overrides,
         guard: Some(guard),
+        guard_reads_config: target.is_some(),
+        cgroups: cgroups.ok(),
         stop_clients: Vec::new(),
     };
     let (exit, parts) = supervisor::run(cfg, parts);
@@ -236,15 +318,37 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
         mut sockets,
         mut out,
         mut control,
+        guard,
+        cgroups,
         ..
     } = parts;
-    for s in &mut sockets {
-        if let Some(file) = &mut s.file {
-            let _ = file.remove();
-        }
+    let finish = guard.map_or(Finish::Gone, |g| g.finish(GUARD_WAIT));
+    if finish == Finish::Busy {
+        out.event(Event::warn(
+            "guard-busy",
+            "the guard has not finished cleaning up; it goes on after multinode exits",
+        ));
     }
-    if let Some(c) = &mut control {
-        let _ = c.remove();
+    if let Some(cg) = cgroups.filter(|_| finish == Finish::Gone) {
+        let path = cg.path.display().to_string();
+        out.event(
+            Event::warn(
+                "cgroup-left",
+                format!("left {path} in place: without the guard, multinode can neither leave its own cgroup nor remove it"),
+            )
+            .with("path", path),
+        );
+    }
+    if finish != Finish::Done {
+        // Without the guard's help, what the dropped user still may.
+        for s in &mut sockets {
+            if let Some(file) = &mut s.file {
+                let _ = file.remove();
+            }
+        }
+        if let Some(c) = &mut control {
+            let _ = c.remove();
+        }
     }
     for id in created.iter().filter(|id| id.present()) {
         let shown = id.path.display();

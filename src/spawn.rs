@@ -9,7 +9,7 @@
 
 use std::ffi::{CString, OsString};
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::raw::{c_char, c_int};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
@@ -134,14 +134,22 @@ impl Spawner {
 
     /// Forks and execs one worker for `slot` with `fds` (name, socket) at fds 3.. . An exec
     /// failure in the child comes back here as the error, through std's CLOEXEC status pipe.
+    /// `cgroup`: the `cgroup.procs` of the worker's own cgroup, which the child joins first.
     pub fn spawn(
         &self,
         fds: &[(&str, BorrowedFd<'_>)],
         slot: u32,
         workers: u32,
         generation: u64,
+        cgroup: Option<BorrowedFd<'_>>,
     ) -> io::Result<Spawned> {
         let n = fds.len();
+        // Above the fds the sockets are placed at (3..3+n), so placing them cannot close it.
+        let cgroup = cgroup
+            .map(|fd| fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(3 + n as c_int)))
+            .transpose()?
+            // SAFETY: F_DUPFD_CLOEXEC just returned this new fd, owned by nobody else.
+            .map(|raw| unsafe { OwnedFd::from_raw_fd(raw) });
         let mut env = self.base_env.clone();
         env.push(env_entry(b"LISTEN_FDS", n.to_string().as_bytes()));
         let names: Vec<&str> = fds.iter().map(|(name, _)| *name).collect();
@@ -164,6 +172,7 @@ impl Spawner {
             env,
             3 + n as c_int,
             self.supervisor,
+            cgroup.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
         );
 
         let mappings = fds
@@ -203,6 +212,7 @@ impl Spawner {
         }
         // Dropping `child` neither waits nor kills; the supervisor reaps with waitpid(-1).
         drop(child);
+        drop(cgroup);
         Ok(Spawned {
             pid,
             stdout,
@@ -233,6 +243,8 @@ struct ExecImage {
     supervisor: Pid,
     /// The open-files limit to give back to the worker, if the supervisor raised its own.
     nofile: Option<libc::rlimit>,
+    /// The worker's cgroup's `cgroup.procs`, or -1.
+    cgroup_procs: c_int,
 }
 
 // SAFETY: the raw pointers point into buffers the image owns (CString heaps and the boxed pid
@@ -248,6 +260,7 @@ impl ExecImage {
         env: Vec<CString>,
         first_unused_fd: c_int,
         supervisor: Pid,
+        cgroup_procs: c_int,
     ) -> Self {
         let mut slot = Box::new([0u8; PID_SLOT_LEN]);
         slot[..PID_PREFIX.len()].copy_from_slice(PID_PREFIX);
@@ -267,6 +280,7 @@ impl ExecImage {
             first_unused_fd,
             supervisor,
             nofile: WORKER_NOFILE.get().copied(),
+            cgroup_procs,
         }
     }
 
@@ -275,6 +289,13 @@ impl ExecImage {
         // SAFETY: every call below is async-signal-safe and takes only stack values or
         // pointers to buffers built before the fork (see `ExecImage`).
         unsafe {
+            // Into the worker's own cgroup first (`0`: the writing process), so that all it
+            // ever starts is in it (see cgroup.rs).
+            if self.cgroup_procs >= 0
+                && libc::write(self.cgroup_procs, c"0".as_ptr().cast(), 1) != 1
+            {
+                return Err(io::Error::last_os_error());
+            }
             // A session of its own: no controlling terminal (so it can never reach the
             // operator's terminal, e.g. with TIOCSTI), and it leads its own process group, which
             // the supervisor signals as a whole. Another worker's group is out of its reach:

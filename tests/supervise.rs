@@ -374,6 +374,8 @@ fn supervisor_killed_leaves_no_worker() {
 fn grandchildren_are_reaped() {
     // worker.0 starts a helper in its process group and one in a session of its own, then
     // exits 0 (not restarted: --restart on-failure); worker.1 just keeps the service up.
+    // Process groups only (--cgroup off): with a cgroup per worker, the escaped one would be
+    // killed with its worker's group (tests/contain.rs), not left to be reaped.
     let script = r#"if [ "$MULTINODE_WORKER_ID" = 0 ]; then
   sleep 1000 & echo "helper $!"
   setsid sleep 1000 & e=$!
@@ -390,6 +392,8 @@ exec sleep 1000"#;
         "127.0.0.1:0",
         "--restart",
         "on-failure",
+        "--cgroup",
+        "off",
         "--",
         "/bin/sh",
         "-c",

@@ -24,6 +24,10 @@ impl Shell {
             Action::Signal { pid, signal } => {
                 let _ = killpg(pid, signal);
                 if signal == Signal::SIGKILL {
+                    // A kill is of the whole worker: with cgroups, what left its group too.
+                    if let Some(cg) = &mut self.p.cgroups {
+                        cg.kill(pid);
+                    }
                     if let Some(l) = self.lingering.iter_mut().find(|(p, _)| *p == pid) {
                         l.1 = true;
                     }
@@ -60,7 +64,7 @@ impl Shell {
                 }
                 None
             }
-            Action::ReadConfig => Some(Event::ConfigRead(self.reread())),
+            Action::ReadConfig => self.reread(),
             Action::RolledOut { generation } => {
                 if let Some((next, spawner)) = self.next.take() {
                     self.p.spawner = spawner;
@@ -123,6 +127,18 @@ impl Shell {
                 Err(e) => return failed(format!("cannot create a route channel: {e}")),
             },
         };
+        // With cgroups, a group of its own that the child joins before exec.
+        let leaf = match &mut self.p.cgroups {
+            Some(cg) => match cg.leaf(slot) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    let path = cg.path.display();
+                    let reason = crate::config::io_reason(&e);
+                    return failed(format!("cannot create a cgroup under {path}: {reason}"));
+                }
+            },
+            None => None,
+        };
         let named: Vec<(&str, BorrowedFd)> = self
             .p
             .sockets
@@ -130,14 +146,19 @@ impl Shell {
             .map(|b| b.name.as_str())
             .zip(fds)
             .collect();
-        let spawned = spawner.spawn(&named, slot, workers, generation);
+        let procs = leaf.as_ref().map(|(_, procs)| procs.as_fd());
+        let spawned = spawner.spawn(&named, slot, workers, generation, procs);
         let program = spawner.program();
         drop(named);
         drop(theirs);
+        let leaf = leaf.map(|(leaf, _)| leaf);
         match spawned {
             Ok(s) => {
-                if let Some(g) = &self.p.guard {
+                if let Some(g) = &mut self.p.guard {
                     g.track(s.pid);
+                }
+                if let (Some(cg), Some(leaf)) = (&mut self.p.cgroups, leaf) {
+                    cg.adopt(s.pid, leaf);
                 }
                 self.procs.push(Pipes::new(s.pid, slot, s.stdout, s.stderr));
                 if let Some(r) = &mut self.router {
@@ -149,20 +170,73 @@ impl Shell {
                     pid: s.pid,
                 }
             }
-            Err(e) => failed(format!("{program}: {}", crate::config::io_reason(&e))),
+            Err(e) => {
+                if let Some(leaf) = leaf {
+                    leaf.remove();
+                }
+                failed(format!("{program}: {}", crate::config::io_reason(&e)))
+            }
         }
     }
 
-    /// With `--config`, reads the file again: what may change at run time goes to the core,
-    /// the output format changes now, and the new generation gets its program (which becomes
-    /// the service's only once the roll succeeds).
-    fn reread(&mut self) -> Result<Option<Reread>, String> {
+    /// With `--config`, reads the file again. After a privilege drop the guard reads it, with
+    /// the rights multinode started with, and [`Event::ConfigRead`] follows when its bytes
+    /// arrive (`config_arrived`); otherwise now.
+    fn reread(&mut self) -> Option<Event> {
         if self.cfg.source.args.config.is_none() {
             self.next = None;
-            return Ok(None);
+            return Some(Event::ConfigRead(Ok(None)));
         }
+        if self.p.guard_reads_config {
+            if let Some(g) = &mut self.p.guard {
+                match &mut self.reading_config {
+                    Some(again) => *again = true,
+                    None => {
+                        g.read_config();
+                        self.reading_config = Some(false);
+                    }
+                }
+                return None;
+            }
+        }
+        Some(Event::ConfigRead(self.apply_config(None)))
+    }
+
+    /// The guard's answer to a config read.
+    pub(super) fn config_arrived(&mut self, bytes: Result<Vec<u8>, String>) {
+        match self.reading_config.take() {
+            None => return,
+            Some(true) => {
+                // Asked again since: the file may have changed after this read.
+                if let Some(g) = &mut self.p.guard {
+                    g.read_config();
+                    self.reading_config = Some(false);
+                }
+                return;
+            }
+            Some(false) => {}
+        }
+        let result = match bytes {
+            Ok(b) => self.apply_config(Some(&b)),
+            Err(why) => Err(match &self.cfg.source.args.config {
+                Some(path) => format!("--config {}: {why}", path.display()),
+                None => why,
+            }),
+        };
+        self.dispatch(Event::ConfigRead(result));
+    }
+
+    /// Builds the configuration again from the command line and the file (`file`: its bytes,
+    /// when the guard read them): what may change at run time goes to the core, the output
+    /// format changes now, and the new generation gets its program (which becomes the
+    /// service's only once the roll succeeds).
+    fn apply_config(&mut self, file: Option<&[u8]>) -> Result<Option<Reread>, String> {
         let src = self.cfg.source.clone();
-        let new = Config::from_args(src.args, src.explicit).map_err(|e| e.to_string())?;
+        let new = match file {
+            Some(bytes) => Config::from_args_and_file(src.args, src.explicit, bytes),
+            None => Config::from_args(src.args, src.explicit),
+        }
+        .map_err(|e| e.to_string())?;
         let plan = self.cfg.reload_plan(new);
         let mut env = self.p.overrides.clone();
         env.extend(plan.next.env.iter().map(|(k, v)| (k.clone(), v.into())));

@@ -7,8 +7,16 @@
 //! Only this thread forks, so the workers' parent-death signal (which belongs to the forking
 //! thread) fires only when the supervisor itself dies. With no deadline and no traffic the
 //! loop sleeps in `poll` with no timeout: an idle supervisor uses no CPU.
+//!
+//! A worker whose leader has been reaped ends when nothing of it is left: its process group
+//! is gone and, with cgroups, its cgroup is empty. The cgroup tells by POLLPRI on its
+//! `cgroup.events`; once the process group is gone, what is left in the cgroup (a helper
+//! that called `setsid` or double-forked) is killed with `cgroup.kill`. At the end, whatever
+//! workers left behind is killed: the service's other cgroups, and every process that was
+//! reparented to multinode (a subreaper) — so a clean stop leaves nothing, with or without
+//! cgroups.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -24,10 +32,11 @@ use super::backoff::Jitter;
 use super::core::{Core, Event, Fixed, Sig};
 use super::pipes::Pipes;
 use super::worker::ExitStatus;
+use crate::cgroup::Service;
 use crate::config::{Config, Mode};
 use crate::control::server::{ControlServer, Interest};
 use crate::error::Exit;
-use crate::guard::Guard;
+use crate::guard::{Guard, Note};
 use crate::log::{Event as Log, Output, Stream};
 use crate::notify::NotifyServer;
 use crate::route::router::{Router, Wake as RouteWake};
@@ -39,6 +48,9 @@ use crate::watch::Watch;
 /// How often a group whose leader died after a SIGKILL is re-checked: the rare case where its
 /// last member is not our child, so no SIGCHLD tells us it is gone.
 const RECHECK: Duration = Duration::from_millis(100);
+
+/// How long the end-of-run sweep waits for what it killed to be gone.
+const SWEEP_WAIT: Duration = Duration::from_secs(5);
 
 /// What the event loop needs besides the config: sockets, the spawner and the I/O endpoints.
 pub struct Parts {
@@ -53,8 +65,13 @@ pub struct Parts {
     pub control: Option<ControlServer>,
     /// systemd's NOTIFY_SOCKET, when it started us.
     pub systemd: Option<Notifier>,
-    /// Kills the workers' process groups if the supervisor dies.
+    /// The root guard: kills what is left of the workers if the supervisor dies, reads the
+    /// config file for reloads, removes what root made at the end.
     pub guard: Option<Guard>,
+    /// The guard reads the config file for a reload (multinode dropped privileges).
+    pub guard_reads_config: bool,
+    /// `--cgroup`: the service's cgroup, when in force.
+    pub cgroups: Option<Service>,
     /// `multinode stop` callers, answered already; their connections close when these drop,
     /// which the caller does last, after cleaning up.
     pub stop_clients: Vec<UnixStream>,
@@ -76,6 +93,10 @@ pub(super) struct Shell {
     /// current spawner runs, and the next one's spawner.
     pub(super) current_generation: u64,
     pub(super) next: Option<(crate::config::NextGeneration, Spawner)>,
+    /// A config read asked of the guard and not answered yet; true: asked again meanwhile.
+    pub(super) reading_config: Option<bool>,
+    /// Requests the guard did not take in time, as last reported.
+    guard_dropped: u64,
 }
 
 enum Wake {
@@ -87,6 +108,9 @@ enum Wake {
     Pipe(Pid, Stream),
     Listener(usize),
     Route(RouteWake),
+    Guard,
+    /// A worker's `cgroup.events` changed (checked with every lingering worker).
+    Cgroup,
 }
 
 /// Runs the supervisor until every worker is gone; returns the exit status and the parts (for
@@ -112,6 +136,8 @@ pub fn run(cfg: Config, mut p: Parts) -> (Exit, Parts) {
         router,
         current_generation: 1,
         next: None,
+        reading_config: None,
+        guard_dropped: 0,
     };
     if sh.router.is_some() {
         for b in &sh.p.sockets {
@@ -149,6 +175,7 @@ pub fn run(cfg: Config, mut p: Parts) -> (Exit, Parts) {
             r.flush(&mut sh.p.out);
         }
     }
+    sh.sweep();
     let exit = sh.core.outcome();
     if let Some(c) = &mut sh.p.control {
         sh.p.stop_clients = c.take_held();
@@ -175,6 +202,7 @@ impl Shell {
 
     /// Sleeps in poll until an fd is ready or the next deadline; returns what woke it.
     fn wait(&mut self) -> nix::Result<Vec<Wake>> {
+        self.flush_guard();
         let now = Instant::now();
         let recheck = self
             .lingering
@@ -235,6 +263,22 @@ impl Shell {
                 for (i, b) in self.p.sockets.iter().enumerate() {
                     keys.push(Wake::Listener(i));
                     fds.push(PollFd::new(b.fd.as_fd(), PollFlags::POLLIN));
+                }
+            }
+        }
+        if let Some(g) = &self.p.guard {
+            let mut ev = PollFlags::POLLIN;
+            if g.wants_write() {
+                ev |= PollFlags::POLLOUT;
+            }
+            keys.push(Wake::Guard);
+            fds.push(PollFd::new(g.as_fd(), ev));
+        }
+        if let Some(cg) = &self.p.cgroups {
+            for (pid, _) in &self.lingering {
+                if let Some(fd) = cg.events(*pid) {
+                    keys.push(Wake::Cgroup);
+                    fds.push(PollFd::new(fd, PollFlags::POLLPRI));
                 }
             }
         }
@@ -328,6 +372,45 @@ impl Shell {
                     r.on_channel(pid, i);
                 }
             }
+            Wake::Guard => self.on_guard(),
+            Wake::Cgroup => {} // check_lingering follows every wake
+        }
+    }
+
+    /// Hands queued requests to the guard, without blocking.
+    fn flush_guard(&mut self) {
+        let Some(g) = &mut self.p.guard else { return };
+        // A guard that is gone shows as end of file on its socket, handled there.
+        g.flush();
+        if g.dropped() > self.guard_dropped {
+            self.guard_dropped = g.dropped();
+            let msg = format!(
+                "the guard (pid {}) is not reading: {} request(s) to it dropped",
+                g.pid(),
+                self.guard_dropped
+            );
+            self.p
+                .out
+                .event(Log::warn("guard-stalled", msg).with("dropped", self.guard_dropped));
+        }
+    }
+
+    /// What the guard sent: config bytes for a reload, or end of file (it died).
+    fn on_guard(&mut self) {
+        let Some(g) = &mut self.p.guard else { return };
+        for note in g.read() {
+            match note {
+                Note::Config(bytes) => self.config_arrived(bytes),
+                Note::Gone => {
+                    self.p.guard = None;
+                    self.dispatch(Event::GuardGone);
+                    if self.reading_config.take().is_some() {
+                        let why = "the guard, which reads the config file, is gone".to_string();
+                        self.dispatch(Event::ConfigRead(Err(why)));
+                    }
+                    return;
+                }
+            }
         }
     }
 
@@ -373,10 +456,14 @@ impl Shell {
                 Ok(_) | Err(Errno::EINTR) => continue,
                 Err(_) => break,
             };
+            if let Some(g) = self.p.guard.as_mut().filter(|g| g.pid() == pid) {
+                g.reaped(); // its socket's end of file says the rest
+                continue;
+            }
             if !self.procs.iter().any(|w| w.pid == pid) {
                 continue; // an orphan: reaped, nothing more
             }
-            let group_alive = group_alive(pid);
+            let group_alive = self.rest_alive(pid);
             if group_alive {
                 self.lingering.push((pid, false));
             } else {
@@ -390,16 +477,32 @@ impl Shell {
         }
     }
 
-    /// Workers whose leader exited and whose group has now gone too.
+    /// Whether anything of worker `pid` (whose leader was reaped) is left: in its process
+    /// group, or in its cgroup. Its group gone, what its cgroup still holds is killed.
+    fn rest_alive(&mut self, pid: Pid) -> bool {
+        let group = group_alive(pid);
+        let Some(cg) = &mut self.p.cgroups else {
+            return group;
+        };
+        match cg.populated(pid) {
+            Some(true) if !group => {
+                cg.kill(pid);
+                true
+            }
+            Some(populated) => group || populated,
+            None => group,
+        }
+    }
+
+    /// Workers whose leader exited and of which nothing is left now.
     fn check_lingering(&mut self) {
         if self.lingering.is_empty() {
             return;
         }
-        let gone: Vec<Pid> = self
-            .lingering
-            .iter()
-            .map(|(pid, _)| *pid)
-            .filter(|&pid| !group_alive(pid))
+        let pids: Vec<Pid> = self.lingering.iter().map(|(pid, _)| *pid).collect();
+        let gone: Vec<Pid> = pids
+            .into_iter()
+            .filter(|&pid| !self.rest_alive(pid))
             .collect();
         for pid in gone {
             self.lingering.retain(|(p, _)| *p != pid);
@@ -415,11 +518,66 @@ impl Shell {
             let mut w = self.procs.swap_remove(i);
             w.drain(&mut self.p.out);
         }
-        if let Some(g) = &self.p.guard {
+        if let Some(g) = &mut self.p.guard {
             g.untrack(pid);
+        }
+        if let Some(cg) = &mut self.p.cgroups {
+            cg.release(pid);
         }
         if let Some(r) = &mut self.router {
             r.remove(pid, &mut self.p.out);
+        }
+    }
+
+    /// After the last worker: kills what workers left behind — the service's other cgroups,
+    /// and every process reparented to multinode — so that nothing outlives the service.
+    fn sweep(&mut self) {
+        let until = Instant::now() + SWEEP_WAIT;
+        let mut left = self.p.cgroups.as_mut().map_or(0, |cg| cg.sweep(until));
+        left += self.kill_orphans(until);
+        if left > 0 {
+            let msg = format!("killed {left} process(es) or group(s) that workers left behind");
+            self.p.out.event(
+                Log::warn("kill", msg)
+                    .with("why", "orphans")
+                    .with("processes", left),
+            );
+        }
+    }
+
+    /// SIGKILLs our children but the guard (what outlived the worker that started it was
+    /// reparented to us, a subreaper) until none is left or `until`; reaps them. Returns how
+    /// many there were.
+    fn kill_orphans(&mut self, until: Instant) -> usize {
+        let me = std::process::id() as i32;
+        let guard = self.p.guard.as_ref().map(|g| g.pid().as_raw());
+        let mut killed = HashSet::new();
+        loop {
+            loop {
+                match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
+                    Ok(st) => {
+                        if let Some(g) = self.p.guard.as_mut().filter(|g| Some(g.pid()) == st.pid())
+                        {
+                            g.reaped();
+                        }
+                    }
+                    Err(Errno::EINTR) => {}
+                    Err(_) => break,
+                }
+            }
+            let kids: Vec<i32> = children_of(me)
+                .into_iter()
+                .filter(|&p| Some(p) != guard)
+                .collect();
+            if kids.is_empty() || Instant::now() >= until {
+                return killed.len();
+            }
+            for pid in kids {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                killed.insert(pid);
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -459,4 +617,22 @@ fn parent_of(pid: Pid) -> Option<Pid> {
 /// True while any process of the group `pgid` exists.
 fn group_alive(pgid: Pid) -> bool {
     !matches!(killpg(pgid, None), Err(Errno::ESRCH))
+}
+
+/// The live (not zombie) children of `ppid`, from /proc.
+fn children_of(ppid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                // PID (COMM) STATE PPID ...
+                let mut f = s.rsplit_once(") ").map_or("", |r| r.1).split(' ');
+                let state = f.next();
+                f.next().and_then(|p| p.parse().ok()) == Some(ppid) && state != Some("Z")
+            })
+        })
+        .collect()
 }

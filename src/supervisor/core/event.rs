@@ -55,13 +55,15 @@ pub enum Event {
         generation: u64,
         error: String,
     },
-    /// A worker's leader was reaped; `group_alive`: processes of its group live on.
+    /// A worker's leader was reaped; `group_alive`: processes of the worker live on (in its
+    /// process group, or in its cgroup).
     Exited {
         pid: Pid,
         status: ExitStatus,
         group_alive: bool,
     },
-    /// The process group of a worker whose leader was reaped is gone.
+    /// Every process of a worker whose leader was reaped is gone (its process group, and its
+    /// cgroup).
     GroupGone {
         pid: Pid,
     },
@@ -74,7 +76,8 @@ pub enum Event {
     FilesChanged {
         path: String,
     },
-    /// Answer to [`Action::ReadConfig`]: `Ok(None)` when there is no config file.
+    /// Answer to [`Action::ReadConfig`]: `Ok(None)` when there is no config file. It may come
+    /// after other events (the guard reads a root-only file).
     ConfigRead(Result<Option<Reread>, String>),
     /// Answer to [`Action::OpenSlot`].
     SlotOpened {
@@ -87,6 +90,9 @@ pub enum Event {
     },
     /// A deadline passed (see [`Core::next_deadline`]).
     Tick,
+    /// The guard process died (its socket reached end of file): nothing would clean up
+    /// after a killed supervisor any more, and it cannot be restarted without root.
+    GuardGone,
     /// The shell cannot go on (poll failed): kill everything and exit.
     Fatal(String),
 }

@@ -327,6 +327,27 @@ impl Core {
         }
     }
 
+    /// The guard died: the protection against a killed supervisor is gone, and a new root
+    /// guard cannot be started after the privilege drop. Stop gracefully, exit 70.
+    pub(super) fn guard_gone(&mut self, now: Instant) {
+        self.exit = self.exit.worst(Exit::Internal);
+        let running = self.phase == Phase::Running;
+        let then = if running {
+            "stopping the service"
+        } else {
+            "the stop goes on"
+        };
+        self.log(Log::error(
+            "guard-gone",
+            format!(
+                "the guard process is gone: nothing would stop the workers if multinode were killed; {then}"
+            ),
+        ));
+        if running {
+            self.stop("guard-gone", now);
+        }
+    }
+
     /// SIGKILL to every worker's group now.
     pub(super) fn kill_all(&mut self) {
         for s in &mut self.slots {

@@ -8,11 +8,12 @@
 //! (see `tests.rs`). [`Core::next_deadline`] tells the shell when to come back with
 //! [`Event::Tick`]; without a deadline the shell sleeps until an fd wakes it.
 //!
-//! One spawn at a time: an action whose outcome the core needs (spawning, re-reading the
-//! config file, opening a reuseport slot) is answered by the shell with an event
-//! ([`Event::Spawned`], [`Event::ConfigRead`], [`Event::SlotOpened`]) before anything else
-//! happens, and the core emits at most one `Spawn` until its answer is in. So what the core
-//! believes and what exists never drift apart.
+//! One spawn at a time: an action whose outcome the core needs (spawning, opening a reuseport
+//! slot) is answered by the shell with an event ([`Event::Spawned`], [`Event::SlotOpened`])
+//! before anything else happens, and the core emits at most one `Spawn` until its answer is
+//! in. So what the core believes and what exists never drift apart. Re-reading the config
+//! file is the exception: when the guard reads it, [`Event::ConfigRead`] comes later, and
+//! anything may happen meanwhile (the core keeps why it asked in `rereading`).
 //!
 //! The pieces: `event.rs` (what goes in and out), `lifecycle.rs` (start, exit, restart,
 //! stop, scale), `reload.rs` (rolling reload), `control.rs` (control requests, their waiters,
@@ -169,6 +170,7 @@ impl Core {
             Event::SlotOpened { slot, result } => self.slot_opened(slot, result),
             Event::Control { client, request } => self.on_request(client, request, now),
             Event::Tick => self.tick(now),
+            Event::GuardGone => self.guard_gone(now),
             Event::Fatal(msg) => {
                 self.log(Log::error(
                     "internal",

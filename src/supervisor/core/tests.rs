@@ -40,6 +40,9 @@ struct Sim {
     spawn_errors: Vec<String>,
     /// The answer to the next config re-read.
     reread: Option<Result<Option<Reread>, String>>,
+    /// Config re-reads are answered later, by the test (as when the guard reads the file):
+    /// how many were asked for.
+    deferred_reads: Option<usize>,
     /// reuseport slots that fail to open.
     open_fails: bool,
     spawns: Vec<(u32, u64, Pid)>,
@@ -72,6 +75,7 @@ impl Sim {
             next_pid: 100,
             spawn_errors: Vec::new(),
             reread: None,
+            deferred_reads: None,
             open_fails: false,
             spawns: Vec::new(),
             signals: Vec::new(),
@@ -125,10 +129,13 @@ impl Sim {
                     Action::Reply { client, reply } => self.replies.push((client, reply)),
                     Action::Hold { client } => self.held.push(client),
                     Action::Systemd(n) => self.systemd.push(n),
-                    Action::ReadConfig => {
-                        let r = self.reread.take().unwrap_or(Ok(None));
-                        queue.push_back(Event::ConfigRead(r));
-                    }
+                    Action::ReadConfig => match &mut self.deferred_reads {
+                        Some(n) => *n += 1,
+                        None => {
+                            let r = self.reread.take().unwrap_or(Ok(None));
+                            queue.push_back(Event::ConfigRead(r));
+                        }
+                    },
                     Action::RolledOut { generation } => self.rolled_out.push(generation),
                     Action::OpenSlot { slot } => {
                         self.opened.push(slot);
@@ -997,4 +1004,78 @@ fn a_worker_leaving_reports_why() {
             .iter()
             .all(|w| w.leaving() == Some(Leave::ServiceStop))
     );
+}
+
+// ---- the guard, and a config read that comes later --------------------------------------------
+
+#[test]
+fn a_dead_guard_stops_the_service_gracefully_with_exit_70() {
+    let mut s = Sim::started(runtime(2));
+    s.feed(Event::GuardGone);
+    assert_eq!(s.events("guard-gone").len(), 1);
+    let stopping = s.events("stopping");
+    assert_eq!(Sim::field(stopping[0], "why"), "guard-gone");
+    for pid in s.pids() {
+        assert!(s.signalled(pid, Signal::SIGTERM), "a graceful stop");
+        assert!(!s.signalled(pid, Signal::SIGKILL));
+    }
+    s.obey(Signal::SIGTERM);
+    s.advance(SEC);
+    assert_eq!(s.spawns.len(), 2, "nothing restarts");
+    assert!(s.core.finished());
+    assert_eq!(s.core.outcome(), Exit::Internal);
+}
+
+#[test]
+fn a_guard_that_dies_during_a_stop_changes_only_the_exit_status() {
+    let mut s = Sim::started(runtime(1));
+    s.feed(Event::Signal(Sig::Term));
+    s.feed(Event::GuardGone);
+    assert_eq!(s.events("stopping").len(), 1, "one stop");
+    assert_eq!(s.events("guard-gone").len(), 1);
+    s.obey(Signal::SIGTERM);
+    assert!(s.core.finished());
+    assert_eq!(s.core.outcome(), Exit::Internal);
+}
+
+#[test]
+fn events_may_come_between_a_config_read_and_its_answer() {
+    let mut s = Sim::started(runtime(2));
+    s.deferred_reads = Some(0);
+    s.control(1, Request::Reload);
+    assert_eq!(s.deferred_reads, Some(1));
+    assert!(s.events("reload").is_empty(), "the roll waits for the file");
+    // Meanwhile a worker crashes and restarts as usual, and another HUP asks again.
+    let old1 = s.pid_of(1);
+    s.exit(old1, 3);
+    s.advance(SEC);
+    assert_eq!(s.spawns.len(), 3, "slot 1 restarted");
+    let restarted = s.spawns[2].2;
+    s.ready(restarted);
+    s.feed(Event::Signal(Sig::Hup));
+    s.feed(Event::ConfigRead(Ok(None)));
+    let reload = s.events("reload");
+    assert_eq!(reload.len(), 1, "one roll for both requests");
+    assert_eq!(Sim::field(reload[0], "why"), "SIGHUP", "the newest reason");
+    for _ in 0..2 {
+        let new = s.spawns.last().unwrap().2;
+        s.ready(new);
+    }
+    assert_eq!(s.generations(), [2, 2]);
+    assert_eq!(s.reply_to(1), Some(&Reply::Reloaded { generation: 2 }));
+}
+
+#[test]
+fn a_stop_while_the_config_is_read_fails_the_reload_and_the_late_answer_is_ignored() {
+    let mut s = Sim::started(runtime(1));
+    s.deferred_reads = Some(0);
+    s.control(1, Request::Reload);
+    s.feed(Event::Signal(Sig::Term));
+    assert!(matches!(s.reply_to(1), Some(Reply::Failed { .. })));
+    s.feed(Event::ConfigRead(Ok(None)));
+    assert!(s.events("reload").is_empty());
+    assert_eq!(s.spawns.len(), 1);
+    s.obey(Signal::SIGTERM);
+    assert!(s.core.finished());
+    assert_eq!(s.core.outcome(), Exit::Ok);
 }

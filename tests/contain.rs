@@ -1,0 +1,495 @@
+//! Containment and the root guard (issue 10, items 5, 6 and 8), each as an attack or an
+//! accident would happen with real processes: helpers that detach with `setsid` or a double
+//! fork, a worker's user trying to kill the guard, the supervisor killed with SIGKILL, a dead
+//! or stopped guard, a root-only config file read again for a reload, and per-worker cgroups.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+fn kill(pid: i32, sig: i32) {
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// A worker that leaves two helpers holding the listening socket (fd 3): one in a session of
+/// its own (`setsid`), one double-forked (reparented, still in the worker's process group).
+/// Each prints its pid; then the shell becomes hello.
+fn helpers_script(s: &Scratch) -> PathBuf {
+    let path = s.path("helpers.sh");
+    let script = format!(
+        "#!/bin/sh\n\
+         setsid sh -c 'echo \"setsid $$\"; exec sleep 1000' &\n\
+         (sh -c 'echo \"forked $$\"; exec sleep 1000' &) &\n\
+         exec {}\n",
+        worker_bin("hello").display()
+    );
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// The pids the helpers of worker `pid` printed: (setsid, forked).
+fn helper_pids(m: &Multinode, pid: i32) -> (i32, i32) {
+    let field = |what: &str| -> i32 {
+        let prefix = format!("{what} ");
+        let line = m.wait_output(|e| e.pid == Some(pid) && e.msg.starts_with(&prefix));
+        line.msg[prefix.len()..].trim().parse().unwrap()
+    };
+    (field("setsid"), field("forked"))
+}
+
+/// SIGKILLs the helpers on drop, should a test fail before multinode got rid of them.
+struct Helpers(Vec<i32>);
+
+impl Drop for Helpers {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            if std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "sleep")
+            {
+                kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// The `cgroup` event: whether each worker gets a cgroup of its own here.
+fn cgroup_mode(m: &Multinode) -> String {
+    let e = m.wait_event("cgroup", |_| true);
+    e.str("mode").expect("cgroup: mode").to_string()
+}
+
+/// The service's cgroup directory, in cgroup mode.
+fn cgroup_path(m: &Multinode) -> PathBuf {
+    let e = m.wait_event("cgroup", |_| true);
+    PathBuf::from(e.str("path").expect("cgroup: path"))
+}
+
+/// The cgroup v2 group of `pid` (`0::PATH` of /proc/PID/cgroup).
+fn cgroup_of(pid: i32) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string)
+}
+
+fn guard_pid(m: &Multinode) -> i32 {
+    m.wait_event("guard", |_| true).pid.expect("guard: pid")
+}
+
+/// Runs a command as nobody (uid and gid 65534, no supplementary groups).
+fn as_nobody(program: &str, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(program)
+        .args(args);
+    run(cmd)
+}
+
+fn have_setpriv() -> bool {
+    Command::new("setpriv").arg("--version").output().is_ok()
+}
+
+/// A clean stop takes the detached helpers with it, whatever the containment in force, and
+/// the port can be bound again at once. `swept`: the setsid helper is left for the sweep at
+/// exit (no cgroups), which says so.
+fn clean_stop_leaves_nothing(extra: &[&str], swept: bool) {
+    let s = Scratch::new("stop");
+    let script = helpers_script(&s);
+    let mut args = vec!["-w", "1", "-l", "127.0.0.1:0"];
+    args.extend(extra);
+    args.extend(["--", script.to_str().unwrap()]);
+    let mut m = Multinode::serve(&args);
+    let addr = m.tcp_addr("listen0");
+    let pid = m.wait_started(1)[0];
+    let (detached, forked) = helper_pids(&m, pid);
+    let _helpers = Helpers(vec![detached, forked]);
+    m.wait_ready(1);
+    m.signal(libc::SIGTERM);
+    let st = m.wait_exit();
+    assert_eq!(st.code(), Some(0), "{}", m.output());
+    for p in [pid, detached, forked] {
+        assert!(
+            eventually(DEADLINE, || !alive(p)),
+            "process {p} outlived a clean stop: {:?}\n{}",
+            stat_of(p),
+            m.output()
+        );
+    }
+    std::net::TcpListener::bind(addr)
+        .unwrap_or_else(|e| panic!("{addr} cannot be bound again after the stop: {e}"));
+    if swept {
+        let kill = m.wait_event("kill", |e| e.why() == Some("orphans"));
+        assert!(kill.u64("processes") >= Some(1), "{kill}");
+    }
+}
+
+#[test]
+fn detached_helpers_are_gone_after_a_clean_stop() {
+    clean_stop_leaves_nothing(&[], false);
+}
+
+#[test]
+fn detached_helpers_are_gone_after_a_clean_stop_without_cgroups() {
+    // Process groups only: the double-forked helper goes with the worker's group, the setsid
+    // one (reparented to multinode, a subreaper) when the service stops.
+    clean_stop_leaves_nothing(&["--cgroup", "off"], true);
+}
+
+#[test]
+fn a_slot_restart_takes_its_detached_helpers_with_it() {
+    let s = Scratch::new("restart");
+    let script = helpers_script(&s);
+    let m = Multinode::serve(&[
+        "-w",
+        "1",
+        "-l",
+        "127.0.0.1:0",
+        "--",
+        script.to_str().unwrap(),
+    ]);
+    if !require(
+        cgroup_mode(&m) == "cgroup",
+        "no writable cgroup v2 hierarchy here (run as root)",
+    ) {
+        return;
+    }
+    let old = m.wait_started(1)[0];
+    let (detached, forked) = helper_pids(&m, old);
+    let _helpers = Helpers(vec![detached, forked]);
+    let old_group = cgroup_of(old).unwrap();
+    kill(old, libc::SIGKILL);
+    let new = m.wait_started_in_slot(0, &[old]);
+    for p in [detached, forked] {
+        assert!(
+            eventually(DEADLINE, || !alive(p)),
+            "helper {p} of the killed worker outlived its slot's restart: {:?}\n{}",
+            stat_of(p),
+            m.output()
+        );
+    }
+    assert!(
+        m.events("started").iter().any(|e| e.pid == Some(new)),
+        "the slot restarted"
+    );
+    // The old worker's group went with it; the new one has its own.
+    let new_group = cgroup_of(new).unwrap();
+    assert_ne!(old_group, new_group);
+    let root = cgroup_path(&m);
+    let old_dir = root.join(Path::new(&old_group).file_name().unwrap());
+    assert!(
+        eventually(DEADLINE, || !old_dir.exists()),
+        "{} left behind",
+        old_dir.display()
+    );
+}
+
+#[test]
+fn each_worker_runs_in_a_cgroup_of_its_own_and_the_service_group_goes_at_exit() {
+    let hello = worker_bin("hello");
+    let mut m = Multinode::serve(&[
+        "-w",
+        "2",
+        "-l",
+        "127.0.0.1:0",
+        "--",
+        hello.to_str().unwrap(),
+    ]);
+    if !require(
+        cgroup_mode(&m) == "cgroup",
+        "no writable cgroup v2 hierarchy here (run as root)",
+    ) {
+        return;
+    }
+    let service = cgroup_path(&m);
+    let pids = m.wait_started(2);
+    m.wait_ready(2);
+    let name = service.file_name().unwrap().to_str().unwrap().to_string();
+    let groups: Vec<String> = pids.iter().map(|&p| cgroup_of(p).unwrap()).collect();
+    for g in &groups {
+        let mut parts = g.rsplit('/');
+        let leaf = parts.next().unwrap();
+        assert!(leaf.starts_with("worker."), "{g}");
+        assert_eq!(parts.next(), Some(name.as_str()), "{g} is not under {name}");
+    }
+    assert_ne!(groups[0], groups[1], "one group per worker");
+    let own = cgroup_of(m.pid).unwrap();
+    assert!(
+        own.ends_with(&format!("{name}/supervisor")),
+        "multinode in {own}"
+    );
+    // The guard stays outside: a kill of the service's group never reaches it.
+    let guard = cgroup_of(guard_pid(&m)).unwrap();
+    assert!(!guard.contains(&name), "guard in {guard}");
+    m.signal(libc::SIGTERM);
+    assert_eq!(m.wait_exit().code(), Some(0), "{}", m.output());
+    assert!(
+        !service.exists(),
+        "{} outlived multinode",
+        service.display()
+    );
+}
+
+#[test]
+fn cgroup_off_leaves_the_workers_in_multinodes_own_group() {
+    let hello = worker_bin("hello");
+    let m = Multinode::serve(&[
+        "-w",
+        "1",
+        "-l",
+        "127.0.0.1:0",
+        "--cgroup",
+        "off",
+        "--",
+        hello.to_str().unwrap(),
+    ]);
+    let e = m.wait_event("cgroup", |_| true);
+    assert_eq!(e.str("mode"), Some("process-group"), "{e}");
+    assert_eq!(e.str("reason"), Some("--cgroup off"), "{e}");
+    let pid = m.wait_started(1)[0];
+    assert_eq!(cgroup_of(pid), cgroup_of(std::process::id() as i32));
+    assert_eq!(cgroup_of(m.pid), cgroup_of(std::process::id() as i32));
+}
+
+#[test]
+fn cgroup_required_where_none_can_be_made_is_a_clear_error() {
+    if !require(
+        is_root(),
+        "needs root to run multinode as nobody through setpriv",
+    ) || !require(have_setpriv(), "setpriv(1) is not installed (util-linux)")
+    {
+        return;
+    }
+    // As nobody, the group this test runs in (root's) cannot take a new cgroup.
+    let s = Scratch::new("required");
+    let multinode = worker_bin("multinode");
+    let hello = worker_bin("hello");
+    let control = s.path("c.sock");
+    let out = as_nobody(
+        multinode.to_str().unwrap(),
+        &[
+            "serve",
+            "--cgroup",
+            "required",
+            "-l",
+            "127.0.0.1:0",
+            "--control",
+            control.to_str().unwrap(),
+            "--",
+            hello.to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "stderr: {err}");
+    assert!(
+        err.starts_with("multinode: error: --cgroup required: ") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert!(!control.exists(), "no control socket left behind");
+}
+
+#[test]
+fn the_guard_is_root_and_the_workers_user_cannot_kill_or_stop_it() {
+    if !require(
+        is_root(),
+        "needs root: the guard is root's when multinode starts as root",
+    ) || !require(have_setpriv(), "setpriv(1) is not installed (util-linux)")
+    {
+        return;
+    }
+    let s = Scratch::new("guard");
+    let script = helpers_script(&s);
+    let sock = s.path("app.sock");
+    let listen = format!("unix:{}", sock.display());
+    let mut m = Multinode::serve(&[
+        "-w",
+        "2",
+        "-l",
+        "127.0.0.1:0",
+        "-l",
+        &listen,
+        "--",
+        script.to_str().unwrap(),
+    ]);
+    let pids = m.wait_started(2);
+    let mut helpers = Vec::new();
+    for &p in &pids {
+        let (a, b) = helper_pids(&m, p);
+        helpers.extend([a, b]);
+    }
+    let _helpers = Helpers(helpers.clone());
+    let guard = guard_pid(&m);
+    assert_eq!(
+        status_field(guard, "Uid")
+            .unwrap()
+            .split_whitespace()
+            .next(),
+        Some("0"),
+        "the guard runs as root"
+    );
+    for sig in ["-KILL", "-STOP", "-TERM"] {
+        let out = as_nobody("kill", &[sig, &guard.to_string()]);
+        assert!(
+            !out.status.success(),
+            "nobody's kill {sig} of the guard succeeded"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("not permitted"), "kill {sig}: {err}");
+    }
+    assert_eq!(stat_of(guard).map(|s| s.0), Some('S'), "the guard runs on");
+    let control = PathBuf::from(m.wait_event("control", |_| true).str("path").unwrap());
+    let service = (cgroup_mode(&m) == "cgroup").then(|| cgroup_path(&m));
+    // Now the supervisor dies without a word: the guard takes everything with it.
+    m.signal(libc::SIGKILL);
+    m.wait_exit();
+    for p in pids.iter().chain(&helpers) {
+        assert!(
+            eventually(DEADLINE, || !alive(*p)),
+            "{p} outlived the killed supervisor: {:?}",
+            stat_of(*p)
+        );
+    }
+    for path in [&sock, &control] {
+        assert!(
+            eventually(DEADLINE, || !path.exists()),
+            "{} left behind",
+            path.display()
+        );
+    }
+    if let Some(dir) = service {
+        assert!(
+            eventually(DEADLINE, || !dir.exists()),
+            "{} left behind",
+            dir.display()
+        );
+    }
+    assert!(eventually(DEADLINE, || !alive(guard)), "the guard exits");
+}
+
+#[test]
+fn a_dead_guard_is_noticed_and_the_service_stops() {
+    let hello = worker_bin("hello");
+    let mut m = Multinode::serve(&[
+        "-w",
+        "2",
+        "-l",
+        "127.0.0.1:0",
+        "--",
+        hello.to_str().unwrap(),
+    ]);
+    let pids = m.wait_started(2);
+    m.wait_ready(2);
+    let service = (cgroup_mode(&m) == "cgroup").then(|| cgroup_path(&m));
+    kill(guard_pid(&m), libc::SIGKILL);
+    let gone = m.wait_event("guard-gone", |_| true);
+    assert_eq!(gone.level, "error", "{gone}");
+    let stopping = m.wait_event("stopping", |_| true);
+    assert_eq!(stopping.why(), Some("guard-gone"), "{stopping}");
+    assert_eq!(
+        stopping.signal(),
+        Some("SIGTERM"),
+        "a graceful stop: {stopping}"
+    );
+    let st = m.wait_exit();
+    assert_eq!(st.code(), Some(70), "{}", m.output());
+    for p in pids {
+        assert!(!alive(p), "worker {p} survived");
+    }
+    if let Some(dir) = service {
+        // Only the guard could remove it; multinode says so, and root cleans up.
+        let left = m.wait_event("cgroup-left", |_| true);
+        assert_eq!(left.str("path"), dir.to_str(), "{left}");
+        let _ = std::fs::remove_dir(dir.join("supervisor"));
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
+
+#[test]
+fn a_stopped_guard_does_not_hold_up_the_exit() {
+    let hello = worker_bin("hello");
+    let mut m = Multinode::serve(&[
+        "-w",
+        "1",
+        "-l",
+        "127.0.0.1:0",
+        "--",
+        hello.to_str().unwrap(),
+    ]);
+    m.wait_ready(1);
+    let guard = guard_pid(&m);
+    let service = (cgroup_mode(&m) == "cgroup").then(|| cgroup_path(&m));
+    kill(guard, libc::SIGSTOP);
+    // Resumed on failure too, so that it cleans up.
+    struct Resume(i32);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            kill(self.0, libc::SIGCONT);
+        }
+    }
+    let resume = Resume(guard);
+    m.signal(libc::SIGTERM);
+    let st = m.wait_exit();
+    assert_eq!(st.code(), Some(0), "{}", m.output());
+    m.wait_event("guard-busy", |_| true);
+    drop(resume);
+    assert!(
+        eventually(DEADLINE, || !alive(guard)),
+        "the guard finishes once resumed"
+    );
+    if let Some(dir) = service {
+        assert!(
+            eventually(DEADLINE, || !dir.exists()),
+            "{} left behind",
+            dir.display()
+        );
+    }
+}
+
+#[test]
+fn a_root_only_config_is_read_again_for_a_reload() {
+    if !require(
+        is_root(),
+        "needs root: the config must be unreadable by the workers' user",
+    ) {
+        return;
+    }
+    let s = Scratch::new("rootconf");
+    let name = unique_name();
+    let file = s.path("multinode.toml");
+    let config = |workers: u32, mark: &str| {
+        format!(
+            "name = \"{name}\"\nworkers = {workers}\nlisten = [\"127.0.0.1:0\"]\n\
+             log-format = \"json\"\n\
+             command = [\"/bin/sh\", \"-c\", \"echo SECRET=$SECRET; exec {}\"]\n\
+             [env]\nSECRET = \"{mark}\"\n",
+            worker_bin("hello").display()
+        )
+    };
+    std::fs::write(&file, config(1, "first")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let m = Multinode::serve(&["--config", file.to_str().unwrap()]);
+    m.wait_ready(1);
+    assert!(!m.events("privileges").is_empty(), "multinode dropped root");
+    std::fs::write(&file, config(2, "second")).unwrap();
+    let mut cmd = Command::new(multinode_bin());
+    cmd.args(["reload", "--name", &name]);
+    let out = run(cmd);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "reload: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        m.output()
+    );
+    assert!(m.events("reload-failed").is_empty(), "{}", m.output());
+    // The change took: two workers, both of generation 2, with the new environment.
+    let scale = m.wait_event("scale", |e| e.workers() == Some(2));
+    assert_eq!(scale.why(), Some("config reload"), "{scale}");
+    m.wait_output(|e| e.msg.contains("SECRET=second"));
+}
