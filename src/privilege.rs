@@ -198,6 +198,14 @@ pub fn no_new_privileges() -> Result<()> {
     Ok(())
 }
 
+/// PR_SET_DUMPABLE 0: processes of the same user (the workers) can neither ptrace the
+/// supervisor nor open its memory or its file descriptors through /proc, which then belong to
+/// root. After a drop from root the kernel usually does this already (`fs.suid_dumpable` 0);
+/// this makes it so whatever that setting is.
+pub fn not_dumpable() -> Result<()> {
+    nix::sys::prctl::set_dumpable(false).map_err(|e| Error::sys("PR_SET_DUMPABLE", e))
+}
+
 fn verify(target: &Target) -> Result<()> {
     let bad = |what: &str| {
         Error::privilege(format!(

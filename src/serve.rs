@@ -219,6 +219,7 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
     if !cfg.allow_new_privileges {
         privilege::no_new_privileges()?;
     }
+    privilege::not_dumpable()?;
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|e| Error::sys("becoming a child subreaper (PR_SET_CHILD_SUBREAPER)", e))?;
 

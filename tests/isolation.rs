@@ -243,3 +243,43 @@ fn a_setuid_program_gives_a_worker_no_privileges() {
         std::fs::remove_file(&out).unwrap();
     }
 }
+
+/// The supervisor runs as the workers' user, but a worker cannot look inside it: no ptrace,
+/// no `/proc/PID/mem`, no `/proc/PID/fd` (where its channels and control socket are).
+#[test]
+fn a_worker_cannot_open_the_supervisors_fds_or_memory() {
+    if !require(is_root(), "needs root to drop to nobody") {
+        return;
+    }
+    let m = Multinode::serve(&["-w", "1", "-l", "127.0.0.1:0", "--", &hello()]);
+    m.wait_ready(1);
+    let as_nobody = |what: &str| {
+        run({
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]);
+            c.args(["sh", "-c", what]);
+            c
+        })
+    };
+    for what in [
+        format!("ls /proc/{}/fd", m.pid),
+        format!("head -c1 /proc/{}/mem", m.pid),
+        format!("cat /proc/{}/environ", m.pid),
+    ] {
+        let out = as_nobody(&what);
+        assert!(
+            !out.status.success(),
+            "as nobody, `{what}` worked: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("ermission denied"),
+            "`{what}`: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn hello() -> String {
+    worker_bin("hello").display().to_string()
+}

@@ -8,12 +8,15 @@
 //! - `shell.rs`: the one event loop — poll, signals, reaping, notify datagrams, control
 //!   clients, worker output, route mode's sockets — turning what happens into events.
 //! - `execute.rs`: carrying out the core's actions (spawn, signal, reply, systemd, log).
+//! - `reap.rs`: how a worker ends (reaping, lingering groups, cgroups, the sweep at exit) and
+//!   whom a notify datagram is from.
 //! - `pipes.rs`: workers' output pipes.
 
 mod backoff;
 mod core;
 mod execute;
 mod pipes;
+mod reap;
 mod shell;
 mod worker;
 
