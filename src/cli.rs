@@ -375,3 +375,17 @@ fn parse_mode(s: &str) -> Result<FileMode, String> {
         .map(FileMode)
         .ok_or_else(|| format!("'{s}' is not an octal file mode such as 660"))
 }
+
+/// A clap error as one line: its sentences, without the usage block and the pointer to
+/// `--help`.
+pub fn clap_reason(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let body: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let msg = body.join(" ");
+    msg.strip_prefix("error: ").unwrap_or(&msg).to_string()
+}

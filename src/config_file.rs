@@ -146,7 +146,7 @@ pub fn apply_bytes(
     let mut matches = options
         .cmd
         .try_get_matches_from_mut(&words)
-        .map_err(|e| file.whole(&clap_reason(&e)))?;
+        .map_err(|e| file.whole(&crate::cli::clap_reason(&e)))?;
     // Only what the file said may reach `args`: not the defaults the parse filled in.
     let filled: Vec<String> = matches
         .ids()
@@ -157,7 +157,7 @@ pub fn apply_bytes(
         let _ = matches.try_clear_id(&id);
     }
     args.update_from_arg_matches(&matches)
-        .map_err(|e| file.whole(&clap_reason(&e)))
+        .map_err(|e| file.whole(&crate::cli::clap_reason(&e)))
 }
 
 /// The `serve` command that parses the file's values: without the relations between options
@@ -491,20 +491,7 @@ fn clap_reason_for(e: &clap::Error, arg: &Arg) -> String {
             return source.to_string();
         }
     }
-    clap_reason(e).replace(&format!(" for '{arg}'"), "")
-}
-
-/// A clap error as one line, without its usage block.
-fn clap_reason(e: &clap::Error) -> String {
-    let text = e.render().to_string();
-    let body: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
-        .filter(|l| !l.is_empty())
-        .collect();
-    let msg = body.join(" ");
-    msg.strip_prefix("error: ").unwrap_or(&msg).to_string()
+    crate::cli::clap_reason(e).replace(&format!(" for '{arg}'"), "")
 }
 
 /// `:line:column` (1-based) of a byte offset.

@@ -88,14 +88,5 @@ fn run() -> Result<Exit, Error> {
 
 /// clap's error as one line: its sentences without the usage block, plus where to look.
 fn one_line(e: &clap::Error) -> String {
-    let text = e.render().to_string();
-    let body: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
-        .filter(|l| !l.is_empty())
-        .collect();
-    let msg = body.join(" ");
-    let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
-    format!("{msg} (see multinode --help)")
+    format!("{} (see multinode --help)", cli::clap_reason(e))
 }
