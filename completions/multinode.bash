@@ -105,7 +105,7 @@ _multinode() {
             return 0
             ;;
         multinode__subcmd__check)
-            opts="-c -e -w -l -u -g -h -V --config --name --control --workdir --env --workers --listen --backlog --user --group --socket-mode --balance --route --proxy-protocol --proxy-from --proxy-timeout --restart --backoff-max --min-uptime --max-restarts --restart-window --stop-signal --grace --ready --ready-timeout --reload-parallel --watch --watch-ignore --watch-debounce --allow-new-privileges --cgroup --color --log-format --help --version"
+            opts="-c -e -w -l -u -g -h -V --config --name --control --workdir --env --workers --listen --backlog --user --group --socket-mode --balance --route --proxy-protocol --proxy-from --proxy-timeout --restart --backoff-max --min-uptime --max-restarts --restart-window --stop-signal --grace --ready --ready-timeout --reload-parallel --watchdog --watchdog-signal --max-memory --max-requests --max-requests-jitter --stop-delay --metrics --watch --watch-ignore --watch-debounce --allow-new-privileges --cgroup --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -268,6 +268,34 @@ _multinode() {
                     return 0
                     ;;
                 --reload-parallel)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --watchdog)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --watchdog-signal)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-memory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-requests)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-requests-jitter)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stop-delay)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -531,7 +559,7 @@ _multinode() {
             return 0
             ;;
         multinode__subcmd__serve)
-            opts="-c -e -w -l -u -g -h -V --config --name --control --workdir --env --workers --listen --backlog --user --group --socket-mode --balance --route --proxy-protocol --proxy-from --proxy-timeout --restart --backoff-max --min-uptime --max-restarts --restart-window --stop-signal --grace --ready --ready-timeout --reload-parallel --watch --watch-ignore --watch-debounce --allow-new-privileges --cgroup --color --log-format --help --version"
+            opts="-c -e -w -l -u -g -h -V --config --name --control --workdir --env --workers --listen --backlog --user --group --socket-mode --balance --route --proxy-protocol --proxy-from --proxy-timeout --restart --backoff-max --min-uptime --max-restarts --restart-window --stop-signal --grace --ready --ready-timeout --reload-parallel --watchdog --watchdog-signal --max-memory --max-requests --max-requests-jitter --stop-delay --metrics --watch --watch-ignore --watch-debounce --allow-new-privileges --cgroup --color --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -694,6 +722,34 @@ _multinode() {
                     return 0
                     ;;
                 --reload-parallel)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --watchdog)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --watchdog-signal)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-memory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-requests)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-requests-jitter)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stop-delay)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -65,6 +65,13 @@ complete -c multinode -n "__fish_multinode_using_subcommand serve" -l grace -d '
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l ready -d 'When a new worker counts as ready: `notify` (it sent READY=1 to NOTIFY_SOCKET) or `delay:DURATION` (it sent READY=1, or stayed up that long)' -r
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l ready-timeout -d 'A new worker not ready this long is stopped (and a reload rolled back)' -r
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l reload-parallel -d 'How many workers a rolling reload replaces at once' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l watchdog -d 'Per-worker watchdog (the sd_notify protocol): a ready worker must send WATCHDOG=1 at least this often. One silent for longer is hung: it gets --watchdog-signal, SIGKILL 5s later, and its slot restarts. Workers get WATCHDOG_USEC and WATCHDOG_PID' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l watchdog-signal -d 'The signal a hung worker gets first (ABRT: so that it can dump its state)' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l max-memory -d 'Recycle a worker whose memory passes SIZE (e.g. 512M, 2G; K, M, G are powers of 1024): a replacement is started and ready before it drains' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l max-requests -d 'With --route: recycle a worker once it was handed N connections (a replacement is started and ready before it drains)' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l max-requests-jitter -d 'Adds a random 0..=N to --max-requests for each worker, so workers do not recycle together' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l stop-delay -d 'On SIGTERM, SIGINT or `multinode stop`: turn /healthz to 503 at once and keep serving this long before the drain starts, so that load balancers stop sending first' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l metrics -d 'Serve `GET /metrics` (Prometheus text format) and `GET /healthz` on ADDR (HOST:PORT or unix:PATH), from the supervisor itself' -r
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l watch -d 'Reload when this file or directory (recursively) changes; repeatable' -r -F
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l watch-ignore -d 'Ignore changes to paths matching this glob (`*`, `?`, `**`); repeatable. `**/.git/**` and `**/target/**` are always ignored' -r
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l watch-debounce -d 'Reload once the watched files have been quiet this long' -r
@@ -110,6 +117,13 @@ complete -c multinode -n "__fish_multinode_using_subcommand check" -l grace -d '
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l ready -d 'When a new worker counts as ready: `notify` (it sent READY=1 to NOTIFY_SOCKET) or `delay:DURATION` (it sent READY=1, or stayed up that long)' -r
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l ready-timeout -d 'A new worker not ready this long is stopped (and a reload rolled back)' -r
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l reload-parallel -d 'How many workers a rolling reload replaces at once' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l watchdog -d 'Per-worker watchdog (the sd_notify protocol): a ready worker must send WATCHDOG=1 at least this often. One silent for longer is hung: it gets --watchdog-signal, SIGKILL 5s later, and its slot restarts. Workers get WATCHDOG_USEC and WATCHDOG_PID' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l watchdog-signal -d 'The signal a hung worker gets first (ABRT: so that it can dump its state)' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l max-memory -d 'Recycle a worker whose memory passes SIZE (e.g. 512M, 2G; K, M, G are powers of 1024): a replacement is started and ready before it drains' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l max-requests -d 'With --route: recycle a worker once it was handed N connections (a replacement is started and ready before it drains)' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l max-requests-jitter -d 'Adds a random 0..=N to --max-requests for each worker, so workers do not recycle together' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l stop-delay -d 'On SIGTERM, SIGINT or `multinode stop`: turn /healthz to 503 at once and keep serving this long before the drain starts, so that load balancers stop sending first' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l metrics -d 'Serve `GET /metrics` (Prometheus text format) and `GET /healthz` on ADDR (HOST:PORT or unix:PATH), from the supervisor itself' -r
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l watch -d 'Reload when this file or directory (recursively) changes; repeatable' -r -F
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l watch-ignore -d 'Ignore changes to paths matching this glob (`*`, `?`, `**`); repeatable. `**/.git/**` and `**/target/**` are always ignored' -r
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l watch-debounce -d 'Reload once the watched files have been quiet this long' -r

@@ -189,6 +189,11 @@ impl Service {
         self.leaves.push((pid, leaf));
     }
 
+    /// The directory of worker `pid`'s group.
+    pub fn leaf_path(&self, pid: Pid) -> Option<&Path> {
+        self.get(pid).map(|l| l.path.as_path())
+    }
+
     fn get(&self, pid: Pid) -> Option<&Leaf> {
         self.leaves.iter().find(|(p, _)| *p == pid).map(|(_, l)| l)
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum, ValueHint};
 use nix::sys::signal::Signal;
 
-use crate::config::{ReadyMode, parse_duration, parse_ready, parse_signal};
+use crate::config::{ReadyMode, parse_duration, parse_ready, parse_signal, parse_size};
 use crate::error::exit_codes_help;
 use crate::listen::{ListenSpec, parse_listen};
 use crate::proxy::{Cidr, parse_cidr};
@@ -256,6 +256,41 @@ pub struct ServeArgs {
     /// How many workers a rolling reload replaces at once
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub reload_parallel: u32,
+
+    /// Per-worker watchdog (the sd_notify protocol): a ready worker must send WATCHDOG=1 at
+    /// least this often. One silent for longer is hung: it gets --watchdog-signal, SIGKILL 5s
+    /// later, and its slot restarts. Workers get WATCHDOG_USEC and WATCHDOG_PID
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub watchdog: Option<Duration>,
+
+    /// The signal a hung worker gets first (ABRT: so that it can dump its state)
+    #[arg(long, value_name = "SIGNAL", default_value = "ABRT", value_parser = parse_signal)]
+    pub watchdog_signal: Signal,
+
+    /// Recycle a worker whose memory passes SIZE (e.g. 512M, 2G; K, M, G are powers of 1024):
+    /// a replacement is started and ready before it drains
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_memory: Option<u64>,
+
+    /// With --route: recycle a worker once it was handed N connections (a replacement is
+    /// started and ready before it drains)
+    #[arg(long, value_name = "N", requires = "route")]
+    pub max_requests: Option<u64>,
+
+    /// Adds a random 0..=N to --max-requests for each worker, so workers do not recycle
+    /// together
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "max_requests")]
+    pub max_requests_jitter: u64,
+
+    /// On SIGTERM, SIGINT or `multinode stop`: turn /healthz to 503 at once and keep serving
+    /// this long before the drain starts, so that load balancers stop sending first
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    pub stop_delay: Duration,
+
+    /// Serve `GET /metrics` (Prometheus text format) and `GET /healthz` on ADDR (HOST:PORT or
+    /// unix:PATH), from the supervisor itself
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+    pub metrics: Option<ListenSpec>,
 
     /// Reload when this file or directory (recursively) changes; repeatable
     #[arg(long, value_name = "PATH", value_hint = ValueHint::AnyPath)]

@@ -44,6 +44,8 @@ pub struct Config {
     pub allow_new_privileges: bool,
     /// `--cgroup`: contain each worker in a cgroup of its own.
     pub cgroup: CgroupMode,
+    /// `--metrics`: where /metrics and /healthz are served.
+    pub metrics: Option<ListenSpec>,
     /// What the supervisor's decisions follow, all of which a reload may change.
     pub runtime: Runtime,
     /// What the config was built from, to build it again on a reload.
@@ -65,6 +67,15 @@ pub struct Runtime {
     pub ready_timeout: Duration,
     pub reload_parallel: u32,
     pub watch_debounce: Duration,
+    /// `--watchdog`: how often a ready worker must send WATCHDOG=1.
+    pub watchdog: Option<Duration>,
+    pub watchdog_signal: Signal,
+    /// `--max-memory`, bytes.
+    pub max_memory: Option<u64>,
+    /// `--max-requests N` and its jitter.
+    pub max_requests: Option<(u64, u64)>,
+    /// `--stop-delay`: how long a stop reports unhealthy before the drain starts.
+    pub stop_delay: Duration,
 }
 
 /// What a reload does with a configuration read again: each option of [`Config`] is in
@@ -246,6 +257,7 @@ impl Config {
             log_format: args.log_format,
             allow_new_privileges: args.allow_new_privileges,
             cgroup: args.cgroup,
+            metrics: args.metrics,
             runtime: Runtime {
                 workers,
                 restart: args.restart,
@@ -258,6 +270,11 @@ impl Config {
                 ready_timeout: args.ready_timeout,
                 reload_parallel: args.reload_parallel,
                 watch_debounce: args.watch_debounce,
+                watchdog: args.watchdog,
+                watchdog_signal: args.watchdog_signal,
+                max_memory: args.max_memory,
+                max_requests: args.max_requests.map(|n| (n, args.max_requests_jitter)),
+                stop_delay: args.stop_delay,
             },
             source,
         })
@@ -288,6 +305,7 @@ impl Config {
             log_format,
             allow_new_privileges,
             cgroup,
+            metrics,
             runtime,
             source: _,
         } = new;
@@ -310,6 +328,7 @@ impl Config {
                 allow_new_privileges != self.allow_new_privileges,
             ),
             ("cgroup", cgroup != self.cgroup),
+            ("metrics", metrics != self.metrics),
         ];
         ReloadPlan {
             runtime,
@@ -457,6 +476,44 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     Ok(d)
 }
 
+/// The largest size accepted (1 EiB): far above any memory, far below overflow.
+const MAX_SIZE: f64 = (1u64 << 60) as f64;
+
+/// Parses a size: `512M`, `1.5G`, `200MiB`, `64k`, `1048576` (bytes). K, M, G and T (with or
+/// without `B` or `iB`) are powers of 1024, as memory is counted.
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let bad = || format!("'{s}' is not a size such as 512M, 2G or 1048576 (bytes)");
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let unit = unit.trim().to_ascii_lowercase();
+    let unit = unit
+        .strip_suffix("ib")
+        .or_else(|| unit.strip_suffix('b'))
+        .unwrap_or(&unit);
+    let scale = match unit {
+        "" => 1u64,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    let value: f64 = num.parse().map_err(|_| bad())?;
+    let bytes = value * scale as f64;
+    if !bytes.is_finite() || bytes > MAX_SIZE {
+        return Err(format!(
+            "'{s}' is larger than 1 EiB, the most a size may be"
+        ));
+    }
+    if bytes < 1.0 {
+        return Err(format!("'{s}' is less than a byte"));
+    }
+    Ok(bytes as u64)
+}
+
 /// Parses `notify` or `delay:DURATION` (`--ready`).
 pub fn parse_ready(s: &str) -> std::result::Result<ReadyMode, String> {
     match s.split_once(':') {
@@ -511,6 +568,29 @@ mod tests {
         assert_eq!(parse_signal("9"), Ok(Signal::SIGKILL));
         assert!(parse_signal("NOPE").is_err());
         assert!(parse_signal("99").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("64kB"), Ok(64 << 10));
+        for bad in [
+            "",
+            "M",
+            "12Q",
+            "-1M",
+            "0",
+            "0.1",
+            "1e3",
+            "2EiB",
+            "99999999999T",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod socket;
 mod spawn;
 mod supervisor;
 mod systemd;
+mod usage;
 mod watch;
 
 use std::process::ExitCode;

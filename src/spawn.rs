@@ -62,9 +62,8 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Ok(lim.rlim_max)
 }
 
-/// `LISTEN_PID=` plus room for any pid and the terminating NUL.
+/// `LISTEN_PID=` or `WATCHDOG_PID=` plus room for any pid and the terminating NUL.
 const PID_SLOT_LEN: usize = 32;
-const PID_PREFIX: &[u8] = b"LISTEN_PID=";
 
 /// What stays the same for every worker: the program, and the environment less per-worker values.
 pub struct Spawner {
@@ -135,6 +134,8 @@ impl Spawner {
     /// Forks and execs one worker for `slot` with `fds` (name, socket) at fds 3.. . An exec
     /// failure in the child comes back here as the error, through std's CLOEXEC status pipe.
     /// `cgroup`: the `cgroup.procs` of the worker's own cgroup, which the child joins first.
+    /// `watchdog`: the worker gets `WATCHDOG_USEC` and `WATCHDOG_PID` (its own pid), as
+    /// sd_watchdog_enabled(3) reads them.
     pub fn spawn(
         &self,
         fds: &[(&str, BorrowedFd<'_>)],
@@ -142,6 +143,7 @@ impl Spawner {
         workers: u32,
         generation: u64,
         cgroup: Option<BorrowedFd<'_>>,
+        watchdog: Option<std::time::Duration>,
     ) -> io::Result<Spawned> {
         let n = fds.len();
         // Above the fds the sockets are placed at (3..3+n), so placing them cannot close it.
@@ -166,10 +168,19 @@ impl Spawner {
             b"MULTINODE_GENERATION",
             generation.to_string().as_bytes(),
         ));
+        let mut pids: Vec<&[u8]> = vec![b"LISTEN_PID="];
+        if let Some(d) = watchdog {
+            env.push(env_entry(
+                b"WATCHDOG_USEC",
+                d.as_micros().to_string().as_bytes(),
+            ));
+            pids.push(b"WATCHDOG_PID=");
+        }
         let image = ExecImage::new(
             self.path.clone(),
             self.argv.clone(),
             env,
+            &pids,
             3 + n as c_int,
             self.supervisor,
             cgroup.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
@@ -237,8 +248,9 @@ struct ExecImage {
     argv_ptrs: Vec<*const c_char>,
     _env: Vec<CString>,
     env_ptrs: Vec<*const c_char>,
-    /// `LISTEN_PID=` followed by room for the pid; owned, freed in Drop.
-    pid_slot: *mut u8,
+    /// `LISTEN_PID=` (and `WATCHDOG_PID=`), each followed by room for the pid, with the length
+    /// of its prefix; owned, freed in Drop.
+    pid_slots: Vec<(*mut u8, usize)>,
     first_unused_fd: c_int,
     supervisor: Pid,
     /// The open-files limit to give back to the worker, if the supervisor raised its own.
@@ -258,17 +270,23 @@ impl ExecImage {
         path: CString,
         argv: Vec<CString>,
         env: Vec<CString>,
+        pid_vars: &[&[u8]],
         first_unused_fd: c_int,
         supervisor: Pid,
         cgroup_procs: c_int,
     ) -> Self {
-        let mut slot = Box::new([0u8; PID_SLOT_LEN]);
-        slot[..PID_PREFIX.len()].copy_from_slice(PID_PREFIX);
-        let pid_slot = Box::into_raw(slot) as *mut u8;
+        let pid_slots: Vec<(*mut u8, usize)> = pid_vars
+            .iter()
+            .map(|prefix| {
+                let mut slot = Box::new([0u8; PID_SLOT_LEN]);
+                slot[..prefix.len()].copy_from_slice(prefix);
+                (Box::into_raw(slot) as *mut u8, prefix.len())
+            })
+            .collect();
         let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|a| a.as_ptr()).collect();
         argv_ptrs.push(std::ptr::null());
         let mut env_ptrs: Vec<*const c_char> = env.iter().map(|e| e.as_ptr()).collect();
-        env_ptrs.push(pid_slot as *const c_char);
+        env_ptrs.extend(pid_slots.iter().map(|(p, _)| *p as *const c_char));
         env_ptrs.push(std::ptr::null());
         ExecImage {
             path,
@@ -276,7 +294,7 @@ impl ExecImage {
             argv_ptrs,
             _env: env,
             env_ptrs,
-            pid_slot,
+            pid_slots,
             first_unused_fd,
             supervisor,
             nofile: WORKER_NOFILE.get().copied(),
@@ -346,7 +364,10 @@ impl ExecImage {
             if libc::getppid() != self.supervisor.as_raw() {
                 libc::_exit(127);
             }
-            write_pid(self.pid_slot.add(PID_PREFIX.len()), libc::getpid());
+            let pid = libc::getpid();
+            for &(slot, prefix) in &self.pid_slots {
+                write_pid(slot.add(prefix), pid);
+            }
             libc::execve(
                 self.path.as_ptr(),
                 self.argv_ptrs.as_ptr(),
@@ -359,8 +380,10 @@ impl ExecImage {
 
 impl Drop for ExecImage {
     fn drop(&mut self) {
-        // SAFETY: `pid_slot` came from `Box::into_raw` of a `[u8; PID_SLOT_LEN]` in `new`.
-        drop(unsafe { Box::from_raw(self.pid_slot as *mut [u8; PID_SLOT_LEN]) });
+        for &(slot, _) in &self.pid_slots {
+            // SAFETY: each slot came from `Box::into_raw` of a `[u8; PID_SLOT_LEN]` in `new`.
+            drop(unsafe { Box::from_raw(slot as *mut [u8; PID_SLOT_LEN]) });
+        }
     }
 }
 

@@ -88,6 +88,9 @@ pub fn inherited(backlog: u32) -> Result<Option<Vec<Bound>>> {
 
 /// Notifications to the service manager that started us (NOTIFY_SOCKET), if any.
 pub struct Notifier {
+    /// `WATCHDOG_USEC` (when `WATCHDOG_PID` is unset or ours): systemd's watchdog for
+    /// multinode itself, which it then pings at half that.
+    pub watchdog: Option<std::time::Duration>,
     /// NOTIFY_SOCKET's value, checked: an absolute path or an @abstract name.
     addr: std::ffi::OsString,
 }
@@ -97,7 +100,14 @@ impl Notifier {
     pub fn from_env() -> Option<Notifier> {
         let addr = std::env::var_os("NOTIFY_SOCKET")?;
         multinode_worker::sd_notify::address(&addr).ok()?;
-        Some(Notifier { addr })
+        let ours = std::env::var("WATCHDOG_PID")
+            .map_or(true, |p| p.trim() == std::process::id().to_string());
+        let watchdog = std::env::var("WATCHDOG_USEC")
+            .ok()
+            .and_then(|u| u.trim().parse::<u64>().ok())
+            .filter(|&u| u > 0 && ours)
+            .map(std::time::Duration::from_micros);
+        Some(Notifier { watchdog, addr })
     }
 
     /// Sends `KEY=VALUE` lines; failures are ignored (systemd may be gone, e.g. at shutdown).

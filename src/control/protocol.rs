@@ -61,8 +61,38 @@ pub struct Status {
     /// The generation a reload under way rolls out.
     pub reloading: Option<u64>,
     pub stopping: bool,
+    /// Why `/healthz` says 503 now (`None`: healthy).
+    #[serde(default)]
+    pub unhealthy: Option<String>,
+    /// Reloads done and failed since start.
+    #[serde(default)]
+    pub reloads_ok: u64,
+    #[serde(default)]
+    pub reloads_failed: u64,
+    /// The multinode that runs (`multinode --version`).
+    #[serde(default)]
+    pub version: String,
     pub control: Option<String>,
     pub slots: Vec<SlotStatus>,
+}
+
+/// Workers of a slot replaced unasked, by cause.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restarts {
+    /// Exited or crashed unasked (or not ready in time).
+    pub crash: u32,
+    /// Hung: the watchdog ran out.
+    pub watchdog: u32,
+    /// Recycled past `--max-memory`.
+    pub memory: u32,
+    /// Recycled after `--max-requests`.
+    pub requests: u32,
+}
+
+impl Restarts {
+    pub fn total(&self) -> u32 {
+        self.crash + self.watchdog + self.memory + self.requests
+    }
 }
 
 /// One row of `multinode status`: a worker, or a slot that has none.
@@ -74,11 +104,20 @@ pub struct SlotStatus {
     pub state: String,
     pub generation: Option<u64>,
     pub uptime_ms: Option<u64>,
-    /// Workers of the slot that ended unasked (crashes and exits).
+    /// Workers of the slot replaced unasked: all causes.
     pub restarts: u32,
+    /// The same, by cause.
+    #[serde(default)]
+    pub restart_causes: Restarts,
     pub last_exit: Option<String>,
     /// The worker's last STATUS= text.
     pub status: Option<String>,
+    /// CPU time the worker (with all it started) used, in seconds.
+    #[serde(default)]
+    pub cpu_seconds: Option<f64>,
+    /// Memory it uses now, in bytes.
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
 }
 
 #[cfg(test)]

@@ -37,6 +37,10 @@ struct Target {
     ready: bool,
     /// One per listening socket, in `--listen` order.
     channels: Vec<Channel>,
+    /// Connections handed to it so far.
+    handed: u64,
+    /// `--max-requests` for it: once `handed` reaches it, the core hears so (once).
+    limit: Option<u64>,
 }
 
 /// What polling a router fd is for.
@@ -71,6 +75,8 @@ pub struct Router {
     /// spin the loop); connections wait in the kernel's accept queue meanwhile.
     paused_until: Option<Instant>,
     targets: Vec<Target>,
+    /// Workers that reached their `--max-requests`, for the core.
+    reached: Vec<(Pid, u64)>,
 }
 
 impl Router {
@@ -102,6 +108,7 @@ impl Router {
             logs: Vec::new(),
             paused_until: None,
             targets: Vec::new(),
+            reached: Vec::new(),
         }
     }
 
@@ -125,20 +132,29 @@ impl Router {
             serving: true,
             ready: false,
             channels,
+            handed: 0,
+            limit: None,
         });
     }
 
     /// Which workers serve their slot and which are ready, as the core sees it.
-    pub fn set_targets(&mut self, serving: &[(Pid, u32, bool)]) {
+    pub fn set_targets(&mut self, serving: &[crate::supervisor::Target]) {
         for t in &mut self.targets {
-            match serving.iter().find(|(pid, _, _)| *pid == t.pid) {
-                Some(&(_, _, ready)) => {
+            match serving.iter().find(|s| s.pid == t.pid) {
+                Some(s) => {
                     t.serving = true;
-                    t.ready = ready;
+                    t.ready = s.ready;
+                    t.limit = s.request_limit;
                 }
                 None => t.serving = false,
             }
         }
+    }
+
+    /// Workers that reached their `--max-requests` since the last call, with how many
+    /// connections they were handed. Each is reported once.
+    pub fn take_limits_reached(&mut self) -> Vec<(Pid, u64)> {
+        std::mem::take(&mut self.reached)
     }
 
     /// A worker is gone: connections it was never sent go to the others.
@@ -399,7 +415,14 @@ impl Router {
     /// runs at all.
     fn dispatch(&mut self, conn: Conn, out: &mut Output) {
         match self.pick(&conn) {
-            Some(i) => self.targets[i].channels[conn.listener].push(conn),
+            Some(i) => {
+                let t = &mut self.targets[i];
+                t.channels[conn.listener].push(conn);
+                t.handed += 1;
+                if t.limit == Some(t.handed) {
+                    self.reached.push((t.pid, t.handed));
+                }
+            }
             None => {
                 let no_worker = !self.targets.iter().any(|t| t.serving);
                 if no_worker && self.backlog.len() < MAX_BACKLOG {

@@ -20,7 +20,8 @@ impl Shell {
                 slot,
                 generation,
                 workers,
-            } => Some(self.spawn(slot, generation, workers)),
+                watchdog,
+            } => Some(self.spawn(slot, generation, workers, watchdog)),
             Action::Signal { pid, signal } => {
                 let _ = killpg(pid, signal);
                 if signal == Signal::SIGKILL {
@@ -38,7 +39,10 @@ impl Shell {
                 self.p.out.event(ev);
                 None
             }
-            Action::Reply { client, reply } => {
+            Action::Reply { client, mut reply } => {
+                if let crate::control::protocol::Reply::Status(st) = &mut reply {
+                    self.add_usage(st);
+                }
                 if let Some(c) = &mut self.p.control {
                     c.reply(client, &reply, Instant::now());
                 }
@@ -60,6 +64,7 @@ impl Shell {
                             crate::systemd::monotonic_usec()
                         ),
                         SdNote::Stopping => "STOPPING=1\nSTATUS=stopping".into(),
+                        SdNote::Watchdog => "WATCHDOG=1".into(),
                     });
                 }
                 None
@@ -98,9 +103,31 @@ impl Shell {
         }
     }
 
+    /// Fills in what each worker of a status uses (CPU time, memory), read now.
+    pub(super) fn add_usage(&self, st: &mut crate::control::protocol::Status) {
+        let pids: Vec<nix::unistd::Pid> = st
+            .slots
+            .iter()
+            .filter_map(|r| r.pid.map(nix::unistd::Pid::from_raw))
+            .collect();
+        let usage = crate::usage::of_workers(&pids, self.p.cgroups.as_ref());
+        for row in &mut st.slots {
+            if let Some((_, u)) = usage.iter().find(|(p, _)| Some(p.as_raw()) == row.pid) {
+                row.cpu_seconds = Some(u.cpu_seconds);
+                row.memory_bytes = Some(u.memory_bytes);
+            }
+        }
+    }
+
     /// Starts a worker for `slot`: its sockets (shared, the slot's own, or new route
     /// channels) at fds 3.., and the program of `generation`.
-    fn spawn(&mut self, slot: u32, generation: u64, workers: u32) -> Event {
+    fn spawn(
+        &mut self,
+        slot: u32,
+        generation: u64,
+        workers: u32,
+        watchdog: Option<std::time::Duration>,
+    ) -> Event {
         let failed = |error: String| Event::SpawnFailed {
             slot,
             generation,
@@ -147,7 +174,7 @@ impl Shell {
             .zip(fds)
             .collect();
         let procs = leaf.as_ref().map(|(_, procs)| procs.as_fd());
-        let spawned = spawner.spawn(&named, slot, workers, generation, procs);
+        let spawned = spawner.spawn(&named, slot, workers, generation, procs, watchdog);
         let program = spawner.program();
         drop(named);
         drop(theirs);
@@ -230,7 +257,7 @@ impl Shell {
     /// when the guard read them): what may change at run time goes to the core, the output
     /// format changes now, and the new generation gets its program (which becomes the
     /// service's only once the roll succeeds).
-    fn apply_config(&mut self, file: Option<&[u8]>) -> Result<Option<Reread>, String> {
+    fn apply_config(&mut self, file: Option<&[u8]>) -> Result<Option<Box<Reread>>, String> {
         let src = self.cfg.source.clone();
         let new = match file {
             Some(bytes) => Config::from_args_and_file(src.args, src.explicit, bytes),
@@ -247,9 +274,9 @@ impl Shell {
         self.cfg.log_format = plan.log_format;
         self.cfg.color = plan.color;
         self.cfg.runtime = plan.runtime.clone();
-        Ok(Some(Reread {
+        Ok(Some(Box::new(Reread {
             runtime: plan.runtime,
             needs_restart: plan.needs_restart,
-        }))
+        })))
     }
 }

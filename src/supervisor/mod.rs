@@ -25,6 +25,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::error::{Error, Result};
 
+pub use core::Target;
 pub use shell::{Parts, run};
 pub use worker::{human, later};
 

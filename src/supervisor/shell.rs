@@ -42,6 +42,9 @@ use crate::watch::Watch;
 /// last member is not our child, so no SIGCHLD tells us it is gone.
 const RECHECK: Duration = Duration::from_millis(100);
 
+/// How often the workers' memory is read when `--max-memory` is set (and never without it).
+const SAMPLE: Duration = Duration::from_secs(1);
+
 /// What the event loop needs besides the config: sockets, the spawner and the I/O endpoints.
 pub struct Parts {
     pub sockets: Vec<Bound>,
@@ -83,6 +86,8 @@ pub(super) struct Shell {
     /// current spawner runs, and the next one's spawner.
     pub(super) current_generation: u64,
     pub(super) next: Option<(crate::config::NextGeneration, Spawner)>,
+    /// `--max-memory`: when the workers' memory is read next (every [`SAMPLE`]).
+    pub(super) sample_at: Option<Instant>,
     /// A config read asked of the guard and not answered yet; true: asked again meanwhile.
     pub(super) reading_config: Option<bool>,
     /// Requests the guard did not take in time, as last reported.
@@ -112,6 +117,7 @@ pub fn run(cfg: Config, mut p: Parts) -> (Exit, Parts) {
         systemd: p.systemd.is_some(),
         control: p.control.as_ref().map(|c| c.path.display().to_string()),
         pid: std::process::id(),
+        sd_watchdog: p.systemd.as_ref().and_then(|n| n.watchdog),
     };
     let router = match cfg.mode {
         Mode::Route(policy) => Some(Router::new(policy, &cfg, &mut p.out)),
@@ -126,6 +132,7 @@ pub fn run(cfg: Config, mut p: Parts) -> (Exit, Parts) {
         router,
         current_generation: 1,
         next: None,
+        sample_at: None,
         reading_config: None,
         guard_dropped: 0,
     };
@@ -154,15 +161,22 @@ pub fn run(cfg: Config, mut p: Parts) -> (Exit, Parts) {
         }
         sh.check_lingering();
         let now = Instant::now();
+        sh.sample(now);
         if sh.core.next_deadline().is_some_and(|t| t <= now) {
             sh.dispatch(Event::Tick);
         }
         if let Some(c) = &mut sh.p.control {
             c.expire(now);
         }
+        let mut reached = Vec::new();
         if let Some(r) = &mut sh.router {
             r.expire(now, &mut sh.p.out);
             r.flush(&mut sh.p.out);
+            reached = r.take_limits_reached();
+        }
+        for (pid, handed) in reached {
+            let cause = super::worker::Recycle::Requests(handed);
+            sh.dispatch(Event::Recycle { pid, cause });
         }
     }
     sh.sweep();
@@ -190,6 +204,25 @@ impl Shell {
         }
     }
 
+    /// `--max-memory`: reads what the workers use once a [`SAMPLE`], for the core to recycle
+    /// those past the limit. Without the option nothing is read, and no timer runs.
+    fn sample(&mut self, now: Instant) {
+        if self.cfg.runtime.max_memory.is_none() {
+            self.sample_at = None;
+            return;
+        }
+        if self.sample_at.is_some_and(|t| t > now) {
+            return;
+        }
+        self.sample_at = Some(now + SAMPLE);
+        let pids: Vec<Pid> = self.procs.iter().map(|w| w.pid).collect();
+        let memory = crate::usage::of_workers(&pids, self.p.cgroups.as_ref())
+            .into_iter()
+            .map(|(pid, u)| (pid, u.memory_bytes))
+            .collect();
+        self.dispatch(Event::Usage { memory });
+    }
+
     /// Sleeps in poll until an fd is ready or the next deadline; returns what woke it.
     fn wait(&mut self) -> nix::Result<Vec<Wake>> {
         self.flush_guard();
@@ -204,6 +237,7 @@ impl Shell {
             self.router.as_ref().and_then(Router::deadline),
             self.p.control.as_ref().and_then(ControlServer::deadline),
             recheck,
+            self.sample_at,
         ]
         .into_iter()
         .flatten()

@@ -1,15 +1,20 @@
 //! One worker process as the core sees it, and its life as a state machine.
 //!
 //! ```text
-//!              ready (READY=1 or --ready delay)
-//!   Starting ─────────────────────────────────▶ Ready
-//!      │  \                                       │
-//!      │   \ stop(why) ── stop signal ──▶ Draining{kill_at} ── kill_at ──▶ Killed
-//!      │                                          │                          │
-//!      └───────────── leader reaped (any state) ──┴──────────────────────────┴──▶ Exited
+//!              ready (READY=1 or --ready delay)          recycle (memory, requests)
+//!   Starting ─────────────────────────────────▶ Ready ──────────────────────────▶ Recycling
+//!      │  \                                       │  \ watchdog silent: hung        │
+//!      │   \ stop(why) ── stop signal ──▶ Draining{kill_at} ◀── replacement ready ──┘
+//!      │                                          │ kill_at
+//!      │                                          ▼
+//!      │                                        Killed
+//!      └───────────── leader reaped (any state) ──┴──────────────────────────────▶ Exited
 //!                                                                                   │
-//!                                                    process group gone ──▶ (ended) ┘
+//!                                               nothing of it left ──▶ (ended) ─────┘
 //! ```
+//!
+//! A hung worker (its watchdog ran out) drains with `--watchdog-signal` and a short grace, as
+//! `Draining { why: Leave::Hung }`; a recycled one keeps serving until its replacement is ready.
 //!
 //! A worker is *serving* while Starting or Ready: it is its slot's worker and gets restarted
 //! when it ends. Once asked to stop it carries the reason ([`Leave`]), which decides what its
@@ -89,12 +94,38 @@ pub enum Leave {
     /// The leader exited unasked and left processes in its group: they are stopped too, and
     /// then the slot restarts as for any exit.
     Leftovers,
+    /// Its watchdog ran out (or it sent WATCHDOG=trigger): the slot restarts.
+    Hung,
+    /// Its replacement is ready (`--max-memory`, `--max-requests`).
+    Recycled(Recycle),
+}
+
+/// Why a worker is replaced while it still serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recycle {
+    /// Its memory passed `--max-memory`: bytes seen.
+    Memory(u64),
+    /// It was handed this many connections (`--max-requests`).
+    Requests(u64),
+}
+
+impl Recycle {
+    /// `memory` or `requests`: the restart cause it counts as.
+    pub fn name(self) -> &'static str {
+        match self {
+            Recycle::Memory(_) => "memory",
+            Recycle::Requests(_) => "requests",
+        }
+    }
 }
 
 impl Leave {
     /// Whether the slot gets a new worker once this one has ended (subject to `--restart`).
     pub fn restarts(self) -> bool {
-        matches!(self, Leave::NotReady | Leave::Abandoned | Leave::Leftovers)
+        matches!(
+            self,
+            Leave::NotReady | Leave::Abandoned | Leave::Leftovers | Leave::Hung
+        )
     }
 
     /// Whether it was asked to go for good: its stop signal is then an expected end.
@@ -113,6 +144,8 @@ pub enum State {
     },
     /// Serving.
     Ready,
+    /// Still serving, while a replacement starts (`--max-memory`, `--max-requests`).
+    Recycling(Recycle),
     /// Asked to stop with the stop signal; SIGKILL at `kill_at`.
     Draining { why: Leave, kill_at: Instant },
     /// SIGKILLed; waiting for its process group to be gone.
@@ -140,6 +173,12 @@ pub struct Worker {
     pub state: State,
     /// The last STATUS= text it sent.
     pub status_text: Option<String>,
+    /// `--watchdog` (or the worker's own WATCHDOG_USEC=): how often it must ping once ready.
+    pub watchdog: Option<Duration>,
+    /// When it is hung unless it pings before.
+    pub watchdog_at: Option<Instant>,
+    /// `--max-requests` for this worker (jitter included).
+    pub request_limit: Option<u64>,
 }
 
 impl Worker {
@@ -166,31 +205,67 @@ impl Worker {
                 deadline: later(now, ready_timeout),
             },
             status_text: None,
+            watchdog: None,
+            watchdog_at: None,
+            request_limit: None,
         }
     }
 
-    /// Its slot's worker: started or ready, and not asked to stop.
+    /// Its slot's worker: started, ready or being recycled, and not asked to stop.
     pub fn serving(&self) -> bool {
-        matches!(self.state, State::Starting { .. } | State::Ready)
+        matches!(
+            self.state,
+            State::Starting { .. } | State::Ready | State::Recycling(_)
+        )
     }
 
+    /// Serving and ready (a recycled worker serves until its replacement is ready).
     pub fn is_ready(&self) -> bool {
-        self.state == State::Ready
+        matches!(self.state, State::Ready | State::Recycling(_))
+    }
+
+    /// Covers its slot: serving and not on its way to being replaced.
+    pub fn covers(&self) -> bool {
+        matches!(self.state, State::Starting { .. } | State::Ready)
     }
 
     /// Why it was asked to stop, if it was.
     pub fn leaving(&self) -> Option<Leave> {
         match self.state {
-            State::Starting { .. } | State::Ready => None,
+            State::Starting { .. } | State::Ready | State::Recycling(_) => None,
             State::Draining { why, .. } | State::Killed { why } => Some(why),
             State::Exited { why, .. } => why,
         }
     }
 
-    /// Starting → Ready. True if it became ready now.
-    pub fn ready(&mut self) -> bool {
+    /// Starting → Ready; its watchdog starts counting. True if it became ready now.
+    pub fn ready(&mut self, now: Instant) -> bool {
         if matches!(self.state, State::Starting { .. }) {
             self.state = State::Ready;
+            self.ping(now);
+            return true;
+        }
+        false
+    }
+
+    /// WATCHDOG=1: alive. Counts only once ready, as systemd's does.
+    pub fn ping(&mut self, now: Instant) {
+        if self.is_ready() {
+            self.watchdog_at = self.watchdog.map(|d| later(now, d));
+        }
+    }
+
+    /// WATCHDOG_USEC=: the worker sets its own watchdog interval (0 turns it off).
+    pub fn set_watchdog(&mut self, interval: Option<Duration>, now: Instant) {
+        self.watchdog = interval;
+        self.watchdog_at = None;
+        self.ping(now);
+    }
+
+    /// Ready → Recycling: a replacement is to start. True if it changed.
+    pub fn recycle(&mut self, cause: Recycle) -> bool {
+        if self.state == State::Ready {
+            self.state = State::Recycling(cause);
             return true;
         }
         false
@@ -200,7 +275,7 @@ impl Worker {
     /// the earlier deadline and its first reason; a killed or exited one is left as it is.
     pub fn stop(&mut self, why: Leave, signal: Signal, kill_at: Instant) -> Send {
         match self.state {
-            State::Starting { .. } | State::Ready => {
+            State::Starting { .. } | State::Ready | State::Recycling(_) => {
                 self.state = State::Draining { why, kill_at };
                 Some(signal)
             }
@@ -224,14 +299,14 @@ impl Worker {
         match &mut self.state {
             State::Draining { why: w, .. } | State::Killed { why: w } => *w = why,
             State::Exited { why: w, .. } => *w = Some(why),
-            State::Starting { .. } | State::Ready => {}
+            State::Starting { .. } | State::Ready | State::Recycling(_) => {}
         }
     }
 
     /// SIGKILL to what is left of it.
     pub fn kill(&mut self, why: Leave) -> Send {
         match self.state {
-            State::Starting { .. } | State::Ready => {
+            State::Starting { .. } | State::Ready | State::Recycling(_) => {
                 self.state = State::Killed { why };
                 Some(Signal::SIGKILL)
             }
@@ -256,7 +331,9 @@ impl Worker {
     /// asked to stop has them stopped now (gracefully, SIGKILL at `kill_at`).
     pub fn leader_exited(&mut self, status: ExitStatus, signal: Signal, kill_at: Instant) -> Send {
         let (why, at, send) = match self.state {
-            State::Starting { .. } | State::Ready => (None, Some(kill_at), Some(signal)),
+            State::Starting { .. } | State::Ready | State::Recycling(_) => {
+                (None, Some(kill_at), Some(signal))
+            }
             State::Draining { why, kill_at } => (Some(why), Some(kill_at), None),
             State::Killed { why } => (Some(why), None, None),
             State::Exited { .. } => return None,
@@ -277,15 +354,17 @@ impl Worker {
         }
     }
 
-    /// Its own next deadline: becoming ready, giving up on readiness, or SIGKILL.
+    /// Its own next deadline: becoming ready, giving up on readiness, its watchdog, or
+    /// SIGKILL.
     pub fn deadline(&self) -> Option<Instant> {
         match self.state {
             State::Starting { ready_at, deadline } => {
                 Some(ready_at.map_or(deadline, |r| r.min(deadline)))
             }
+            State::Ready | State::Recycling(_) => self.watchdog_at,
             State::Draining { kill_at, .. } => Some(kill_at),
             State::Exited { kill_at, .. } => kill_at,
-            State::Ready | State::Killed { .. } => None,
+            State::Killed { .. } => None,
         }
     }
 
@@ -301,6 +380,11 @@ impl Worker {
         match self.state {
             State::Starting { .. } => "starting",
             State::Ready => "ready",
+            State::Recycling(_) => "recycling",
+            State::Draining {
+                why: Leave::Hung, ..
+            }
+            | State::Killed { why: Leave::Hung } => "hung",
             State::Draining { .. } | State::Killed { .. } => "draining",
             State::Exited { .. } => "exiting",
         }
@@ -352,8 +436,8 @@ mod tests {
     #[test]
     fn stop_sends_once_and_keeps_the_earlier_deadline() {
         let (mut w, t) = worker(ReadyMode::Notify);
-        assert!(w.ready());
-        assert!(!w.ready(), "ready only once");
+        assert!(w.ready(t));
+        assert!(!w.ready(t), "ready only once");
         let sig = w.stop(
             Leave::Replaced,
             Signal::SIGTERM,
@@ -369,7 +453,7 @@ mod tests {
         assert_eq!(again, None);
         assert_eq!(w.deadline(), Some(t + Duration::from_secs(5)));
         assert_eq!(w.leaving(), Some(Leave::Replaced));
-        assert!(!w.ready(), "a draining worker never becomes ready");
+        assert!(!w.ready(t), "a draining worker never becomes ready");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use super::{Action, ClientId, Core, MAX_WORKERS, Phase, SdNote};
-use crate::control::protocol::{Reply, Request, SlotStatus, Status};
+use crate::control::protocol::{Reply, Request, Restarts, SlotStatus, Status};
 use crate::log::Event as Log;
 use crate::supervisor::worker::{human, later};
 
@@ -36,7 +36,7 @@ impl Core {
                 self.out.push(Action::Hold { client });
                 self.reply(client, Reply::Stopping);
                 if running {
-                    self.stop("multinode stop", now);
+                    self.begin_stop("multinode stop", now);
                 }
             }
             _ if !running => self.reply(client, Reply::failed("multinode is stopping")),
@@ -128,17 +128,22 @@ impl Core {
         line
     }
 
-    fn status(&self, now: Instant) -> Status {
-        let row = |w: &crate::supervisor::worker::Worker, restarts, last_exit| SlotStatus {
-            slot: w.slot,
-            pid: Some(w.pid.as_raw()),
-            state: w.label().into(),
-            generation: Some(w.generation),
-            uptime_ms: Some(w.uptime(now).as_millis() as u64),
-            restarts,
-            last_exit,
-            status: w.status_text.clone(),
-        };
+    /// What `multinode status` and `/metrics` show (the shell adds what workers use).
+    pub fn status(&self, now: Instant) -> Status {
+        let row =
+            |w: &crate::supervisor::worker::Worker, restarts: Restarts, last_exit| SlotStatus {
+                slot: w.slot,
+                pid: Some(w.pid.as_raw()),
+                state: w.label().into(),
+                generation: Some(w.generation),
+                uptime_ms: Some(w.uptime(now).as_millis() as u64),
+                restarts: restarts.total(),
+                restart_causes: restarts,
+                last_exit,
+                status: w.status_text.clone(),
+                cpu_seconds: None,
+                memory_bytes: None,
+            };
         let mut rows = Vec::new();
         for (slot, s) in self.slots.iter().enumerate() {
             let slot = slot as u32;
@@ -159,9 +164,12 @@ impl Core {
                     state: state.into(),
                     generation: None,
                     uptime_ms: None,
-                    restarts: s.restarts,
+                    restarts: s.restarts.total(),
+                    restart_causes: s.restarts,
                     last_exit: s.last_exit.clone(),
                     status: None,
+                    cpu_seconds: None,
+                    memory_bytes: None,
                 });
             }
         }
@@ -171,7 +179,7 @@ impl Core {
             .iter()
             .filter(|w| w.slot as usize >= self.slots.len())
         {
-            rows.push(row(w, 0, None));
+            rows.push(row(w, Restarts::default(), None));
         }
         Status {
             name: self.fixed.name.clone(),
@@ -181,6 +189,10 @@ impl Core {
             ready: self.all_ready(),
             reloading: self.reload.as_ref().map(|r| r.generation),
             stopping: self.phase != Phase::Running,
+            unhealthy: self.health().err(),
+            reloads_ok: self.reloads_ok,
+            reloads_failed: self.reloads_failed,
+            version: env!("CARGO_PKG_VERSION").into(),
             control: self.fixed.control.clone(),
             slots: rows,
         }

@@ -7,7 +7,7 @@ use nix::unistd::Pid;
 use crate::config::{Mode, Runtime};
 use crate::control::protocol::{Reply, Request};
 use crate::log::Event as Log;
-use crate::supervisor::worker::ExitStatus;
+use crate::supervisor::worker::{ExitStatus, Recycle};
 
 /// A control connection, as the shell numbers them.
 pub type ClientId = u64;
@@ -72,13 +72,24 @@ pub enum Event {
         pid: Pid,
         fields: Vec<(String, String)>,
     },
+    /// `--max-memory`: what each worker uses now (bytes: its cgroup's, or its processes'
+    /// resident memory).
+    Usage {
+        memory: Vec<(Pid, u64)>,
+    },
+    /// A worker reached a limit the shell counts (`--max-requests`: the connections handed
+    /// to it).
+    Recycle {
+        pid: Pid,
+        cause: Recycle,
+    },
     /// `--watch` saw a change.
     FilesChanged {
         path: String,
     },
     /// Answer to [`Action::ReadConfig`]: `Ok(None)` when there is no config file. It may come
     /// after other events (the guard reads a root-only file).
-    ConfigRead(Result<Option<Reread>, String>),
+    ConfigRead(Result<Option<Box<Reread>>, String>),
     /// Answer to [`Action::OpenSlot`].
     SlotOpened {
         slot: u32,
@@ -115,6 +126,8 @@ pub enum Action {
         slot: u32,
         generation: u64,
         workers: u32,
+        /// `--watchdog`: the worker gets WATCHDOG_USEC and WATCHDOG_PID.
+        watchdog: Option<std::time::Duration>,
     },
     /// Send `signal` to the worker's whole process group.
     Signal {
@@ -158,6 +171,8 @@ pub enum SdNote {
     /// `RELOADING=1` (the shell adds `MONOTONIC_USEC`).
     Reloading,
     Stopping,
+    /// `WATCHDOG=1`: multinode's own keep-alive, when systemd set `WatchdogSec=`.
+    Watchdog,
 }
 
 /// What stays fixed for the supervisor's life.
@@ -171,4 +186,6 @@ pub struct Fixed {
     pub control: Option<String>,
     /// The supervisor's own pid, for `status`.
     pub pid: u32,
+    /// systemd's `WATCHDOG_USEC` for multinode itself: it pings at half that.
+    pub sd_watchdog: Option<std::time::Duration>,
 }

@@ -33,7 +33,7 @@ impl Core {
                 .worker(slot, pid.as_raw())
                 .with("generation", generation),
         );
-        let w = Worker::new(
+        let mut w = Worker::new(
             slot,
             pid,
             generation,
@@ -41,8 +41,13 @@ impl Core {
             self.rt.ready,
             self.rt.ready_timeout,
         );
+        w.watchdog = self.rt.watchdog;
+        w.request_limit = self.rt.max_requests.map(|(n, jitter)| {
+            let extra = (self.jitter.next() * (jitter as f64 + 1.0)) as u64;
+            n.saturating_add(extra.min(jitter))
+        });
         self.workers.push(w);
-        if self.phase != Phase::Running || slot >= self.rt.workers {
+        if !self.live() || slot >= self.rt.workers {
             // The service began stopping, or the slot went, while it was being started.
             let why = if self.phase == Phase::Running {
                 Leave::ScaledDown
@@ -159,13 +164,16 @@ impl Core {
                 .reload
                 .as_ref()
                 .is_some_and(|r| r.generation == w.generation && r.in_flight.contains(&w.slot));
-        let running = self.phase == Phase::Running;
+        let running = self.live();
         if let Some(slot) = self.slots.get_mut(w.slot as usize) {
             if !retired || !running {
                 slot.last_ok = ok;
             }
             if !retired && !in_reload {
-                slot.restarts += 1;
+                match why {
+                    Some(Leave::Hung) => slot.restarts.watchdog += 1,
+                    _ => slot.restarts.crash += 1,
+                }
                 slot.last_exit = Some(status.describe());
             }
         }
@@ -187,7 +195,7 @@ impl Core {
             return;
         }
         let gone = w.slot as usize >= self.slots.len();
-        if retired || !running || gone || self.serving(w.slot).is_some() {
+        if retired || !running || gone || self.covered(w.slot) {
             self.log(ev(Log::info("exited", what)));
             return;
         }
@@ -284,10 +292,38 @@ impl Core {
         self.signal(pid, sig);
     }
 
+    /// A stop was asked for (SIGTERM, SIGINT, `multinode stop`): with `--stop-delay`, first
+    /// report unhealthy and keep serving that long (so load balancers stop sending), then
+    /// drain.
+    pub(super) fn begin_stop(&mut self, why: &str, now: Instant) {
+        if self.rt.stop_delay.is_zero() {
+            return self.stop(why, now);
+        }
+        self.end_reload("multinode is stopping");
+        self.watch_at = None;
+        self.stop_why = why.to_string();
+        self.phase = Phase::LameDuck(later(now, self.rt.stop_delay));
+        if self.fixed.systemd {
+            self.out.push(Action::Systemd(SdNote::Stopping));
+        }
+        self.log(
+            Log::info(
+                "stop-delay",
+                format!(
+                    "{why}: unhealthy now; serving {} more before the drain",
+                    human(self.rt.stop_delay)
+                ),
+            )
+            .with("why", why)
+            .with("delay_ms", self.rt.stop_delay.as_millis() as u64),
+        );
+    }
+
     /// Graceful stop: no more restarts or reloads, the stop signal to every worker's group,
     /// SIGKILL at the `--grace` deadline.
     pub(super) fn stop(&mut self, why: &str, now: Instant) {
-        if self.fixed.systemd {
+        // After --stop-delay, systemd heard STOPPING=1 already.
+        if self.fixed.systemd && self.phase == Phase::Running {
             self.out.push(Action::Systemd(SdNote::Stopping));
         }
         let n = self.workers.len();

@@ -21,24 +21,39 @@
 
 mod control;
 mod event;
+mod health;
 mod lifecycle;
 mod reload;
 #[cfg(test)]
 mod tests;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use super::backoff::{Backoff, Budget, Jitter};
-use super::worker::{Leave, State, Worker, human};
+use super::worker::{Leave, State, Worker, human, later};
 use crate::config::Runtime;
+use crate::control::protocol::Restarts;
 use crate::error::Exit;
 use crate::log::Event as Log;
 use reload::Reload;
 
 pub use event::{Action, ClientId, Event, Fixed, Reread, SdNote, Sig};
+
+/// A worker that takes routed connections (see [`Core::route_targets`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub pid: Pid,
+    pub slot: u32,
+    pub ready: bool,
+    /// `--max-requests` for this worker: report [`Event::Recycle`] once it was handed as many.
+    pub request_limit: Option<u64>,
+}
+
+/// How long a hung worker gets after `--watchdog-signal` before SIGKILL.
+pub const HUNG_GRACE: Duration = Duration::from_secs(5);
 
 /// The most workers multinode runs (`--workers`, `scale`, TTIN).
 pub const MAX_WORKERS: u32 = 4096;
@@ -54,8 +69,8 @@ struct Slot {
     last_error: Option<String>,
     /// Whether the slot's last worker ended well (exit 0, or by our stop signal).
     last_ok: bool,
-    /// Workers of this slot that ended unasked (crashes and exits), for `status`.
-    restarts: u32,
+    /// Workers of this slot replaced unasked, by cause, for `status`.
+    restarts: Restarts,
     /// How the last of those ended, for `status`.
     last_exit: Option<String>,
 }
@@ -63,6 +78,8 @@ struct Slot {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Running,
+    /// `--stop-delay`: asked to stop; unhealthy, still serving until then.
+    LameDuck(Instant),
     /// Stop signal sent to every worker; SIGKILL at the deadline.
     Stopping(Instant),
     /// Everything SIGKILLed; waiting for the groups to be gone.
@@ -97,6 +114,13 @@ pub struct Core {
     /// Whether any worker ever started: a program that cannot start at all is a start-up
     /// error, not something to retry forever.
     any_started: bool,
+    /// Why the service was asked to stop (for the drain that follows `--stop-delay`).
+    stop_why: String,
+    /// When multinode pings systemd's watchdog next (`WATCHDOG_USEC`).
+    sd_ping_at: Option<Instant>,
+    /// Reloads by outcome, for `/metrics`.
+    reloads_ok: u64,
+    reloads_failed: u64,
     exit: Exit,
     out: Vec<Action>,
 }
@@ -128,6 +152,10 @@ impl Core {
             sd_status: String::new(),
             sd_ready: false,
             any_started: false,
+            stop_why: String::new(),
+            sd_ping_at: None,
+            reloads_ok: 0,
+            reloads_failed: 0,
             exit: Exit::Ok,
             out: Vec::new(),
         }
@@ -140,6 +168,7 @@ impl Core {
                 for s in &mut self.slots {
                     s.start_at = Some(now);
                 }
+                self.sd_ping_at = self.fixed.sd_watchdog.map(|d| later(now, d / 2));
             }
             Event::Signal(sig) => self.on_signal(sig, now),
             Event::Spawned {
@@ -158,7 +187,9 @@ impl Core {
                 group_alive,
             } => self.leader_exited(pid, status, group_alive, now),
             Event::GroupGone { pid } => self.group_gone(pid, now),
-            Event::Notify { pid, fields } => self.on_notify(pid, fields),
+            Event::Notify { pid, fields } => self.on_notify(pid, fields, now),
+            Event::Usage { memory } => self.on_usage(memory, now),
+            Event::Recycle { pid, cause } => self.recycle(pid, cause, now),
             Event::FilesChanged { path } => {
                 if self.phase == Phase::Running {
                     let first = self.watch_at.take().map_or(path, |(_, p)| p);
@@ -188,7 +219,7 @@ impl Core {
 
     /// When the shell must come back with [`Event::Tick`]; `None`: only an event wakes it.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let running = self.phase == Phase::Running;
+        let running = self.live();
         let starts = self
             .slots
             .iter()
@@ -200,12 +231,13 @@ impl Core {
             .filter(|w| running || matches!(w.state, State::Starting { .. }))
             .filter_map(|w| w.deadline());
         let stop = match self.phase {
-            Phase::Stopping(at) => Some(at),
+            Phase::Stopping(at) | Phase::LameDuck(at) => Some(at),
             _ => None,
         };
         starts
             .chain(workers)
             .chain(stop)
+            .chain(self.sd_ping_at)
             .chain(self.watch_at.as_ref().map(|(at, _)| *at))
             .chain(self.waiters.deadline())
             .min()
@@ -215,7 +247,29 @@ impl Core {
     pub fn finished(&self) -> bool {
         self.workers.is_empty()
             && !self.spawning
-            && (self.phase != Phase::Running || self.slots.iter().all(|s| s.start_at.is_none()))
+            && (!self.live() || self.slots.iter().all(|s| s.start_at.is_none()))
+    }
+
+    /// Workers are kept running: restarts, recycling and routing go on (also during
+    /// `--stop-delay`).
+    fn live(&self) -> bool {
+        matches!(self.phase, Phase::Running | Phase::LameDuck(_))
+    }
+
+    /// `/healthz`: `Ok` when every slot has a ready worker and no stop was asked for; the
+    /// reason otherwise.
+    pub fn health(&self) -> Result<(), String> {
+        match self.phase {
+            Phase::Running => {}
+            Phase::LameDuck(_) => return Err("stopping (--stop-delay)".into()),
+            Phase::Stopping(_) | Phase::Killing => return Err("stopping".into()),
+        }
+        match (0..self.rt.workers)
+            .find(|&slot| !self.workers.iter().any(|w| w.slot == slot && w.is_ready()))
+        {
+            Some(slot) => Err(format!("slot {slot} has no ready worker")),
+            None => Ok(()),
+        }
     }
 
     /// The exit status, once [`Core::finished`].
@@ -227,21 +281,26 @@ impl Core {
         self.exit
     }
 
-    /// Whether new connections are accepted (route mode): not once the service stops.
+    /// Whether new connections are accepted (route mode): not once the drain has begun.
     pub fn accepting(&self) -> bool {
-        self.phase == Phase::Running
+        self.live()
     }
 
-    /// The workers that take routed connections (route mode): (pid, slot, ready), ordered by
-    /// slot. Ready ones are preferred; a starting one gets connections only while none is.
-    pub fn route_targets(&self) -> Vec<(Pid, u32, bool)> {
-        let mut t: Vec<(Pid, u32, bool)> = self
+    /// The workers that take routed connections (route mode), ordered by slot. Ready ones
+    /// are preferred; a starting one gets connections only while none is.
+    pub fn route_targets(&self) -> Vec<Target> {
+        let mut t: Vec<Target> = self
             .workers
             .iter()
             .filter(|w| w.serving())
-            .map(|w| (w.pid, w.slot, w.is_ready()))
+            .map(|w| Target {
+                pid: w.pid,
+                slot: w.slot,
+                ready: w.is_ready(),
+                request_limit: w.request_limit,
+            })
             .collect();
-        t.sort_by_key(|&(_, slot, _)| slot);
+        t.sort_by_key(|t| t.slot);
         t
     }
 
@@ -257,7 +316,9 @@ impl Core {
 
     fn on_signal(&mut self, sig: Sig, now: Instant) {
         match sig {
-            Sig::Term | Sig::Int if self.phase == Phase::Running => self.stop(sig.name(), now),
+            Sig::Term | Sig::Int if self.phase == Phase::Running => {
+                self.begin_stop(sig.name(), now)
+            }
             Sig::Term | Sig::Int => {
                 self.log(
                     Log::warn(
@@ -283,8 +344,8 @@ impl Core {
         }
     }
 
-    /// sd_notify datagrams of a worker: readiness, status text, stopping.
-    fn on_notify(&mut self, pid: Pid, fields: Vec<(String, String)>) {
+    /// sd_notify datagrams of a worker: readiness, status text, stopping, its watchdog.
+    fn on_notify(&mut self, pid: Pid, fields: Vec<(String, String)>, now: Instant) {
         let Some(i) = self.workers.iter().position(|w| w.pid == pid) else {
             return;
         };
@@ -295,7 +356,7 @@ impl Core {
             let w = &mut self.workers[i];
             let (slot, raw) = (w.slot, w.pid.as_raw());
             match k.as_str() {
-                "READY" if v == "1" && w.ready() => {
+                "READY" if v == "1" && w.ready(now) => {
                     self.log(
                         Log::info("ready", "ready (READY=1)")
                             .worker(slot, raw)
@@ -307,6 +368,18 @@ impl Core {
                     Log::info("worker-stopping", "reports it is stopping (STOPPING=1)")
                         .worker(slot, raw),
                 ),
+                "WATCHDOG" if v == "1" => w.ping(now),
+                "WATCHDOG" if v == "trigger" => {
+                    self.hung(i, "it sent WATCHDOG=trigger", now);
+                    return;
+                }
+                // As systemd: a new interval, which also counts as a ping; 0 turns it off.
+                "WATCHDOG_USEC" => {
+                    if let Ok(usec) = v.parse::<u64>() {
+                        let d = (usec > 0).then(|| Duration::from_micros(usec));
+                        w.set_watchdog(d, now);
+                    }
+                }
                 _ => {}
             }
         }
@@ -324,6 +397,17 @@ impl Core {
                     self.watch_at = Some((at, path));
                 }
             }
+        }
+        if let Phase::LameDuck(at) = self.phase {
+            if at <= now {
+                let why = std::mem::take(&mut self.stop_why);
+                self.stop(&why, now);
+            }
+        }
+        if let Some(at) = self.sd_ping_at.filter(|&at| at <= now) {
+            self.out.push(Action::Systemd(SdNote::Watchdog));
+            let interval = self.fixed.sd_watchdog.unwrap_or(Duration::from_secs(1));
+            self.sd_ping_at = Some(later(at.max(now), interval / 2));
         }
         if let Phase::Stopping(at) = self.phase {
             if at <= now {
@@ -343,8 +427,9 @@ impl Core {
                 self.kill_all();
             }
         }
-        let running = self.phase == Phase::Running;
+        let running = self.live();
         let mut late = Vec::new();
+        let mut hung = Vec::new();
         for i in 0..self.workers.len() {
             let (slot, pid, state) = {
                 let w = &self.workers[i];
@@ -353,7 +438,7 @@ impl Core {
             match state {
                 State::Starting { ready_at, deadline } => {
                     if ready_at.is_some_and(|t| t <= now) {
-                        self.workers[i].ready();
+                        self.workers[i].ready(now);
                         self.log(
                             Log::info("ready", "ready (up for the --ready delay)")
                                 .worker(slot, pid.as_raw())
@@ -362,6 +447,11 @@ impl Core {
                     } else if deadline <= now {
                         late.push(pid);
                     }
+                }
+                State::Ready | State::Recycling(_)
+                    if running && self.workers[i].watchdog_at.is_some_and(|t| t <= now) =>
+                {
+                    hung.push(pid);
                 }
                 // While the service stops, its own deadline rules.
                 State::Draining { why, kill_at } if running && kill_at <= now => {
@@ -381,6 +471,12 @@ impl Core {
         }
         for pid in late {
             self.not_ready_in_time(pid, now);
+        }
+        for pid in hung {
+            if let Some(i) = self.workers.iter().position(|w| w.pid == pid) {
+                let silent = self.workers[i].watchdog.unwrap_or_default();
+                self.hung(i, &format!("no WATCHDOG=1 within {}", human(silent)), now);
+            }
         }
     }
 
@@ -405,9 +501,10 @@ impl Core {
     /// Starts what should run and does not: the next worker of a rolling reload, or a slot
     /// whose (re)start is due. One spawn at a time (see the module doc).
     fn reconcile(&mut self, now: Instant) {
-        if self.phase != Phase::Running || self.spawning {
+        if !self.live() || self.spawning {
             return;
         }
+        self.replace_recycled(now);
         if self.advance_reload(now) {
             return;
         }
@@ -416,7 +513,7 @@ impl Core {
             if !s.open || s.start_at.is_none_or(|t| t > now) {
                 continue;
             }
-            if self.serving(slot as u32).is_some() {
+            if self.covered(slot as u32) {
                 // Something else (a reload) gave it a worker meanwhile.
                 self.slots[slot].start_at = None;
                 continue;
@@ -436,14 +533,13 @@ impl Core {
             slot,
             generation,
             workers: self.rt.workers,
+            watchdog: self.rt.watchdog,
         });
     }
 
-    /// The index of the worker serving `slot`, if any.
-    fn serving(&self, slot: u32) -> Option<usize> {
-        self.workers
-            .iter()
-            .position(|w| w.slot == slot && w.serving())
+    /// Whether `slot` has a worker that is not on its way to being replaced.
+    fn covered(&self, slot: u32) -> bool {
+        self.workers.iter().any(|w| w.slot == slot && w.covers())
     }
 
     /// Every slot has a ready worker serving it.

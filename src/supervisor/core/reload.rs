@@ -55,7 +55,11 @@ impl Core {
     }
 
     /// The config file was read again (or there is none): begin the roll.
-    pub(super) fn config_read(&mut self, result: Result<Option<Reread>, String>, now: Instant) {
+    pub(super) fn config_read(
+        &mut self,
+        result: Result<Option<Box<Reread>>, String>,
+        now: Instant,
+    ) {
         let why = self.rereading.take().unwrap_or_else(|| "reload".into());
         let path = self.watch_path.take();
         if self.phase != Phase::Running {
@@ -306,8 +310,14 @@ impl Core {
     /// Tells `multinode reload` callers how the reload ended, and systemd that it is over.
     pub(super) fn reload_finished(&mut self, outcome: Result<u64, String>) {
         let reply = match outcome {
-            Ok(generation) => Reply::Reloaded { generation },
-            Err(e) => Reply::failed(e),
+            Ok(generation) => {
+                self.reloads_ok += 1;
+                Reply::Reloaded { generation }
+            }
+            Err(e) => {
+                self.reloads_failed += 1;
+                Reply::failed(e)
+            }
         };
         for client in std::mem::take(&mut self.waiters.reload) {
             self.out.push(Action::Reply {

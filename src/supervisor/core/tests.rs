@@ -28,6 +28,11 @@ fn runtime(workers: u32) -> Runtime {
         ready_timeout: Duration::from_secs(60),
         reload_parallel: 1,
         watch_debounce: Duration::from_millis(300),
+        watchdog: None,
+        watchdog_signal: Signal::SIGABRT,
+        max_memory: None,
+        max_requests: None,
+        stop_delay: Duration::ZERO,
     }
 }
 
@@ -39,7 +44,7 @@ struct Sim {
     /// Spawns answered with this error (one each) instead of a pid.
     spawn_errors: Vec<String>,
     /// The answer to the next config re-read.
-    reread: Option<Result<Option<Reread>, String>>,
+    reread: Option<Result<Option<Box<Reread>>, String>>,
     /// Config re-reads are answered later, by the test (as when the guard reads the file):
     /// how many were asked for.
     deferred_reads: Option<usize>,
@@ -68,6 +73,7 @@ impl Sim {
             systemd,
             control: Some("/run/multinode/test/control.sock".into()),
             pid: 1,
+            sd_watchdog: None,
         };
         Sim {
             core: Core::new(rt, fixed, Jitter::seeded(7)),
@@ -351,7 +357,7 @@ fn a_crash_restarts_the_slot_after_a_jittered_backoff() {
     assert_eq!(s.spawns.len(), 2, "not restarted before the backoff");
     s.advance(Duration::from_millis(delay + 1));
     assert_eq!(s.spawns.last().unwrap().0, 1, "slot 1 again");
-    assert_eq!(s.core.slots[1].restarts, 1);
+    assert_eq!(s.core.slots[1].restarts.total(), 1);
     assert_eq!(
         s.core.slots[1].last_exit.as_deref(),
         Some("exited with code 3")
@@ -490,7 +496,7 @@ fn a_leader_that_leaves_helpers_behind_has_them_stopped_before_the_restart() {
     s.feed(Event::GroupGone { pid });
     s.advance(SEC);
     assert_eq!(s.spawns.len(), 2);
-    assert_eq!(s.core.slots[0].restarts, 1);
+    assert_eq!(s.core.slots[0].restarts.total(), 1);
 }
 
 // ---- rolling reload -------------------------------------------------------------------------
@@ -523,7 +529,8 @@ fn a_reload_drains_each_old_worker_only_once_its_replacement_is_ready() {
     s.advance(SEC);
     assert_eq!(s.spawns.len(), 4);
     assert_eq!(
-        s.core.slots[0].restarts, 0,
+        s.core.slots[0].restarts.total(),
+        0,
         "a replacement is not a restart"
     );
 }
@@ -587,7 +594,8 @@ fn a_new_worker_that_crashes_mid_roll_aborts_and_the_old_generation_keeps_servin
     assert_eq!(Sim::field(failed[0], "kept"), 2);
     assert_eq!(s.generations(), [1, 1, 2], "slot 0 keeps its new worker");
     assert_eq!(
-        s.core.slots[1].restarts, 0,
+        s.core.slots[1].restarts.total(),
+        0,
         "a failed new worker is not a restart"
     );
     assert!(s.rolled_out.is_empty());
@@ -638,10 +646,10 @@ fn a_reread_config_applies_timings_scales_and_names_restart_only_keys() {
     let mut s = Sim::started(runtime(2));
     let mut rt = runtime(3);
     rt.grace = Duration::from_secs(2);
-    s.reread = Some(Ok(Some(Reread {
+    s.reread = Some(Ok(Some(Box::new(Reread {
         runtime: rt,
         needs_restart: vec!["listen"],
-    })));
+    }))));
     s.feed(Event::Signal(Sig::Hup));
     assert_eq!(s.core.rt.grace, Duration::from_secs(2));
     assert_eq!(s.core.rt.workers, 3);
@@ -907,6 +915,7 @@ fn status_lists_each_slot_with_its_state() {
     let states: Vec<&str> = st.slots.iter().map(|r| r.state.as_str()).collect();
     assert_eq!(states, ["ready", "restarting"]);
     assert_eq!(st.slots[1].restarts, 1);
+    assert_eq!(st.slots[1].restart_causes.crash, 1);
 }
 
 #[test]
@@ -915,10 +924,16 @@ fn route_targets_are_the_serving_workers_by_slot() {
     s.feed(Event::Start);
     let targets = s.core.route_targets();
     assert_eq!(targets.len(), 2);
-    assert!(targets.iter().all(|t| !t.2), "none ready yet");
+    assert!(targets.iter().all(|t| !t.ready), "none ready yet");
     let (a, b) = (s.pid_of(0), s.pid_of(1));
     s.ready(b);
-    assert_eq!(s.core.route_targets(), [(a, 0, false), (b, 1, true)]);
+    let view: Vec<(Pid, u32, bool)> = s
+        .core
+        .route_targets()
+        .iter()
+        .map(|t| (t.pid, t.slot, t.ready))
+        .collect();
+    assert_eq!(view, [(a, 0, false), (b, 1, true)]);
     // A worker being replaced stops taking connections once its replacement is ready.
     s.feed(Event::Signal(Sig::Hup));
     let new0 = s.spawns[2].2;
@@ -928,7 +943,12 @@ fn route_targets_are_the_serving_workers_by_slot() {
         "old and new serve slot 0 meanwhile"
     );
     s.ready(new0);
-    let slots: Vec<(u32, Pid)> = s.core.route_targets().iter().map(|t| (t.1, t.0)).collect();
+    let slots: Vec<(u32, Pid)> = s
+        .core
+        .route_targets()
+        .iter()
+        .map(|t| (t.slot, t.pid))
+        .collect();
     assert!(
         slots.contains(&(0, new0)) && !slots.contains(&(0, a)),
         "{slots:?}"
@@ -1078,4 +1098,233 @@ fn a_stop_while_the_config_is_read_fails_the_reload_and_the_late_answer_is_ignor
     s.obey(Signal::SIGTERM);
     assert!(s.core.finished());
     assert_eq!(s.core.outcome(), Exit::Ok);
+}
+
+// ---- health: watchdog, recycling, stop delay ----------------------------------------------------
+
+fn watchdog_runtime(workers: u32) -> Runtime {
+    let mut rt = runtime(workers);
+    rt.watchdog = Some(Duration::from_secs(2));
+    rt
+}
+
+impl Sim {
+    fn ping(&mut self, pid: Pid, value: &str) {
+        self.feed(Event::Notify {
+            pid,
+            fields: vec![("WATCHDOG".into(), value.into())],
+        });
+    }
+}
+
+#[test]
+fn a_worker_that_stops_pinging_is_hung_signalled_killed_and_replaced() {
+    let mut s = Sim::started(watchdog_runtime(2));
+    let (quiet, pinging) = (s.pid_of(0), s.pid_of(1));
+    for _ in 0..4 {
+        s.advance(SEC);
+        s.ping(pinging, "1");
+    }
+    let hung = s.events("hung");
+    assert_eq!(hung.len(), 1);
+    assert_eq!(hung[0].pid, Some(quiet.as_raw()));
+    assert!(
+        s.signalled(quiet, Signal::SIGABRT),
+        "--watchdog-signal first"
+    );
+    assert!(
+        !s.signalled(pinging, Signal::SIGABRT),
+        "its sibling pings: left alone"
+    );
+    assert_eq!(s.core.workers[0].label(), "hung");
+    s.advance(6 * SEC);
+    assert!(
+        s.signalled(quiet, Signal::SIGKILL),
+        "SIGKILL after the grace"
+    );
+    s.killed_by(quiet, Signal::SIGKILL);
+    s.advance(SEC);
+    assert_eq!(s.spawns.last().unwrap().0, 0, "its slot restarts");
+    assert_eq!(s.core.slots[0].restarts.watchdog, 1);
+    assert_eq!(s.core.slots[0].restarts.crash, 0);
+}
+
+#[test]
+fn the_watchdog_counts_only_once_ready_and_follows_watchdog_usec() {
+    let mut s = Sim::new(watchdog_runtime(1));
+    s.feed(Event::Start);
+    let pid = s.pid_of(0);
+    s.advance(30 * SEC);
+    assert!(s.events("hung").is_empty(), "not ready yet: no watchdog");
+    s.ready(pid);
+    // The worker asks for a longer interval.
+    s.feed(Event::Notify {
+        pid,
+        fields: vec![("WATCHDOG_USEC".into(), "10000000".into())],
+    });
+    s.advance(9 * SEC);
+    assert!(s.events("hung").is_empty());
+    s.advance(2 * SEC);
+    assert_eq!(s.events("hung").len(), 1);
+}
+
+#[test]
+fn watchdog_trigger_is_hung_at_once() {
+    let mut s = Sim::started(watchdog_runtime(1));
+    let pid = s.pid_of(0);
+    s.ping(pid, "trigger");
+    assert!(s.signalled(pid, Signal::SIGABRT));
+    assert_eq!(
+        Sim::field(s.events("hung")[0], "reason"),
+        "it sent WATCHDOG=trigger"
+    );
+}
+
+#[test]
+fn a_hung_new_worker_aborts_the_roll_like_a_crash() {
+    let mut s = Sim::started(watchdog_runtime(2));
+    for pid in s.pids() {
+        s.ping(pid, "1");
+    }
+    s.feed(Event::Signal(Sig::Hup));
+    let new0 = s.spawns[2].2;
+    s.ready(new0);
+    let old1 = s.pid_of(1);
+    s.advance(SEC);
+    s.ping(old1, "1");
+    s.ping(new0, "trigger");
+    let failed = s.events("reload-failed");
+    assert_eq!(failed.len(), 1);
+    assert_eq!(Sim::field(failed[0], "cause"), "hung");
+}
+
+#[test]
+fn a_recycled_worker_serves_until_its_replacement_is_ready() {
+    let mut rt = runtime(2);
+    rt.max_memory = Some(100 << 20);
+    let mut s = Sim::started(rt);
+    let (big, small) = (s.pid_of(0), s.pid_of(1));
+    s.feed(Event::Usage {
+        memory: vec![(big, 200 << 20), (small, 10 << 20)],
+    });
+    let recycle = s.events("recycle");
+    assert_eq!(recycle.len(), 1);
+    assert_eq!(Sim::field(recycle[0], "memory_bytes"), 200u64 << 20);
+    let (slot, _, new) = *s.spawns.last().unwrap();
+    assert_eq!(slot, 0, "a replacement for slot 0 starts");
+    assert!(
+        !s.signalled(big, Signal::SIGTERM),
+        "it serves until the new one is ready"
+    );
+    assert_eq!(s.core.health(), Ok(()), "still healthy meanwhile");
+    s.ready(new);
+    assert!(s.signalled(big, Signal::SIGTERM));
+    s.obey(Signal::SIGTERM);
+    s.advance(SEC);
+    assert_eq!(s.spawns.len(), 3, "nothing more starts");
+    assert_eq!(s.core.slots[0].restarts.memory, 1);
+    // Reported once per worker.
+    s.feed(Event::Usage {
+        memory: vec![(new, 200 << 20)],
+    });
+    s.feed(Event::Usage {
+        memory: vec![(new, 200 << 20)],
+    });
+    assert_eq!(s.events("recycle").len(), 2);
+}
+
+#[test]
+fn a_replacement_that_fails_is_retried_while_the_old_worker_serves() {
+    let mut rt = runtime(1);
+    rt.max_requests = Some((50, 0));
+    let mut s = Sim::started(rt);
+    let old = s.pid_of(0);
+    s.feed(Event::Recycle {
+        pid: old,
+        cause: crate::supervisor::worker::Recycle::Requests(50),
+    });
+    let first = s.spawns.last().unwrap().2;
+    s.exit(first, 1);
+    assert!(
+        !s.signalled(old, Signal::SIGTERM),
+        "the old one keeps serving"
+    );
+    s.advance(SEC);
+    let second = s.spawns.last().unwrap().2;
+    assert_ne!(first, second, "another replacement after backoff");
+    s.ready(second);
+    assert!(s.signalled(old, Signal::SIGTERM));
+    assert_eq!(s.core.slots[0].restarts.requests, 1);
+    assert_eq!(s.core.slots[0].restarts.crash, 1);
+}
+
+#[test]
+fn request_limits_carry_their_jitter() {
+    let mut rt = runtime(8);
+    rt.max_requests = Some((100, 20));
+    let s = Sim::started(rt);
+    let limits: Vec<u64> = s
+        .core
+        .route_targets()
+        .iter()
+        .filter_map(|t| t.request_limit)
+        .collect();
+    assert_eq!(limits.len(), 8);
+    assert!(limits.iter().all(|l| (100..=120).contains(l)), "{limits:?}");
+    assert!(
+        limits.iter().any(|&l| l != limits[0]),
+        "jittered: {limits:?}"
+    );
+}
+
+#[test]
+fn stop_delay_reports_unhealthy_keeps_serving_then_drains() {
+    let mut rt = runtime(2);
+    rt.stop_delay = Duration::from_secs(5);
+    let mut s = Sim::started(rt);
+    s.feed(Event::Signal(Sig::Term));
+    assert!(s.core.health().is_err(), "unhealthy at once");
+    assert!(s.core.accepting(), "still routing");
+    assert!(!s.signals.iter().any(|(_, sig)| *sig == Signal::SIGTERM));
+    // A crash meanwhile is still replaced.
+    let pid = s.pid_of(1);
+    s.exit(pid, 1);
+    s.advance(SEC);
+    assert_eq!(s.spawns.len(), 3);
+    s.control(4, Request::Reload);
+    assert!(
+        matches!(s.reply_to(4), Some(Reply::Failed { .. })),
+        "no reload now"
+    );
+    s.advance(5 * SEC);
+    assert_eq!(s.events("stopping").len(), 1, "then the drain");
+    for pid in s.pids() {
+        assert!(s.signalled(pid, Signal::SIGTERM));
+    }
+    s.obey(Signal::SIGTERM);
+    assert!(s.core.finished());
+    assert_eq!(s.core.outcome(), Exit::Ok);
+}
+
+#[test]
+fn health_names_a_slot_without_a_ready_worker() {
+    let mut s = Sim::new(runtime(2));
+    s.feed(Event::Start);
+    let pid = s.pid_of(0);
+    s.ready(pid);
+    assert_eq!(s.core.health(), Err("slot 1 has no ready worker".into()));
+    let other = s.pid_of(1);
+    s.ready(other);
+    assert_eq!(s.core.health(), Ok(()));
+}
+
+#[test]
+fn multinode_pings_systemds_watchdog_at_half_its_interval() {
+    let mut s = Sim::with(runtime(1), Mode::Shared, true);
+    s.core.fixed.sd_watchdog = Some(Duration::from_secs(10));
+    s.feed(Event::Start);
+    s.ready_all();
+    s.advance(11 * SEC);
+    let pings = s.systemd.iter().filter(|n| **n == SdNote::Watchdog).count();
+    assert_eq!(pings, 2, "at 5 s and 10 s");
 }
