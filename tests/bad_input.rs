@@ -4,53 +4,38 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 
 /// Runs `multinode serve <args>` to completion (it must fail fast).
 fn serve_fails(args: &[&str]) -> Output {
-    run_as(None, args)
+    mn(&[&["serve"], args].concat())
 }
 
-/// Runs it as `nobody` (through setpriv) when `as_nobody`, else as we are.
-fn run_as(nobody: Option<()>, args: &[&str]) -> Output {
-    let mut cmd = if nobody.is_some() {
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
-        c.arg(multinode_bin());
-        c
-    } else {
-        Command::new(multinode_bin())
-    };
-    cmd.arg("serve").args(args);
-    run(cmd)
+/// The same as a user other than root (see [`multinode_not_root`]).
+fn serve_fails_not_root(args: &[&str]) -> Output {
+    run(multinode_not_root(&[&["serve"], args].concat()))
 }
 
-/// Asserts the exit code and that stderr is exactly one `multinode: error:` line containing
-/// every `needle`.
-fn assert_error(out: &Output, code: i32, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(code), "exit code; stderr: {stderr}");
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "one line of error, got: {stderr}");
-    assert!(lines[0].starts_with("multinode: error: "), "{stderr}");
-    for n in needles {
-        assert!(lines[0].contains(n), "error should mention {n:?}: {stderr}");
-    }
+/// [`assert_error`], and no panic.
+#[track_caller]
+fn assert_error_no_panic(out: &Output, code: i32, needles: &[&str]) {
+    assert_error(out, code, needles);
+    let stderr = stderr(out);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
 fn unparseable_address() {
     let out = serve_fails(&["--listen", "nonsense", "--", "/bin/sleep", "100"]);
-    assert_error(
+    assert_error_no_panic(
         &out,
         2,
         &["--listen", "'nonsense' is not an address", "HOST:PORT"],
     );
     let out = serve_fails(&["--listen", "127.0.0.1:99999", "--", "/bin/sleep", "100"]);
-    assert_error(&out, 2, &["99999", "0 to 65535"]);
+    assert_error_no_panic(&out, 2, &["99999", "0 to 65535"]);
 }
 
 #[test]
@@ -58,7 +43,7 @@ fn port_in_use() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let out = serve_fails(&["--listen", &addr, "--", "/bin/sleep", "100"]);
-    assert_error(&out, 3, &[&addr, "already in use"]);
+    assert_error_no_panic(&out, 3, &[&addr, "already in use"]);
 }
 
 #[test]
@@ -69,7 +54,7 @@ fn socket_file_removed_when_a_later_socket_fails() {
     let addr = taken.local_addr().unwrap().to_string();
     let unix = format!("unix:{}", sock.display());
     let out = serve_fails(&["-l", &unix, "-l", &addr, "--", "/bin/sleep", "100"]);
-    assert_error(&out, 3, &["already in use"]);
+    assert_error_no_panic(&out, 3, &["already in use"]);
     assert!(!sock.exists(), "socket file {} left behind", sock.display());
 }
 
@@ -78,14 +63,11 @@ fn privileged_port_without_root() {
     if !is_root() {
         // We are not root: the binary runs as us, which is the case under test.
         let out = serve_fails(&["--listen", "127.0.0.1:81", "--", "/bin/sleep", "100"]);
-        assert_error(&out, 3, &["permission denied", "below 1024", "sudo"]);
+        assert_error_no_panic(&out, 3, &["permission denied", "below 1024", "sudo"]);
         return;
     }
-    let out = run_as(
-        Some(()),
-        &["--listen", "127.0.0.1:81", "--", "/bin/sleep", "100"],
-    );
-    assert_error(
+    let out = serve_fails_not_root(&["--listen", "127.0.0.1:81", "--", "/bin/sleep", "100"]);
+    assert_error_no_panic(
         &out,
         3,
         &["127.0.0.1:81", "permission denied", "below 1024", "sudo"],
@@ -103,7 +85,7 @@ fn unknown_user_and_group() {
         "/bin/sleep",
         "100",
     ]);
-    assert_error(&out, 4, &["--user no-such-user-xyz", "no such user"]);
+    assert_error_no_panic(&out, 4, &["--user no-such-user-xyz", "no such user"]);
     let out = serve_fails(&[
         "-l",
         "127.0.0.1:0",
@@ -113,37 +95,32 @@ fn unknown_user_and_group() {
         "/bin/sleep",
         "100",
     ]);
-    assert_error(&out, 4, &["--group no-such-group-xyz", "no such group"]);
+    assert_error_no_panic(&out, 4, &["--group no-such-group-xyz", "no such group"]);
 }
 
 #[test]
 fn other_user_without_root() {
     // As root the binary runs as nobody (setpriv); otherwise it runs as us. Either way it is
     // not root, and root is another user.
-    let runner = if is_root() { Some(()) } else { None };
-    let out = run_as(
-        runner,
-        &["-l", "127.0.0.1:0", "--user", "root", "--", "/bin/sleep"],
-    );
-    assert_error(&out, 4, &["--user root", "cannot switch users"]);
+    let out = serve_fails_not_root(&["-l", "127.0.0.1:0", "--user", "root", "--", "/bin/sleep"]);
+    assert_error_no_panic(&out, 4, &["--user root", "cannot switch users"]);
 }
 
 #[test]
 fn missing_program() {
     let out = serve_fails(&["-l", "127.0.0.1:0", "--", "/nonexistent/dir/app"]);
-    assert_error(&out, 5, &["/nonexistent/dir/app", "no such file"]);
+    assert_error_no_panic(&out, 5, &["/nonexistent/dir/app", "no such file"]);
     let out = serve_fails(&["-l", "127.0.0.1:0", "--", "no-such-program-xyz"]);
-    assert_error(&out, 5, &["no-such-program-xyz", "not found in PATH"]);
+    assert_error_no_panic(&out, 5, &["no-such-program-xyz", "not found in PATH"]);
 }
 
 #[test]
 fn program_not_executable() {
     let scratch = Scratch::new("noexec");
     let p = scratch.path("app.sh");
-    std::fs::write(&p, "#!/bin/sh\nexit 0\n").unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    write(&p, "#!/bin/sh\nexit 0\n");
     let out = serve_fails(&["-l", "127.0.0.1:0", "--", p.to_str().unwrap()]);
-    assert_error(&out, 5, &["app.sh", "not executable", "chmod +x"]);
+    assert_error_no_panic(&out, 5, &["app.sh", "not executable", "chmod +x"]);
 }
 
 #[test]
@@ -160,7 +137,7 @@ fn program_unreachable_for_the_dropped_user() {
     let sock = scratch.path("s.sock");
     let unix = format!("unix:{}", sock.display());
     let out = serve_fails(&["-l", &unix, "--", p.to_str().unwrap(), "100"]);
-    assert_error(
+    assert_error_no_panic(
         &out,
         5,
         &["cannot be executed by user nobody", "permission denied"],
@@ -171,32 +148,32 @@ fn program_unreachable_for_the_dropped_user() {
 #[test]
 fn zero_workers() {
     let out = serve_fails(&["--workers", "0", "--", "/bin/sleep", "100"]);
-    assert_error(&out, 2, &["--workers 0", "at least one"]);
+    assert_error_no_panic(&out, 2, &["--workers 0", "at least one"]);
 }
 
 #[test]
 fn unix_path_too_long() {
     let long = format!("unix:/tmp/{}", "x".repeat(120));
     let out = serve_fails(&["--listen", &long, "--", "/bin/sleep", "100"]);
-    assert_error(&out, 2, &["limit is 107", "shorter path"]);
+    assert_error_no_panic(&out, 2, &["limit is 107", "shorter path"]);
 }
 
 #[test]
 fn no_program() {
     let out = serve_fails(&["--listen", "127.0.0.1:0"]);
-    assert_error(&out, 2, &["no program to run", "after --"]);
+    assert_error_no_panic(&out, 2, &["no program to run", "after --"]);
     let out = serve_fails(&["--listen", "127.0.0.1:0", "--"]);
-    assert_error(&out, 2, &["no program to run"]);
+    assert_error_no_panic(&out, 2, &["no program to run"]);
 }
 
 #[test]
 fn bad_option_values() {
     let out = serve_fails(&["--grace", "soon", "--", "/bin/sleep"]);
-    assert_error(&out, 2, &["--grace", "not a duration"]);
+    assert_error_no_panic(&out, 2, &["--grace", "not a duration"]);
     let out = serve_fails(&["--stop-signal", "NOPE", "--", "/bin/sleep"]);
-    assert_error(&out, 2, &["--stop-signal", "not a signal"]);
+    assert_error_no_panic(&out, 2, &["--stop-signal", "not a signal"]);
     let out = serve_fails(&["--no-such-flag", "--", "/bin/sleep"]);
-    assert_error(&out, 2, &["--no-such-flag"]);
+    assert_error_no_panic(&out, 2, &["--no-such-flag"]);
 }
 
 #[test]
@@ -209,7 +186,7 @@ fn duplicate_socket_names() {
         "--",
         "/bin/sleep",
     ]);
-    assert_error(&out, 2, &["'web' is already used"]);
+    assert_error_no_panic(&out, 2, &["'web' is already used"]);
 }
 
 #[test]
@@ -223,5 +200,5 @@ fn missing_watch_path() {
         "/bin/sleep",
         "100",
     ]);
-    assert_error(&out, 2, &["--watch /nonexistent/watched", "no such file"]);
+    assert_error_no_panic(&out, 2, &["--watch /nonexistent/watched", "no such file"]);
 }

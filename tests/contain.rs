@@ -5,58 +5,9 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::*;
-
-fn kill(pid: i32, sig: i32) {
-    // SAFETY: kill has no memory preconditions.
-    unsafe { libc::kill(pid, sig) };
-}
-
-/// A worker that leaves two helpers holding the listening socket (fd 3): one in a session of
-/// its own (`setsid`), one double-forked (reparented, still in the worker's process group).
-/// Each prints its pid; then the shell becomes hello.
-fn helpers_script(s: &Scratch) -> PathBuf {
-    let path = s.path("helpers.sh");
-    let script = format!(
-        "#!/bin/sh\n\
-         setsid sh -c 'echo \"setsid $$\"; exec sleep 1000' &\n\
-         (sh -c 'echo \"forked $$\"; exec sleep 1000' &) &\n\
-         exec {}\n",
-        worker_bin("hello").display()
-    );
-    std::fs::write(&path, script).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
-
-/// The pids the helpers of worker `pid` printed: (setsid, forked).
-fn helper_pids(m: &Multinode, pid: i32) -> (i32, i32) {
-    let field = |what: &str| -> i32 {
-        let prefix = format!("{what} ");
-        let line = m.wait_output(|e| e.pid == Some(pid) && e.msg.starts_with(&prefix));
-        line.msg[prefix.len()..].trim().parse().unwrap()
-    };
-    (field("setsid"), field("forked"))
-}
-
-/// SIGKILLs the helpers on drop, should a test fail before multinode got rid of them.
-struct Helpers(Vec<i32>);
-
-impl Drop for Helpers {
-    fn drop(&mut self) {
-        for &pid in &self.0 {
-            if std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.trim() == "sleep")
-            {
-                kill(pid, libc::SIGKILL);
-            }
-        }
-    }
-}
 
 /// The `cgroup` event: whether each worker gets a cgroup of its own here.
 fn cgroup_mode(m: &Multinode) -> String {
@@ -82,19 +33,6 @@ fn guard_pid(m: &Multinode) -> i32 {
     m.wait_event("guard", |_| true).pid.expect("guard: pid")
 }
 
-/// Runs a command as nobody (uid and gid 65534, no supplementary groups).
-fn as_nobody(program: &str, args: &[&str]) -> std::process::Output {
-    let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(program)
-        .args(args);
-    run(cmd)
-}
-
-fn have_setpriv() -> bool {
-    Command::new("setpriv").arg("--version").output().is_ok()
-}
-
 /// A clean stop takes the detached helpers with it, whatever the containment in force, and
 /// the port can be bound again at once. `swept`: the setsid helper is left for the sweep at
 /// exit (no cgroups), which says so.
@@ -108,7 +46,10 @@ fn clean_stop_leaves_nothing(extra: &[&str], swept: bool) {
     let addr = m.tcp_addr("listen0");
     let pid = m.wait_started(1)[0];
     let (detached, forked) = helper_pids(&m, pid);
-    let _helpers = Helpers(vec![detached, forked]);
+    let _helpers = KillOnDrop {
+        pids: vec![detached, forked],
+        comm: "sleep",
+    };
     m.wait_ready(1);
     m.signal(libc::SIGTERM);
     let st = m.wait_exit();
@@ -161,7 +102,10 @@ fn a_slot_restart_takes_its_detached_helpers_with_it() {
     }
     let old = m.wait_started(1)[0];
     let (detached, forked) = helper_pids(&m, old);
-    let _helpers = Helpers(vec![detached, forked]);
+    let _helpers = KillOnDrop {
+        pids: vec![detached, forked],
+        comm: "sleep",
+    };
     let old_group = cgroup_of(old).unwrap();
     kill(old, libc::SIGKILL);
     let new = m.wait_started_in_slot(0, &[old]);
@@ -191,15 +135,7 @@ fn a_slot_restart_takes_its_detached_helpers_with_it() {
 
 #[test]
 fn each_worker_runs_in_a_cgroup_of_its_own_and_the_service_group_goes_at_exit() {
-    let hello = worker_bin("hello");
-    let mut m = Multinode::serve(&[
-        "-w",
-        "2",
-        "-l",
-        "127.0.0.1:0",
-        "--",
-        hello.to_str().unwrap(),
-    ]);
+    let mut m = Multinode::serve_hello("2", &[]);
     if !require(
         cgroup_mode(&m) == "cgroup",
         "no writable cgroup v2 hierarchy here (run as root)",
@@ -237,17 +173,7 @@ fn each_worker_runs_in_a_cgroup_of_its_own_and_the_service_group_goes_at_exit() 
 
 #[test]
 fn cgroup_off_leaves_the_workers_in_multinodes_own_group() {
-    let hello = worker_bin("hello");
-    let m = Multinode::serve(&[
-        "-w",
-        "1",
-        "-l",
-        "127.0.0.1:0",
-        "--cgroup",
-        "off",
-        "--",
-        hello.to_str().unwrap(),
-    ]);
+    let m = Multinode::serve_hello("1", &["--cgroup", "off"]);
     let e = m.wait_event("cgroup", |_| true);
     assert_eq!(e.str("mode"), Some("process-group"), "{e}");
     assert_eq!(e.str("reason"), Some("--cgroup off"), "{e}");
@@ -270,8 +196,8 @@ fn cgroup_required_where_none_can_be_made_is_a_clear_error() {
     let multinode = worker_bin("multinode");
     let hello = worker_bin("hello");
     let control = s.path("c.sock");
-    let out = as_nobody(
-        multinode.to_str().unwrap(),
+    let out = run(as_nobody(
+        &multinode,
         &[
             "serve",
             "--cgroup",
@@ -283,8 +209,8 @@ fn cgroup_required_where_none_can_be_made_is_a_clear_error() {
             "--",
             hello.to_str().unwrap(),
         ],
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
+    ));
+    let err = stderr(&out);
     assert_eq!(out.status.code(), Some(4), "stderr: {err}");
     assert!(
         err.starts_with("multinode: error: --cgroup required: ") && err.lines().count() == 1,
@@ -322,7 +248,10 @@ fn the_guard_is_root_and_the_workers_user_cannot_kill_or_stop_it() {
         let (a, b) = helper_pids(&m, p);
         helpers.extend([a, b]);
     }
-    let _helpers = Helpers(helpers.clone());
+    let _helpers = KillOnDrop {
+        pids: helpers.clone(),
+        comm: "sleep",
+    };
     let guard = guard_pid(&m);
     assert_eq!(
         status_field(guard, "Uid")
@@ -333,16 +262,16 @@ fn the_guard_is_root_and_the_workers_user_cannot_kill_or_stop_it() {
         "the guard runs as root"
     );
     for sig in ["-KILL", "-STOP", "-TERM"] {
-        let out = as_nobody("kill", &[sig, &guard.to_string()]);
+        let out = run(as_nobody("kill", &[sig, &guard.to_string()]));
         assert!(
             !out.status.success(),
             "nobody's kill {sig} of the guard succeeded"
         );
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = stderr(&out);
         assert!(err.contains("not permitted"), "kill {sig}: {err}");
     }
     assert_eq!(stat_of(guard).map(|s| s.0), Some('S'), "the guard runs on");
-    let control = PathBuf::from(m.wait_event("control", |_| true).str("path").unwrap());
+    let control = m.control_path();
     let service = (cgroup_mode(&m) == "cgroup").then(|| cgroup_path(&m));
     // Now the supervisor dies without a word: the guard takes everything with it.
     m.signal(libc::SIGKILL);
@@ -373,15 +302,7 @@ fn the_guard_is_root_and_the_workers_user_cannot_kill_or_stop_it() {
 
 #[test]
 fn a_dead_guard_is_noticed_and_the_service_stops() {
-    let hello = worker_bin("hello");
-    let mut m = Multinode::serve(&[
-        "-w",
-        "2",
-        "-l",
-        "127.0.0.1:0",
-        "--",
-        hello.to_str().unwrap(),
-    ]);
+    let mut m = Multinode::serve_hello("2", &[]);
     let pids = m.wait_started(2);
     m.wait_ready(2);
     let service = (cgroup_mode(&m) == "cgroup").then(|| cgroup_path(&m));
@@ -411,15 +332,7 @@ fn a_dead_guard_is_noticed_and_the_service_stops() {
 
 #[test]
 fn a_stopped_guard_does_not_hold_up_the_exit() {
-    let hello = worker_bin("hello");
-    let mut m = Multinode::serve(&[
-        "-w",
-        "1",
-        "-l",
-        "127.0.0.1:0",
-        "--",
-        hello.to_str().unwrap(),
-    ]);
+    let mut m = Multinode::serve_hello("1", &[]);
     m.wait_ready(1);
     let guard = guard_pid(&m);
     let service = (cgroup_mode(&m) == "cgroup").then(|| cgroup_path(&m));
@@ -470,21 +383,18 @@ fn a_root_only_config_is_read_again_for_a_reload() {
             worker_bin("hello").display()
         )
     };
-    std::fs::write(&file, config(1, "first")).unwrap();
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    write_mode(&file, &config(1, "first"), 0o600);
     let m = Multinode::serve(&["--config", file.to_str().unwrap()]);
     m.wait_ready(1);
     assert!(!m.events("privileges").is_empty(), "multinode dropped root");
     std::fs::write(&file, config(2, "second")).unwrap();
-    let mut cmd = Command::new(multinode_bin());
-    cmd.args(["reload", "--name", &name]);
-    let out = run(cmd);
+    let out = mn(&["reload", "--name", &name]);
     assert_eq!(
         out.status.code(),
         Some(0),
         "reload: {}{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
+        stdout(&out),
+        stderr(&out),
         m.output()
     );
     assert!(m.events("reload-failed").is_empty(), "{}", m.output());

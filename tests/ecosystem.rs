@@ -15,41 +15,6 @@ use serde_json::Value;
 
 use common::*;
 
-/// `multinode <args>`, run to completion.
-fn mn(args: &[&str]) -> Output {
-    let mut cmd = Command::new(multinode_bin());
-    cmd.args(args);
-    run(cmd)
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Asserts the exit code and that stderr is one `multinode: error:` line with every needle.
-fn assert_error(out: &Output, code: i32, needles: &[&str]) {
-    let err = stderr(out);
-    assert_eq!(out.status.code(), Some(code), "exit code; stderr: {err}");
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 1, "one line of error, got: {err}");
-    assert!(lines[0].starts_with("multinode: error: "), "{err}");
-    for n in needles {
-        assert!(lines[0].contains(n), "error should mention {n:?}: {err}");
-    }
-}
-
-/// `multinode status --json --name NAME`, parsed.
-fn status_json(name: &str) -> Value {
-    let out = mn(&["status", "--json", "--name", name]);
-    assert_eq!(out.status.code(), Some(0), "status: {}", stderr(&out));
-    serde_json::from_str(stdout(&out).trim())
-        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {}", stdout(&out)))
-}
-
 /// (slot, pid, generation) of every `ready` row of a status.
 fn ready_rows(v: &Value) -> Vec<(u64, i32, u64)> {
     v["slots"]
@@ -65,22 +30,6 @@ fn ready_rows(v: &Value) -> Vec<(u64, i32, u64)> {
             )
         })
         .collect()
-}
-
-/// The path of the supervisor's control socket, from its `control` event.
-fn control_path(m: &Multinode) -> PathBuf {
-    let e = m.wait_event("control", |_| true);
-    PathBuf::from(e.str("path").expect("control: path"))
-}
-
-/// Writes a file every user can read (a worker running as nobody re-reads configs on reload).
-fn write(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
-}
-
-fn hello() -> String {
-    worker_bin("hello").display().to_string()
 }
 
 /// The example config, checked as it is: copied with the layout its relative `command`
@@ -262,7 +211,7 @@ BAR = "file"
         m.wait_ready(2);
         let want = format!("FOO=file BAR=file PWD={}", wd.display());
         m.wait_events(OUTPUT, 2, |e| e.msg == want);
-        assert!(control_path(&m).ends_with(format!("{name}/control.sock")));
+        assert!(m.control_path().ends_with(format!("{name}/control.sock")));
         assert_eq!(status_json(&name)["workers"], 2);
         let (code, _) = http_get(addr, "/").unwrap();
         assert_eq!(code, 200);
@@ -295,8 +244,7 @@ BAR = "file"
 #[test]
 fn status_shows_every_slot_with_a_live_pid() {
     let name = unique_name();
-    let h = hello();
-    let m = Multinode::serve(&["--name", &name, "-w", "3", "-l", "127.0.0.1:0", "--", &h]);
+    let m = Multinode::serve_hello("3", &["--name", &name]);
     m.wait_ready(3);
     let v = status_json(&name);
     assert_eq!(v["name"], name.as_str());
@@ -349,25 +297,9 @@ fn status_shows_every_slot_with_a_live_pid() {
 #[test]
 fn status_check_fails_while_a_slot_is_not_ready() {
     let s = Scratch::new("gate");
-    let gate = s.path("gate.{id}");
     write(&s.path("gate.0"), "");
     let name = unique_name();
-    let env = format!("MN_GATE={}", gate.display());
-    let bin = worker_bin("mn-readygate");
-    let m = Multinode::serve(&[
-        "--name",
-        &name,
-        "-w",
-        "2",
-        "--ready",
-        "notify",
-        "-e",
-        &env,
-        "-l",
-        "127.0.0.1:0",
-        "--",
-        bin.to_str().unwrap(),
-    ]);
+    let m = Multinode::spawn(gated_command(&name, "2", &s.path("gate.{id}")));
     m.wait_event("ready", |e| e.slot == Some(0));
     let out = mn(&["status", "--check", "--name", &name]);
     assert_eq!(
@@ -403,20 +335,17 @@ fn mn_background(args: &[&str]) -> std::thread::JoinHandle<(Output, Instant)> {
     })
 }
 
-/// `multinode serve --ready notify` of mn-readygate workers: slot ID of generation GEN becomes
-/// ready once `gate.ID.GEN` exists in `s` (the gates of generation 1's slots are opened).
-fn serve_gated(s: &Scratch, name: &str, workers: u32) -> Multinode {
-    for id in 0..workers {
-        write(&s.path(&format!("gate.{id}.1")), "");
-    }
-    let env = format!("MN_GATE={}", s.path("gate.{id}.{gen}").display());
+/// `multinode serve --name NAME -w WORKERS --ready notify` of mn-readygate workers, not
+/// started yet: slot ID becomes ready once the file `gate` names exists, with `{id}` in it
+/// the slot and `{gen}` the generation.
+fn gated_command(name: &str, workers: &str, gate: &Path) -> Command {
+    let env = format!("MN_GATE={}", gate.display());
     let bin = worker_bin("mn-readygate");
-    let w = workers.to_string();
-    let m = Multinode::serve(&[
+    serve_command(&[
         "--name",
         name,
         "-w",
-        &w,
+        workers,
         "--ready",
         "notify",
         "-e",
@@ -425,7 +354,17 @@ fn serve_gated(s: &Scratch, name: &str, workers: u32) -> Multinode {
         "127.0.0.1:0",
         "--",
         bin.to_str().unwrap(),
-    ]);
+    ])
+}
+
+/// [`gated_command`] started, with `gate.ID.GEN` in `s` as the gates and those of generation
+/// 1's slots opened; returns once they are ready.
+fn serve_gated(s: &Scratch, name: &str, workers: u32) -> Multinode {
+    for id in 0..workers {
+        write(&s.path(&format!("gate.{id}.1")), "");
+    }
+    let w = workers.to_string();
+    let m = Multinode::spawn(gated_command(name, &w, &s.path("gate.{id}.{gen}")));
     m.wait_ready(workers as usize);
     m
 }
@@ -650,7 +589,7 @@ fn stop_returns_once_the_supervisor_has_stopped() {
         slow,
     ]);
     m.wait_ready(2);
-    let control = control_path(&m);
+    let control = m.control_path();
     let workers: Vec<i32> = ready_rows(&status_json(&name))
         .iter()
         .map(|r| r.1)
@@ -678,10 +617,10 @@ fn stop_returns_once_the_supervisor_has_stopped() {
 fn a_second_supervisor_with_the_same_name_refuses_to_start() {
     let name = unique_name();
     let h = hello();
-    let mut first = Multinode::serve(&["--name", &name, "-w", "1", "-l", "127.0.0.1:0", "--", &h]);
+    let mut first = Multinode::serve_hello("1", &["--name", &name]);
     let addr = first.tcp_addr("listen0");
     first.wait_ready(1);
-    let control = control_path(&first);
+    let control = first.control_path();
 
     let out = mn(&[
         "serve",
@@ -716,15 +655,8 @@ fn a_second_supervisor_with_the_same_name_refuses_to_start() {
 /// `multinode <args>` as nobody (when we are root; else as ourselves), with its own
 /// XDG_RUNTIME_DIR: the control sockets of this test only.
 fn as_user<S: AsRef<std::ffi::OsStr>>(runtime: &Path, args: &[S]) -> Command {
-    let mut cmd = if is_root() {
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
-        c.arg(multinode_bin());
-        c
-    } else {
-        Command::new(multinode_bin())
-    };
-    cmd.args(args).env("XDG_RUNTIME_DIR", runtime);
+    let mut cmd = multinode_not_root(args);
+    cmd.env("XDG_RUNTIME_DIR", runtime);
     cmd
 }
 
@@ -756,7 +688,7 @@ fn control_commands_find_the_only_supervisor_or_ask_for_a_name() {
 
     let alpha = serve("alpha");
     assert_eq!(
-        control_path(&alpha),
+        alpha.control_path(),
         runtime.join("multinode/alpha/control.sock"),
         "{}",
         alpha.output()
@@ -959,26 +891,9 @@ fn systemd_notifications_follow_readiness_reload_and_stop() {
     sock.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let sd = Notifications(sock);
-    let gate = s.path("gate.{id}");
     write(&s.path("gate.0"), "");
     let name = unique_name();
-    let env = format!("MN_GATE={}", gate.display());
-    let gate_bin = worker_bin("mn-readygate");
-    let mut cmd = Command::new(multinode_bin());
-    cmd.args(serve_args(&[
-        "--name",
-        &name,
-        "-w",
-        "2",
-        "--ready",
-        "notify",
-        "-e",
-        &env,
-        "-l",
-        "127.0.0.1:0",
-        "--",
-        gate_bin.to_str().unwrap(),
-    ]));
+    let mut cmd = gated_command(&name, "2", &s.path("gate.{id}"));
     cmd.env("NOTIFY_SOCKET", &path);
     let mut m = Multinode::spawn(cmd);
 
@@ -1092,7 +1007,7 @@ fn a_silent_control_client_holds_up_nothing() {
         &hello(),
     ]);
     m.wait_ready(1);
-    let control = control_path(&m);
+    let control = m.control_path();
     let mut silent = UnixStream::connect(&control).unwrap();
     silent.write_all(br#"{"cmd":"sta"#).unwrap();
 

@@ -17,7 +17,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -254,16 +253,14 @@ fn reachable_by_others(p: &Path) -> bool {
 
 /// A world-readable app file in `scratch` (a /tmp directory every user can enter).
 fn app_file(scratch: &Scratch, name: &str, text: &str) {
-    let p = scratch.path(name);
-    std::fs::write(&p, text).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    write(&scratch.path(name), text);
 }
 
 /// `multinode serve <args>` run from `dir` (the workers inherit it as their working directory,
 /// and nobody may not be able to enter ours).
 fn serve_in(dir: &Path, args: &[&str]) -> Multinode {
-    let mut cmd = Command::new(multinode_bin());
-    cmd.args(serve_args(args)).current_dir(dir);
+    let mut cmd = serve_command(args);
+    cmd.current_dir(dir);
     Multinode::spawn(cmd)
 }
 

@@ -8,7 +8,7 @@ use std::io::Read;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use common::*;
@@ -50,8 +50,7 @@ impl Drop for Killed {
 fn a_worker_cannot_push_input_into_the_operators_terminal() {
     let (master, slave) = openpty();
     let payload = "touch /tmp/mn-pwned-by-worker";
-    let mut cmd = Command::new(multinode_bin());
-    cmd.args(serve_args(&[
+    let mut cmd = serve_command(&[
         "-w",
         "1",
         "-l",
@@ -60,7 +59,7 @@ fn a_worker_cannot_push_input_into_the_operators_terminal() {
         worker_bin("mn-attack").to_str().unwrap(),
         "tty",
         &format!("{payload}\n"),
-    ]));
+    ]);
     let tty = || Stdio::from(slave.try_clone().unwrap());
     cmd.stdin(tty())
         .stdout(tty())
@@ -160,12 +159,8 @@ fn a_worker_cannot_report_readiness_for_another() {
     );
     // The datagram is credited to the sender's own worker (its parent), slot 0.
     m.wait_event("ready", |e| e.slot == Some(0));
-    let out = run({
-        let mut c = Command::new(multinode_bin());
-        c.args(["status", "--json", "--control"]);
-        c.arg(control_socket(&m));
-        c
-    });
+    let control = m.control_path().display().to_string();
+    let out = mn(&["status", "--json", "--control", &control]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
     let row = |slot: u64| {
         v["slots"]
@@ -184,13 +179,6 @@ fn a_worker_cannot_report_readiness_for_another() {
         "{}",
         m.output()
     );
-}
-
-fn control_socket(m: &Multinode) -> String {
-    m.wait_event("control", |_| true)
-        .str("path")
-        .unwrap()
-        .to_string()
 }
 
 /// A setuid-root program is one exec away for a worker unless exec cannot gain privileges:
@@ -251,35 +239,24 @@ fn a_worker_cannot_open_the_supervisors_fds_or_memory() {
     if !require(is_root(), "needs root to drop to nobody") {
         return;
     }
-    let m = Multinode::serve(&["-w", "1", "-l", "127.0.0.1:0", "--", &hello()]);
+    let m = Multinode::serve_hello("1", &[]);
     m.wait_ready(1);
-    let as_nobody = |what: &str| {
-        run({
-            let mut c = Command::new("setpriv");
-            c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]);
-            c.args(["sh", "-c", what]);
-            c
-        })
-    };
+    let sh_as_nobody = |what: &str| run(as_nobody("sh", &["-c", what]));
     for what in [
         format!("ls /proc/{}/fd", m.pid),
         format!("head -c1 /proc/{}/mem", m.pid),
         format!("cat /proc/{}/environ", m.pid),
     ] {
-        let out = as_nobody(&what);
+        let out = sh_as_nobody(&what);
         assert!(
             !out.status.success(),
             "as nobody, `{what}` worked: {}",
-            String::from_utf8_lossy(&out.stdout)
+            stdout(&out)
         );
         assert!(
-            String::from_utf8_lossy(&out.stderr).contains("ermission denied"),
+            stderr(&out).contains("ermission denied"),
             "`{what}`: {}",
-            String::from_utf8_lossy(&out.stderr)
+            stderr(&out)
         );
     }
-}
-
-fn hello() -> String {
-    worker_bin("hello").display().to_string()
 }

@@ -6,20 +6,9 @@ mod common;
 
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn multinode(args: &[&str]) -> Output {
-    let mut cmd = Command::new(multinode_bin());
-    cmd.args(args);
-    run(cmd)
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// Durations longer than a year are refused when parsed, from the command line and from the
 /// config file alike, by `serve` and `check`: exit 2, one line naming the option. (Before,
@@ -44,7 +33,7 @@ fn huge_durations_exit_2_naming_the_option() {
             if !args.contains(&"--config") {
                 all.extend_from_slice(&["--", "/bin/sleep", "100"]);
             }
-            let out = multinode(&all);
+            let out = mn(&all);
             let err = stderr(&out);
             assert_eq!(out.status.code(), Some(2), "{cmd} {args:?}: {err}");
             assert_eq!(err.lines().count(), 1, "{cmd} {args:?}: one line: {err}");
@@ -54,7 +43,7 @@ fn huge_durations_exit_2_naming_the_option() {
         }
     }
     // A year is still taken.
-    let out = multinode(&[
+    let out = mn(&[
         "check",
         "--grace",
         "8760h",
@@ -80,7 +69,7 @@ fn huge_durations_exit_2_naming_the_option() {
 #[test]
 fn notify_flood_keeps_the_supervisor_small() {
     let flood = worker_bin("mn-flood").display().to_string();
-    let mn = Multinode::serve(&[
+    let m = Multinode::serve(&[
         "--workers",
         "4",
         "-l",
@@ -92,13 +81,13 @@ fn notify_flood_keeps_the_supervisor_small() {
         "4",
     ]);
     // Each worker floods from a second after its READY=1.
-    mn.wait_ready(4);
+    m.wait_ready(4);
     let kib = |field: &str| -> u64 {
-        let v = status_field(mn.pid, field).unwrap_or_else(|| panic!("{field} of {}", mn.pid));
+        let v = status_field(m.pid, field).unwrap_or_else(|| panic!("{field} of {}", m.pid));
         v.trim_end_matches("kB").trim().parse().unwrap()
     };
     let (before, code) = (kib("VmRSS"), kib("RssFile"));
-    let sent = mn.wait_events(OUTPUT, 4, |e| e.msg.starts_with("mn-flood sent"));
+    let sent = m.wait_events(OUTPUT, 4, |e| e.msg.starts_with("mn-flood sent"));
     let total: u64 = sent
         .iter()
         .filter_map(|e| e.msg.rsplit(' ').next()?.parse::<u64>().ok())
@@ -115,9 +104,8 @@ fn notify_flood_keeps_the_supervisor_small() {
     }
     assert!(hwm < before + 1024, "{facts}");
     // The supervisor still answers.
-    let control = mn.wait_event("control", |_| true);
-    let path = control.str("path").unwrap().to_string();
-    let out = multinode(&["status", "--control", &path, "--json"]);
+    let path = m.control_path().display().to_string();
+    let out = mn(&["status", "--control", &path, "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
@@ -126,8 +114,7 @@ fn notify_flood_keeps_the_supervisor_small() {
 /// supervisor's CPU time stays low, and `status` works again once the clients are gone.
 #[test]
 fn control_socket_out_of_fds_does_not_spin() {
-    let mut cmd = Command::new(multinode_bin());
-    cmd.args(serve_args(&[
+    let mut cmd = serve_command(&[
         "--workers",
         "1",
         "-l",
@@ -135,7 +122,7 @@ fn control_socket_out_of_fds_does_not_spin() {
         "--",
         "/bin/sleep",
         "1000",
-    ]));
+    ]);
     // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {
@@ -149,25 +136,21 @@ fn control_socket_out_of_fds_does_not_spin() {
             Ok(())
         });
     }
-    let mn = Multinode::spawn(cmd);
-    mn.wait_ready(1);
-    let path = mn
-        .wait_event("control", |_| true)
-        .str("path")
-        .unwrap()
-        .to_string();
+    let m = Multinode::spawn(cmd);
+    m.wait_ready(1);
+    let path = m.control_path().display().to_string();
 
     // More idle clients than the supervisor has fds left: it accepts until EMFILE.
     let mut clients = Vec::new();
     for _ in 0..60 {
         clients.push(UnixStream::connect(&path).expect("connect to the control socket"));
     }
-    let warned = mn.wait_event("accept", |e| e.str("socket") == Some("control"));
+    let warned = m.wait_event("accept", |e| e.str("socket") == Some("control"));
     assert_eq!(warned.level, "warn");
-    let t0 = cpu_ticks(mn.pid);
+    let t0 = cpu_ticks(m.pid);
     let start = Instant::now();
     std::thread::sleep(Duration::from_secs(2));
-    let used = cpu_ticks(mn.pid) - t0;
+    let used = cpu_ticks(m.pid) - t0;
     let elapsed = start.elapsed();
     eprintln!("{used} ticks in {elapsed:?} while out of fds");
     // Spinning would take about 100 ticks a second; pausing takes next to none.
@@ -178,9 +161,9 @@ fn control_socket_out_of_fds_does_not_spin() {
 
     drop(clients);
     let ok = eventually(DEADLINE, || {
-        multinode(&["status", "--control", &path]).status.success()
+        mn(&["status", "--control", &path]).status.success()
     });
-    assert!(ok, "status works again; output:\n{}", mn.output());
+    assert!(ok, "status works again; output:\n{}", m.output());
 }
 
 /// A worker's terminal escape sequences (a window title, a screen clear, a cursor move) are
@@ -196,7 +179,7 @@ sys.stdout.write("title:\x1b]0;title\x07 clear:\x1b[2J red:\x1b[31mR\x1b[0m tab:
 sys.stdout.flush()
 time.sleep(1000)
 "#;
-    let mn = Multinode::serve(&[
+    let m = Multinode::serve(&[
         "--log-format",
         "text",
         "--workers",
@@ -210,7 +193,7 @@ time.sleep(1000)
         "-c",
         script,
     ]);
-    let line = mn.wait_line("the worker's line", |l| l.contains("title:"));
+    let line = m.wait_line("the worker's line", |l| l.contains("title:"));
     assert!(
         line.contains(r"title:\x1b]0;title\x07 clear:\x1b[2J red:"),
         "escaped: {line:?}"
@@ -221,16 +204,16 @@ time.sleep(1000)
     );
     assert!(!line.contains("\x07") && !line.contains("\x1b]") && !line.contains("\x1b[2J"));
 
-    mn.wait_line("ready", |l| l.contains("] ready"));
-    let path = mn
+    m.wait_line("ready", |l| l.contains("] ready"));
+    let path = m
         .wait_line("the control socket", |l| l.contains("control socket "))
         .rsplit("control socket ")
         .next()
         .unwrap()
         .trim()
         .to_string();
-    let out = multinode(&["status", "--control", &path]);
-    let text = String::from_utf8_lossy(&out.stdout);
+    let out = mn(&["status", "--control", &path]);
+    let text = stdout(&out);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         text.contains(r"\x1b]0;owned\x07 \x1b[H\x1b[2J ") && text.contains("\x1b[32mgreen"),
@@ -240,7 +223,7 @@ time.sleep(1000)
         !text.contains("\x07") && !text.contains("\x1b[2J"),
         "{text:?}"
     );
-    let json = multinode(&["status", "--control", &path, "--json"]);
+    let json = mn(&["status", "--control", &path, "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     let status = v["slots"][0]["status"].as_str().unwrap();
     assert!(
@@ -297,7 +280,7 @@ fn check_refuses_exactly_what_serve_refuses() {
             v.extend_from_slice(&args);
             v
         };
-        let check = multinode(&with("check"));
+        let check = mn(&with("check"));
         if let Some(code) = want {
             assert_eq!(
                 check.status.code(),
@@ -310,13 +293,13 @@ fn check_refuses_exactly_what_serve_refuses() {
             // serve must run it: wait for a worker, then stop.
             let mut v = vec!["--name", &name, "-l", "127.0.0.1:0"];
             v.extend_from_slice(&args);
-            let mut mn = Multinode::serve(&v);
-            mn.wait_started(1);
-            mn.signal(libc::SIGTERM);
-            mn.wait_exit();
+            let mut m = Multinode::serve(&v);
+            m.wait_started(1);
+            m.signal(libc::SIGTERM);
+            m.wait_exit();
             continue;
         }
-        let serve = multinode(&with("serve"));
+        let serve = mn(&with("serve"));
         assert_eq!(
             serve.status.code(),
             check.status.code(),

@@ -11,7 +11,6 @@ mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,10 +42,6 @@ fn serve_ready(workers: usize, extra: &[&str], command: &[&str]) -> (Multinode, 
     let addr = mn.tcp_addr("listen0");
     mn.wait_ready(workers);
     (mn, addr)
-}
-
-fn hello() -> String {
-    worker_bin("hello").display().to_string()
 }
 
 /// The pid serving each slot: the last one the supervisor reported starting for it.
@@ -390,8 +385,7 @@ fn sighup_reloads_under_new_connection_load_fail_no_request() {
 /// worker starting meanwhile sees either the old or the new content, never half of it.
 fn write_script(path: &Path, content: &str) {
     let tmp = path.with_extension("new");
-    std::fs::write(&tmp, content).unwrap();
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    write_mode(&tmp, content, 0o755);
     std::fs::rename(&tmp, path).unwrap();
 }
 

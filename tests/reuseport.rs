@@ -16,30 +16,13 @@ fn fd3_socket(pid: i32) -> String {
         .unwrap_or_default()
 }
 
-/// slot → pid of the newest worker started for each slot.
-fn current(m: &Multinode) -> BTreeMap<u32, i32> {
-    m.slot_pids()
-}
-
 #[test]
 fn each_slot_keeps_its_own_socket_across_reloads_under_load() {
-    let hello = worker_bin("hello");
-    let mut m = Multinode::serve(&[
-        "--balance",
-        "reuseport",
-        "-w",
-        "3",
-        "-l",
-        "127.0.0.1:0",
-        "--ready",
-        "notify",
-        "--",
-        hello.to_str().unwrap(),
-    ]);
+    let mut m = Multinode::serve_hello("3", &["--balance", "reuseport", "--ready", "notify"]);
     let addr = m.tcp_addr("listen0");
     m.wait_started(3);
     m.wait_events("ready", 3, |e| e.via() == Some("notify"));
-    let first = current(&m);
+    let first = m.slot_pids();
     let sockets: BTreeMap<u32, String> = first.iter().map(|(s, p)| (*s, fd3_socket(*p))).collect();
     assert!(
         sockets.values().all(|s| s.starts_with("socket:[")),
@@ -89,7 +72,7 @@ fn each_slot_keeps_its_own_socket_across_reloads_under_load() {
     assert!(ok.load(Ordering::Relaxed) > 0, "no request was made");
 
     // New pids, same sockets: each slot's socket outlived three generations of its workers.
-    let last = current(&m);
+    let last = m.slot_pids();
     for (slot, pid) in &last {
         assert_ne!(first[slot], *pid, "slot {slot} was not replaced");
         assert_eq!(
@@ -104,17 +87,7 @@ fn each_slot_keeps_its_own_socket_across_reloads_under_load() {
 
 #[test]
 fn scaling_up_binds_a_socket_for_the_new_slot() {
-    let hello = worker_bin("hello");
-    let mut m = Multinode::serve(&[
-        "--balance",
-        "reuseport",
-        "-w",
-        "1",
-        "-l",
-        "127.0.0.1:0",
-        "--",
-        hello.to_str().unwrap(),
-    ]);
+    let mut m = Multinode::serve_hello("1", &["--balance", "reuseport"]);
     let addr = m.tcp_addr("listen0");
     m.wait_started(1);
     m.signal(libc::SIGTTIN);

@@ -956,8 +956,7 @@ fn a_stalled_worker_costs_no_connection() {
     // connections at once is not what fails.
     let wrapper = "ulimit -Sn \"$(ulimit -Hn)\"; exec /usr/bin/python3 \"$0\"";
     let py = routed_py();
-    let mut cmd = std::process::Command::new(multinode_bin());
-    cmd.args(serve_args(&[
+    let mut cmd = serve_command(&[
         "--route",
         "round-robin",
         "--workers",
@@ -971,7 +970,7 @@ fn a_stalled_worker_costs_no_connection() {
         "-c",
         wrapper,
         &py,
-    ]));
+    ]);
     // SAFETY: getrlimit/setrlimit are async-signal-safe and touch only the child.
     unsafe {
         cmd.pre_exec(|| {

@@ -71,15 +71,7 @@ fn assert_nobody(pid: i32, what: &str) {
 
 #[test]
 fn four_hello_workers_share_the_load() {
-    let hello = worker_bin("hello");
-    let m = Multinode::serve(&[
-        "--workers",
-        "4",
-        "--listen",
-        "127.0.0.1:0",
-        "--",
-        hello.to_str().unwrap(),
-    ]);
+    let m = Multinode::serve_hello("4", &[]);
     let addr = m.tcp_addr("listen0");
     let started: BTreeSet<i32> = m.wait_started(4).into_iter().collect();
     assert_eq!(started.len(), 4, "four distinct workers");
@@ -382,25 +374,17 @@ fn not_root_runs_as_is() {
     ) {
         return;
     }
-    let hello = worker_bin("hello");
     // The copy worker_bin() made, which nobody can execute wherever the checkout is.
     let multinode = worker_bin("multinode");
     // Its own TMPDIR: the control directory it makes there (multinode-65534, 0700) never
     // meets one another run left in /tmp.
     let tmp = Scratch::new("not-root");
-    let mut cmd = Command::new("setpriv");
-    cmd.env_remove("XDG_RUNTIME_DIR")
-        .env("TMPDIR", &tmp.0)
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(&multinode)
-        .args(serve_args(&[
-            "-w",
-            "2",
-            "-l",
-            "127.0.0.1:0",
-            "--",
-            hello.to_str().unwrap(),
-        ]));
+    let h = hello();
+    let mut cmd = as_nobody(
+        &multinode,
+        &serve_args(&["-w", "2", "-l", "127.0.0.1:0", "--", &h]),
+    );
+    cmd.env_remove("XDG_RUNTIME_DIR").env("TMPDIR", &tmp.0);
     let m = Multinode::spawn(cmd);
     let addr = m.tcp_addr("listen0");
     let pids = m.wait_started(2);

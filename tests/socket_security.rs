@@ -7,45 +7,8 @@ mod common;
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use common::*;
-
-const NOBODY: u32 = 65534;
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// One line `multinode: error: ...` mentioning every needle, and exit `code`.
-#[track_caller]
-fn assert_error(out: &Output, code: i32, needles: &[&str]) {
-    let err = stderr(out);
-    assert_eq!(out.status.code(), Some(code), "exit code; stderr: {err}");
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 1, "one line of error, got: {err}");
-    assert!(lines[0].starts_with("multinode: error: "), "{err}");
-    for n in needles {
-        assert!(lines[0].contains(n), "error should mention {n:?}: {err}");
-    }
-}
-
-fn hello() -> String {
-    worker_bin("hello").display().to_string()
-}
-
-/// `multinode <args>` as nobody:nogroup with no supplementary groups.
-fn as_nobody<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Command {
-    let mut c = Command::new("setpriv");
-    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
-    c.arg(multinode_bin());
-    c.args(args);
-    c
-}
 
 /// Owner, group and mode of `p` itself (a link is not followed).
 fn meta(p: &Path) -> (u32, u32, u32) {
@@ -102,19 +65,7 @@ fn a_symlink_planted_as_the_control_directory_is_refused() {
     let link = Path::new("/run/multinode").join(&name);
     std::os::unix::fs::symlink(&victim, &link).unwrap();
     let _gone = Cleanup(link.clone());
-    let h = hello();
-    let mut cmd = Command::new(multinode_bin());
-    cmd.args(serve_args(&[
-        "--name",
-        &name,
-        "-w",
-        "1",
-        "-l",
-        "127.0.0.1:0",
-        "--",
-        &h,
-    ]));
-    let out = run(cmd);
+    let out = run(hello_command("1", &["--name", &name]));
     assert_error(
         &out,
         3,
@@ -136,8 +87,7 @@ fn a_control_directory_of_the_workers_user_is_taken_back_and_a_planted_link_refu
     }
     let s = Scratch::new("ctl-dir");
     let victim = s.path("victim");
-    std::fs::write(&victim, "root's file\n").unwrap();
-    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    write_mode(&victim, "root's file\n", 0o600);
     let before = meta(&victim);
     // /run/multinode/NAME as an older multinode left it: nobody's, 0700; the workers' user
     // has planted a link where the control socket goes.
@@ -147,19 +97,7 @@ fn a_control_directory_of_the_workers_user_is_taken_back_and_a_planted_link_refu
     mkdir(&dir, NOBODY, 0o777);
     let _gone = Cleanup(dir.clone());
     std::os::unix::fs::symlink(&victim, dir.join("control.sock")).unwrap();
-    let h = hello();
-    let mut cmd = Command::new(multinode_bin());
-    cmd.args(serve_args(&[
-        "--name",
-        &name,
-        "-w",
-        "1",
-        "-l",
-        "127.0.0.1:0",
-        "--",
-        &h,
-    ]));
-    let out = run(cmd);
+    let out = run(hello_command("1", &["--name", &name]));
     assert_error(&out, 3, &["control.sock", "not a socket"]);
     assert_eq!(meta(&victim), before, "the link's target was changed");
     // The directory was taken back through its fd before anything was made in it.
@@ -168,7 +106,7 @@ fn a_control_directory_of_the_workers_user_is_taken_back_and_a_planted_link_refu
 
     // With the link gone, it starts; the directory stays root's.
     std::fs::remove_file(dir.join("control.sock")).unwrap();
-    let m = Multinode::serve(&["--name", &name, "-w", "1", "-l", "127.0.0.1:0", "--", &h]);
+    let m = Multinode::serve_hello("1", &["--name", &name]);
     m.wait_ready(1);
     let (uid, _, mode) = meta(&dir);
     assert_eq!((uid, mode & 0o7777), (0, 0o755));
@@ -187,15 +125,12 @@ fn symlinks_planted_at_a_listen_socket_or_on_its_way_are_refused() {
     let roots = s.path("roots");
     mkdir(&roots, 0, 0o755);
     let victim = roots.join("secret");
-    std::fs::write(&victim, "root's file\n").unwrap();
-    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    write_mode(&victim, "root's file\n", 0o600);
     let before = snapshot(&roots);
     let h = hello();
     let serve = |listen: &Path| {
         let spec = format!("unix:{}", listen.display());
-        let mut cmd = Command::new(multinode_bin());
-        cmd.args(serve_args(&["-w", "1", "-l", &spec, "--", &h]));
-        run(cmd)
+        run(serve_command(&["-w", "1", "-l", &spec, "--", &h]))
     };
 
     // A link at the socket's path: refused, not followed.
@@ -255,7 +190,7 @@ fn as_root_the_control_directory_is_roots_and_listen_sockets_the_workers() {
         &h,
     ]);
     m.wait_ready(1);
-    let control = PathBuf::from(m.wait_event("control", |_| true).str("path").unwrap());
+    let control = m.control_path();
     let dir = control.parent().unwrap();
     for d in [dir, dir.parent().unwrap()] {
         let (uid, _, mode) = meta(d);
@@ -264,11 +199,8 @@ fn as_root_the_control_directory_is_roots_and_listen_sockets_the_workers() {
     }
     // The attack itself: the workers' user cannot plant anything next to the control socket.
     let evil = dir.join("evil");
-    let mut plant = Command::new("setpriv");
-    plant
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .args(["ln", "-s", "/etc/shadow"])
-        .arg(&evil);
+    let mut plant = as_nobody("ln", &["-s", "/etc/shadow"]);
+    plant.arg(&evil);
     let out = run(plant);
     assert!(!out.status.success(), "nobody planted {}", evil.display());
     assert!(std::fs::symlink_metadata(&evil).is_err());
@@ -302,11 +234,7 @@ fn as_root_the_control_directory_is_roots_and_listen_sockets_the_workers() {
     let name = dir.file_name().unwrap().to_str().unwrap().to_string();
     let again = Multinode::serve(&["--name", &name, "-w", "1", "-l", &b, "--", &h]);
     again.wait_ready(1);
-    let out = run({
-        let mut c = Command::new(multinode_bin());
-        c.args(["status", "--json", "--name", &name]);
-        c
-    });
+    let out = mn(&["status", "--json", "--name", &name]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stdout(&out).contains(&format!("\"pid\":{}", again.pid)));
 }
@@ -319,12 +247,11 @@ fn the_workers_user_may_read_status_but_not_stop_or_scale() {
     let s = Scratch::new("peercred");
     let runtime = nobody_runtime(&s);
     let name = unique_name();
-    let h = hello();
-    let mut m = Multinode::serve(&["--name", &name, "-w", "2", "-l", "127.0.0.1:0", "--", &h]);
+    let mut m = Multinode::serve_hello("2", &["--name", &name]);
     let addr = m.tcp_addr("listen0");
     m.wait_ready(2);
     let nobody = |args: &[&str]| {
-        let mut c = as_nobody(args);
+        let mut c = multinode_as_nobody(args);
         c.env("XDG_RUNTIME_DIR", &runtime);
         run(c)
     };
@@ -351,15 +278,10 @@ fn the_workers_user_may_read_status_but_not_stop_or_scale() {
     assert!(m.events("reload").is_empty(), "{}", m.output());
 
     // Root may.
-    let root = |args: &[&str]| {
-        let mut c = Command::new(multinode_bin());
-        c.args(args);
-        run(c)
-    };
-    let out = root(&["scale", "3", "--name", &name]);
+    let out = mn(&["scale", "3", "--name", &name]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "scaled: 3 worker(s) ready");
-    let out = root(&["stop", "--name", &name]);
+    let out = mn(&["stop", "--name", &name]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(m.wait_exit().code(), Some(0), "{}", m.output());
 }
@@ -376,7 +298,7 @@ fn the_fallback_directory_in_tmp_must_be_ours_and_private() {
     let base = tmp.join("multinode-65534");
     let h = hello();
     let serve = || {
-        let mut c = as_nobody(&serve_args(&[
+        let mut c = multinode_as_nobody(&serve_args(&[
             "--name",
             "fb",
             "-w",
@@ -419,7 +341,7 @@ fn the_fallback_directory_in_tmp_must_be_ours_and_private() {
     m.wait_ready(1);
     let (uid, _, mode) = meta(&base);
     assert_eq!((uid, mode & 0o7777), (NOBODY, 0o700));
-    let control = PathBuf::from(m.wait_event("control", |_| true).str("path").unwrap());
+    let control = m.control_path();
     assert_eq!(control, base.join("fb/control.sock"));
     m.signal(libc::SIGTERM);
     assert_eq!(m.wait_exit().code(), Some(0), "{}", m.output());
@@ -436,12 +358,12 @@ fn an_xdg_runtime_directory_of_another_user_is_refused() {
     let base = runtime.join("multinode");
     mkdir(&base, 0, 0o755);
     let h = hello();
-    let mut c = as_nobody(&serve_args(&["-w", "1", "-l", "127.0.0.1:0", "--", &h]));
+    let mut c = multinode_as_nobody(&serve_args(&["-w", "1", "-l", "127.0.0.1:0", "--", &h]));
     c.env("XDG_RUNTIME_DIR", &runtime);
     let out = run(c);
     assert_error(&out, 3, &[&base.display().to_string(), "belongs to uid 0"]);
     // The clients refuse it too: it could hold anyone's fake socket.
-    let mut c = as_nobody(&["status"]);
+    let mut c = multinode_as_nobody(&["status"]);
     c.env("XDG_RUNTIME_DIR", &runtime);
     let out = run(c);
     assert_error(&out, 3, &[&base.display().to_string()]);
@@ -458,10 +380,9 @@ fn other_users_cannot_take_every_control_connection() {
         return;
     }
     let name = unique_name();
-    let h = hello();
-    let mut m = Multinode::serve(&["--name", &name, "-w", "1", "-l", "127.0.0.1:0", "--", &h]);
+    let mut m = Multinode::serve_hello("1", &["--name", &name]);
     m.wait_ready(1);
-    let control = PathBuf::from(m.wait_event("control", |_| true).str("path").unwrap());
+    let control = m.control_path();
     // As nobody: open 100 connections, send nothing, say how many stayed open, then wait.
     let script = r#"
 import socket, sys, time
@@ -481,10 +402,8 @@ for s in held:
 print(alive, flush=True)
 time.sleep(60)
 "#;
-    let mut hog = KillOnDrop(
-        Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .args(["/usr/bin/python3", "-c", script])
+    let mut hog = KillChildOnDrop(
+        as_nobody("/usr/bin/python3", &["-c", script])
             .arg(&control)
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -498,18 +417,16 @@ time.sleep(60)
     .unwrap();
     assert_eq!(line.trim(), "32", "connections nobody kept open");
     // Root still gets through while nobody holds its share.
-    let mut c = Command::new(multinode_bin());
-    c.args(["scale", "2", "--name", &name]);
-    let out = run(c);
+    let out = mn(&["scale", "2", "--name", &name]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     m.signal(libc::SIGTERM);
     m.wait_exit();
 }
 
 /// Kills and reaps a child when dropped, pass or fail.
-struct KillOnDrop(std::process::Child);
+struct KillChildOnDrop(std::process::Child);
 
-impl Drop for KillOnDrop {
+impl Drop for KillChildOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();

@@ -16,11 +16,6 @@ fn restart_delays(exits: &[Event]) -> Vec<Duration> {
     exits.iter().filter_map(Event::restart_in).collect()
 }
 
-fn kill(pid: i32, sig: i32) {
-    // SAFETY: kill has no memory preconditions.
-    unsafe { libc::kill(pid, sig) };
-}
-
 /// Whether `pid` has a thread named `name` (hello names a connection's thread `conn`).
 fn has_thread(pid: i32, name: &str) -> bool {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -29,12 +24,6 @@ fn has_thread(pid: i32, name: &str) -> bool {
     tasks
         .flatten()
         .any(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name))
-}
-
-fn comm(pid: i32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim_end().to_string())
-        .unwrap_or_default()
 }
 
 /// Whether `pid` ignores signal `sig` (the SigIgn mask of /proc/PID/status).
@@ -47,21 +36,6 @@ fn ignores(pid: i32, sig: i32) -> bool {
 /// Whether any entry for `pid` exists in /proc (a zombie counts: it is not reaped yet).
 fn exists(pid: i32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// SIGKILLs a process the test caused to exist outside the supervisor's process groups (so
-/// the Multinode guard cannot reach it), on drop, if it is still the `comm` it was.
-struct KillOnDrop {
-    pid: i32,
-    comm: String,
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if comm(self.pid) == self.comm {
-            kill(self.pid, libc::SIGKILL);
-        }
-    }
 }
 
 /// A client that keeps making requests on fresh connections until stopped (or a bounded
@@ -124,15 +98,7 @@ impl Drop for Client {
 
 #[test]
 fn killed_worker_is_replaced_while_the_service_answers() {
-    let hello = worker_bin("hello");
-    let m = Multinode::serve(&[
-        "-w",
-        "4",
-        "-l",
-        "127.0.0.1:0",
-        "--",
-        hello.to_str().unwrap(),
-    ]);
+    let m = Multinode::serve_hello("4", &[]);
     let addr = m.tcp_addr("listen0");
     let first: BTreeSet<i32> = m.wait_started(4).into_iter().collect();
     let victim = m.wait_started_in_slot(2, &[]);
@@ -263,15 +229,7 @@ fn crash_loop_gives_up_after_max_restarts() {
 
 #[test]
 fn sigterm_lets_a_slow_request_finish() {
-    let hello = worker_bin("hello");
-    let mut m = Multinode::serve(&[
-        "-w",
-        "2",
-        "-l",
-        "127.0.0.1:0",
-        "--",
-        hello.to_str().unwrap(),
-    ]);
+    let mut m = Multinode::serve_hello("2", &[]);
     let addr = m.tcp_addr("listen0");
     let pids = m.wait_started(2);
     let slow = std::thread::spawn(move || http_get(addr, "/sleep/2000"));
@@ -345,15 +303,7 @@ fn worker_ignoring_sigterm_is_killed_after_grace() {
 
 #[test]
 fn supervisor_killed_leaves_no_worker() {
-    let hello = worker_bin("hello");
-    let mut m = Multinode::serve(&[
-        "-w",
-        "3",
-        "-l",
-        "127.0.0.1:0",
-        "--",
-        hello.to_str().unwrap(),
-    ]);
+    let mut m = Multinode::serve_hello("3", &[]);
     let pids = m.wait_started(3);
     m.wait_events(OUTPUT, 3, |e| e.msg.starts_with("hello: worker"));
     for &p in &pids {
@@ -399,16 +349,12 @@ exec sleep 1000"#;
         "-c",
         script,
     ]);
-    let field = |what: &str| -> i32 {
-        let prefix = format!("{what} ");
-        let l = m.wait_output(|e| e.msg.starts_with(&prefix));
-        l.msg[prefix.len()..].parse().unwrap()
-    };
-    let helper = field("helper");
-    let escaped = field("escaped");
+    let helper = m.printed_pid("helper", None);
+    let escaped = m.printed_pid("escaped", None);
+    // Outside the supervisor's process groups: the Multinode guard cannot reach it.
     let _guard = KillOnDrop {
-        pid: escaped,
-        comm: "sleep".into(),
+        pids: vec![escaped],
+        comm: "sleep",
     };
     m.wait_event("exited", |e| e.slot == Some(0) && e.code() == Some(0));
     // The helper left in the worker's group is stopped with it, and reaped.

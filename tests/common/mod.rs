@@ -3,11 +3,12 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -285,9 +286,12 @@ pub struct Multinode {
 impl Multinode {
     /// `multinode serve <args>` (see [`serve_args`]) with output captured.
     pub fn serve(args: &[&str]) -> Multinode {
-        let mut cmd = Command::new(multinode_bin());
-        cmd.args(serve_args(args));
-        Self::spawn(cmd)
+        Self::spawn(serve_command(args))
+    }
+
+    /// The plain service of [`hello`] workers (see [`hello_command`]).
+    pub fn serve_hello(workers: &str, extra: &[&str]) -> Multinode {
+        Self::spawn(hello_command(workers, extra))
     }
 
     pub fn spawn(mut cmd: Command) -> Multinode {
@@ -456,6 +460,23 @@ impl Multinode {
     #[track_caller]
     pub fn tcp_addr(&self, name: &str) -> SocketAddr {
         self.addr(name).parse().expect("a TCP address")
+    }
+
+    /// The path of the supervisor's control socket, from its `control` event.
+    #[track_caller]
+    pub fn control_path(&self) -> PathBuf {
+        let e = self.wait_event("control", |_| true);
+        PathBuf::from(e.str("path").expect("control: path"))
+    }
+
+    /// The pid a worker printed as `WHAT PID` (a helper it started, say), from the first such
+    /// line of worker `pid` (None: of any worker).
+    #[track_caller]
+    pub fn printed_pid(&self, what: &str, pid: Option<i32>) -> i32 {
+        let prefix = format!("{what} ");
+        let line = self
+            .wait_output(|e| pid.is_none_or(|p| e.pid == Some(p)) && e.msg.starts_with(&prefix));
+        line.msg[prefix.len()..].trim().parse().unwrap()
     }
 
     /// Waits until `n` workers have been reported `started`; returns the pids of all started
@@ -758,8 +779,7 @@ pub fn children_of(ppid: i32) -> Vec<i32> {
 
 /// Whether `pid` is a multinode guard process.
 pub fn is_guard(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .is_ok_and(|c| c.trim() == "multinode-guard")
+    comm(pid) == "multinode-guard"
 }
 
 /// A `/proc/<pid>/status` field, e.g. "Uid".
@@ -836,6 +856,173 @@ pub fn run(mut cmd: Command) -> std::process::Output {
     let _ = done.send(());
     let _ = killer.join();
     out
+}
+
+/// `multinode <args>`, run to completion (see [`run`]).
+pub fn mn(args: &[&str]) -> Output {
+    let mut cmd = Command::new(multinode_bin());
+    cmd.args(args);
+    run(cmd)
+}
+
+/// `multinode serve <args>` as [`Multinode::serve`] would start it (see [`serve_args`]), not
+/// started yet: for a test that sets more on the command (environment, limits) or runs it to
+/// completion.
+pub fn serve_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(multinode_bin());
+    cmd.args(serve_args(args));
+    cmd
+}
+
+/// `multinode serve -w WORKERS -l 127.0.0.1:0 EXTRA... -- hello` as [`serve_command`] makes
+/// it: the plain service of [`hello`] workers, `extra` being more of multinode's options.
+pub fn hello_command(workers: &str, extra: &[&str]) -> Command {
+    let hello = hello();
+    let mut args = vec!["-w", workers, "-l", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    args.extend(["--", hello.as_str()]);
+    serve_command(&args)
+}
+
+/// A command's standard output, as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A command's standard error, as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts exit `code` and that stderr is one `multinode: error: ...` line mentioning every
+/// needle.
+#[track_caller]
+pub fn assert_error(out: &Output, code: i32, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "exit code; stderr: {err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line of error, got: {err}");
+    assert!(lines[0].starts_with("multinode: error: "), "{err}");
+    for n in needles {
+        assert!(lines[0].contains(n), "error should mention {n:?}: {err}");
+    }
+}
+
+/// `multinode status --json --name NAME`, parsed; asserts that it exits 0.
+#[track_caller]
+pub fn status_json(name: &str) -> serde_json::Value {
+    let out = mn(&["status", "--json", "--name", name]);
+    assert_eq!(out.status.code(), Some(0), "status: {}", stderr(&out));
+    serde_json::from_str(stdout(&out).trim())
+        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {}", stdout(&out)))
+}
+
+/// The path of the `hello` example worker (see [`worker_bin`]), for an argument list.
+pub fn hello() -> String {
+    worker_bin("hello").display().to_string()
+}
+
+/// Writes `text` to `path` and gives the file `mode` (the umask does not apply).
+pub fn write_mode(path: &Path, text: &str, mode: u32) {
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Writes a file every user can read (a worker running as nobody reads it, or multinode
+/// re-reads a config after dropping root).
+pub fn write(path: &Path, text: &str) {
+    write_mode(path, text, 0o644);
+}
+
+/// A worker script that leaves two helpers holding the listening socket (fd 3): one in a
+/// session of its own (`setsid`), one double-forked (reparented, still in the worker's
+/// process group). Each prints `setsid PID` or `forked PID` (see [`Multinode::printed_pid`]);
+/// then the shell becomes hello. Written to `helpers.sh` in `s`.
+pub fn helpers_script(s: &Scratch) -> PathBuf {
+    let path = s.path("helpers.sh");
+    let script = format!(
+        "#!/bin/sh\n\
+         setsid sh -c 'echo \"setsid $$\"; exec sleep 1000' &\n\
+         (sh -c 'echo \"forked $$\"; exec sleep 1000' &) &\n\
+         exec {}\n",
+        hello()
+    );
+    write_mode(&path, &script, 0o755);
+    path
+}
+
+/// The pids the helpers of [`helpers_script`] worker `pid` printed: (setsid, forked).
+#[track_caller]
+pub fn helper_pids(m: &Multinode, pid: i32) -> (i32, i32) {
+    (
+        m.printed_pid("setsid", Some(pid)),
+        m.printed_pid("forked", Some(pid)),
+    )
+}
+
+/// uid and gid of nobody and nogroup, the workers' user and group when the tests run as root.
+pub const NOBODY: u32 = 65534;
+
+/// `program <args>` as nobody:nogroup with no supplementary groups, through setpriv(1) (which
+/// needs root; see [`have_setpriv`]): what the workers' user could do.
+pub fn as_nobody<S: AsRef<OsStr>>(program: impl AsRef<OsStr>, args: &[S]) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(program)
+        .args(args);
+    cmd
+}
+
+/// `multinode <args>` as nobody (see [`as_nobody`]).
+pub fn multinode_as_nobody<S: AsRef<OsStr>>(args: &[S]) -> Command {
+    as_nobody(multinode_bin(), args)
+}
+
+/// `multinode <args>` as a user other than root: nobody when we are root, else ourselves.
+pub fn multinode_not_root<S: AsRef<OsStr>>(args: &[S]) -> Command {
+    if is_root() {
+        multinode_as_nobody(args)
+    } else {
+        let mut cmd = Command::new(multinode_bin());
+        cmd.args(args);
+        cmd
+    }
+}
+
+/// Whether setpriv(1) (util-linux) is installed.
+pub fn have_setpriv() -> bool {
+    Command::new("setpriv").arg("--version").output().is_ok()
+}
+
+/// Sends `sig` to `pid`, which may be gone already.
+pub fn kill(pid: i32, sig: i32) {
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// The name of a process (`/proc/PID/comm`); empty once it is gone.
+pub fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim_end().to_string())
+        .unwrap_or_default()
+}
+
+/// SIGKILLs, when dropped, each of `pids` that is still a `comm` (so never a reused pid):
+/// processes a test caused outside the supervisor's reach, should it fail before they are
+/// gone.
+pub struct KillOnDrop {
+    pub pids: Vec<i32>,
+    pub comm: &'static str,
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for &pid in &self.pids {
+            if comm(pid) == self.comm {
+                kill(pid, libc::SIGKILL);
+            }
+        }
+    }
 }
 
 /// Whether a test that needs something this machine may lack (a tool, root, a venv) can run.

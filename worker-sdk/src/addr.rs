@@ -124,6 +124,7 @@ fn unnamed_unix_addr() -> io::Result<unix::SocketAddr> {
 mod tests {
     use super::*;
     use crate::listener::Listener;
+    use crate::test_util::sockaddr_un;
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::{FromRawFd, OwnedFd};
     use std::os::unix::net::{UnixListener, UnixStream};
@@ -176,25 +177,15 @@ mod tests {
 
     /// A Unix stream socket bound to `own` and connected to `to`.
     fn bound_unix_client(own: &std::path::Path, to: &std::path::Path) -> OwnedFd {
-        fn sockaddr(p: &std::path::Path) -> (libc::sockaddr_un, libc::socklen_t) {
-            // SAFETY: all-zero is a valid sockaddr_un.
-            let mut sun: libc::sockaddr_un = unsafe { mem::zeroed() };
-            sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
-            for (d, s) in sun.sun_path.iter_mut().zip(p.as_os_str().as_bytes()) {
-                *d = *s as libc::c_char;
-            }
-            let len = mem::offset_of!(libc::sockaddr_un, sun_path) + p.as_os_str().len() + 1;
-            (sun, len as libc::socklen_t)
-        }
         // SAFETY: plain socket/bind/connect calls on a fd owned here, with
         // addresses built above; results are checked.
         unsafe {
             let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
             assert!(fd >= 0);
             let owned = OwnedFd::from_raw_fd(fd);
-            let (a, len) = sockaddr(own);
+            let (a, len) = sockaddr_un(own);
             assert_eq!(libc::bind(fd, (&raw const a).cast(), len), 0);
-            let (b, len) = sockaddr(to);
+            let (b, len) = sockaddr_un(to);
             assert_eq!(libc::connect(fd, (&raw const b).cast(), len), 0);
             owned
         }

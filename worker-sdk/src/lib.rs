@@ -146,6 +146,8 @@ mod listener;
 pub mod route;
 pub mod sd_notify;
 mod stop;
+#[cfg(test)]
+mod test_util;
 pub mod wire;
 
 pub use activation::{Listeners, UNKNOWN_NAME, listeners};

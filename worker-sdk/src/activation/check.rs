@@ -223,8 +223,9 @@ pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::activation::tests::{TempDir, routed};
+    use crate::activation::tests::routed;
     use crate::listener::Listener;
+    use crate::test_util::{self, TempDir, seqpacket_pair, sockaddr_un};
     use std::fs::File;
     use std::net::{TcpListener, TcpStream, UdpSocket};
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -321,30 +322,12 @@ mod tests {
     }
 
     fn seqpacket() -> OwnedFd {
-        // SAFETY: plain socket(2) call; the result is checked and owned below.
-        let raw =
-            unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
-        assert!(raw >= 0);
-        // SAFETY: `raw` is a new fd owned only here.
-        high(unsafe { OwnedFd::from_raw_fd(raw) })
+        high(test_util::seqpacket())
     }
 
     #[test]
     fn connected_seqpacket_is_a_route_channel() {
-        let mut fds = [-1; 2];
-        // SAFETY: socketpair writes two new fds into the array.
-        let r = unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-                0,
-                fds.as_mut_ptr(),
-            )
-        };
-        assert_eq!(r, 0);
-        // SAFETY: both fds were just created and are owned here only.
-        let (ours, theirs) =
-            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (ours, theirs) = seqpacket_pair();
         let theirs = high(theirs);
         assert_eq!(check_fd(theirs.as_raw_fd()), Ok(SocketKind::Route));
         // Still one after the supervisor's end is gone (it then reads EOF).
@@ -374,18 +357,6 @@ mod tests {
             "{}",
             problem(&l)
         );
-    }
-
-    fn sockaddr_un(p: &std::path::Path) -> (libc::sockaddr_un, libc::socklen_t) {
-        use std::os::unix::ffi::OsStrExt;
-        // SAFETY: all-zero is a valid sockaddr_un.
-        let mut sun: libc::sockaddr_un = unsafe { mem::zeroed() };
-        sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        for (d, s) in sun.sun_path.iter_mut().zip(p.as_os_str().as_bytes()) {
-            *d = *s as libc::c_char;
-        }
-        let len = mem::offset_of!(libc::sockaddr_un, sun_path) + p.as_os_str().len() + 1;
-        (sun, len as libc::socklen_t)
     }
 
     fn cloexec(fd: RawFd) -> bool {

@@ -336,6 +336,7 @@ impl IntoIterator for Listeners {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::{TempDir, seqpacket_pair};
 
     fn listeners_of(items: Vec<(&str, Listener)>) -> Listeners {
         Listeners {
@@ -391,20 +392,7 @@ mod tests {
 
     /// A route channel (the worker's end) and the supervisor's end.
     pub(super) fn routed() -> (Listener, OwnedFd) {
-        let mut fds = [-1; 2];
-        // SAFETY: socketpair writes two new fds into the array.
-        let r = unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-                0,
-                fds.as_mut_ptr(),
-            )
-        };
-        assert_eq!(r, 0);
-        // SAFETY: both fds were just created and are owned here only.
-        let (ours, theirs) =
-            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (ours, theirs) = seqpacket_pair();
         (Listener::Routed(RouteChannel::new(theirs).unwrap()), ours)
     }
 
@@ -445,27 +433,5 @@ mod tests {
             ls.listener_or_bind("http", "127.0.0.1:0"),
             Ok(Listener::Tcp(_))
         ));
-    }
-
-    /// A directory removed on drop, for Unix socket paths.
-    pub(super) struct TempDir(pub(super) std::path::PathBuf);
-
-    impl TempDir {
-        pub(super) fn new(tag: &str) -> TempDir {
-            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-            let n = N.fetch_add(1, Ordering::Relaxed);
-            let dir = std::env::temp_dir().join(format!(
-                "multinode-worker-test-{}-{tag}-{n}",
-                std::process::id()
-            ));
-            std::fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
     }
 }

@@ -447,6 +447,7 @@ pub(crate) fn new_wake() -> io::Result<OwnedFd> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::test_util;
     use crate::wire;
     use std::io::{Read, Write};
     use std::mem;
@@ -457,19 +458,7 @@ pub(crate) mod tests {
     /// A connected SOCK_SEQPACKET pair: (the supervisor's end, the worker's
     /// channel).
     pub(crate) fn pair() -> (OwnedFd, RouteChannel) {
-        let mut fds = [-1; 2];
-        // SAFETY: socketpair writes two new fds into the array.
-        let r = unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-                0,
-                fds.as_mut_ptr(),
-            )
-        };
-        assert_eq!(r, 0, "{}", io::Error::last_os_error());
-        // SAFETY: both fds were just created and are owned here only.
-        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (a, b) = test_util::seqpacket_pair();
         (a, RouteChannel::new(b).unwrap())
     }
 
@@ -768,12 +757,7 @@ pub(crate) mod tests {
         let (a, _b) = UnixStream::pair().unwrap();
         let e = RouteChannel::new(a.into()).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
-        // SAFETY: plain socket(2) call; the result is checked and owned.
-        let raw =
-            unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
-        assert!(raw >= 0);
-        // SAFETY: `raw` is a new fd owned only here.
-        let unconnected = unsafe { OwnedFd::from_raw_fd(raw) };
+        let unconnected = test_util::seqpacket();
         let e = RouteChannel::new(unconnected).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
     }
