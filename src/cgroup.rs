@@ -184,6 +184,29 @@ impl Service {
         }
     }
 
+    /// `--max-memory` with the memory controller: a hard ceiling (`memory.max`) at twice the
+    /// recycling limit, so that a worker growing faster than the once-a-second sample can
+    /// catch is stopped by the kernel before it takes the host down. Without the controller
+    /// the file does not exist and this does nothing.
+    pub fn limit_memory(leaf: &Leaf, recycle_at: u64) {
+        let max = leaf.path.join("memory.max");
+        if max.exists() {
+            let _ = write(&max, recycle_at.saturating_mul(2).to_string().as_bytes());
+        }
+    }
+
+    /// The worker whose group process `pid` is in (its `/proc/PID/cgroup`), if any: how a
+    /// notify datagram from a helper that left its worker's process tree is credited.
+    pub fn worker_of(&self, pid: Pid) -> Option<Pid> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+        let rel = Path::new(rel.trim_start_matches('/'));
+        self.leaves
+            .iter()
+            .find(|(_, l)| !rel.as_os_str().is_empty() && l.path.ends_with(rel))
+            .map(|(p, _)| *p)
+    }
+
     /// The worker `pid` runs in `leaf`.
     pub fn adopt(&mut self, pid: Pid, leaf: Leaf) {
         self.leaves.push((pid, leaf));

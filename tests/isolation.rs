@@ -260,3 +260,28 @@ fn a_worker_cannot_open_the_supervisors_fds_or_memory() {
         );
     }
 }
+
+/// Not an attack: a helper that left its worker's process tree (double-forked, reparented to
+/// multinode) still speaks for its own worker, which its cgroup tells.
+#[test]
+fn a_detached_helper_reports_for_its_worker_through_its_cgroup() {
+    if !require(is_root(), "needs root for a cgroup per worker") {
+        return;
+    }
+    let m = Multinode::serve(&[
+        "-w",
+        "1",
+        "--ready",
+        "notify",
+        "--cgroup",
+        "required",
+        "-l",
+        "127.0.0.1:0",
+        "--",
+        worker_bin("mn-attack").to_str().unwrap(),
+        "orphan-ready",
+    ]);
+    let pid = m.wait_started(1)[0];
+    let ready = m.wait_event("ready", |_| true);
+    assert_eq!(ready.pid, Some(pid), "{}", m.output());
+}

@@ -157,7 +157,12 @@ impl Shell {
         // With cgroups, a group of its own that the child joins before exec.
         let leaf = match &mut self.p.cgroups {
             Some(cg) => match cg.leaf(slot) {
-                Ok(l) => Some(l),
+                Ok(l) => {
+                    if let Some(bytes) = self.cfg.runtime.max_memory {
+                        crate::cgroup::Service::limit_memory(&l.0, bytes);
+                    }
+                    Some(l)
+                }
                 Err(e) => {
                     let path = cg.path.display();
                     let reason = crate::config::io_reason(&e);

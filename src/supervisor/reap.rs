@@ -167,11 +167,14 @@ impl Shell {
     }
 
     /// sd_notify datagrams: credited to the worker that sent them or that started their
-    /// sender (kernel-checked credentials, then the parent chain); anything else is ignored.
+    /// sender (kernel-checked credentials, then the parent chain, then — for a helper that
+    /// left the tree — the worker's cgroup); anything else is ignored.
     pub(super) fn on_notify(&mut self) {
         for msg in self.p.notify.recv_all() {
             let sender = Pid::from_raw(msg.pid);
-            let worker = ancestors(sender).find(|p| self.procs.iter().any(|w| w.pid == *p));
+            let worker = ancestors(sender)
+                .find(|p| self.procs.iter().any(|w| w.pid == *p))
+                .or_else(|| self.p.cgroups.as_ref()?.worker_of(sender));
             if let Some(pid) = worker {
                 self.dispatch(Event::Notify {
                     pid,

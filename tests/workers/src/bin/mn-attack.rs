@@ -10,6 +10,10 @@
 //!   `mn-attack spoof: setpgid: RESULT`. Other slots do nothing. No slot ever notifies for
 //!   itself.
 //!
+//! - `mn-attack orphan-ready`: not an attack: the worker never notifies itself; a helper it
+//!   double-forks (so that its parent is no longer in the worker's process tree) sends
+//!   `READY=1\nSTATUS=from an orphan`.
+//!
 //! Then it sleeps until killed.
 
 use std::os::fd::AsRawFd;
@@ -21,6 +25,7 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("tty") => tty(args.get(1).map_or("id\n", String::as_str)),
         Some("spoof") => spoof(args.get(1).expect("usage: mn-attack spoof FILE")),
+        Some("orphan-ready") => orphan_ready(),
         _ => panic!("usage: mn-attack tty PAYLOAD | mn-attack spoof FILE"),
     }
     loop {
@@ -96,5 +101,36 @@ fn spoof(file: &str) {
         }
         -1 => panic!("fork: {}", std::io::Error::last_os_error()),
         _ => {}
+    }
+}
+
+fn orphan_ready() {
+    let notify = std::env::var("NOTIFY_SOCKET").unwrap_or_default();
+    // SAFETY: the children only make system calls and sleep before _exit; this program is
+    // single-threaded here.
+    unsafe {
+        match libc::fork() {
+            0 => {
+                let middle = libc::getpid();
+                if libc::fork() == 0 {
+                    // Wait until the middle process is gone and this one was reparented.
+                    while libc::getppid() == middle {
+                        libc::usleep(10_000);
+                    }
+                    if let Ok(sock) = UnixDatagram::unbound() {
+                        let _ = sock.send_to(b"READY=1\nSTATUS=from an orphan", &notify);
+                    }
+                    loop {
+                        libc::pause();
+                    }
+                }
+                libc::_exit(0);
+            }
+            -1 => panic!("fork: {}", std::io::Error::last_os_error()),
+            child => {
+                let mut st = 0;
+                libc::waitpid(child, &mut st, 0);
+            }
+        }
     }
 }
