@@ -21,7 +21,13 @@ use crate::proxy::{Cidr, parse_cidr};
 /// LISTEN_FDNAMES), so the kernel spreads connections over all of them. Crashed workers are
 /// restarted with backoff; SIGTERM stops them gracefully.
 #[derive(Debug, Parser)]
-#[command(name = "multinode", version, propagate_version = true, after_help = exit_codes_help())]
+#[command(
+    name = "multinode",
+    version,
+    propagate_version = true,
+    arg_required_else_help = true,
+    after_help = exit_codes_help()
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -62,7 +68,8 @@ pub enum Command {
     Scale {
         #[command(flatten)]
         target: Target,
-        /// The number of workers wanted
+        /// The number of workers wanted (1 to 4096)
+        #[arg(value_parser = clap::value_parser!(u32).range(1..=4096))]
         workers: u32,
     },
 

@@ -132,6 +132,8 @@ pub fn exit_codes_help() -> String {
 pub struct Error {
     pub exit: Exit,
     pub msg: String,
+    /// Lines printed after the error's own: what to do (`tip: …`).
+    pub hints: Vec<String>,
 }
 
 impl Error {
@@ -139,7 +141,13 @@ impl Error {
         Error {
             exit,
             msg: msg.into(),
+            hints: Vec::new(),
         }
+    }
+    /// Adds a line of advice under the error.
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hints.push(hint.into());
+        self
     }
     pub fn usage(msg: impl Into<String>) -> Self {
         Self::new(Exit::Usage, msg)

@@ -228,6 +228,24 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
     let spawner = spawner(&cfg, &overrides)?;
 
     let mut out = Output::start(cfg.log_format, cfg.color);
+    out.event(
+        Event::info(
+            "start",
+            format!(
+                "multinode {} (pid {}): {} worker(s) of {} as {}",
+                env!("CARGO_PKG_VERSION"),
+                std::process::id(),
+                cfg.runtime.workers,
+                cfg.program.path.display(),
+                cfg.name
+            ),
+        )
+        .with("version", env!("CARGO_PKG_VERSION"))
+        .with("pid", std::process::id())
+        .with("name", cfg.name.as_str())
+        .with("workers", cfg.runtime.workers)
+        .with("program", cfg.program.path.display().to_string()),
+    );
     for (i, s) in sockets.iter().enumerate() {
         let origin = if from_systemd { ", from systemd" } else { "" };
         out.event(
@@ -267,6 +285,9 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
         .with("pid", guard.pid().as_raw())
         .with("uid", guard_uid.as_raw()),
     );
+    if let Some(w) = &watch {
+        out.event(Event::info("watching", w.description.as_str()));
+    }
     out.event(match &cgroups {
         Ok(cg) => Event::info(
             "cgroup",
@@ -321,6 +342,7 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
         mut control,
         guard,
         cgroups,
+        stop_clients,
         ..
     } = parts;
     let finish = guard.map_or(Finish::Gone, |g| g.finish(GUARD_WAIT));
@@ -369,5 +391,16 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
             .with("status", exit as i32),
     );
     out.finish();
+    // Last: `multinode stop` callers learn how multinode ended, then see end of file.
+    let line = crate::control::protocol::Reply::Exited {
+        status: exit.code(),
+    };
+    for mut c in stop_clients {
+        let _ = c.set_write_timeout(Some(Duration::from_secs(1)));
+        if let Ok(mut text) = serde_json::to_vec(&line) {
+            text.push(b'\n');
+            let _ = std::io::Write::write_all(&mut c, &text);
+        }
+    }
     Ok(exit)
 }

@@ -12,6 +12,11 @@
 //!
 //! A watched file is watched through its parent directory: a watch on the file itself dies at
 //! the first atomic rename-save, and cargo replaces a binary by unlink + link.
+//!
+//! What is ignored: the built-in globs (`**/.git/**`, `**/target/**`) apply only *below* a
+//! watched directory, matched against the path relative to it — never to a path the user
+//! named (`--watch target/release/app`, `--watch target`). `--watch-ignore` globs are the
+//! user's own and match the whole path.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -22,13 +27,16 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 
 use crate::error::{Error, Result};
 
-/// Always ignored; `--watch-ignore` adds more.
+/// Ignored below every watched directory (not in a path given to `--watch`); `--watch-ignore`
+/// adds more.
 pub const DEFAULT_IGNORES: &[&str] = &["**/.git/**", "**/target/**"];
 
 pub struct Watch {
     _watcher: RecommendedWatcher,
     wake_r: OwnedFd,
     changes: Receiver<PathBuf>,
+    /// What is watched and what ignored, for the line at start.
+    pub description: String,
 }
 
 /// What one `--watch PATH` covers.
@@ -77,8 +85,8 @@ fn roots(paths: &[PathBuf]) -> Result<Vec<Root>> {
 impl Watch {
     pub fn start(paths: &[PathBuf], ignores: &[String]) -> Result<Watch> {
         let roots = roots(paths)?;
-        let mut patterns: Vec<String> = DEFAULT_IGNORES.iter().map(|s| s.to_string()).collect();
-        patterns.extend(ignores.iter().cloned());
+        let patterns: Vec<String> = ignores.to_vec();
+        let description = describe(&roots, ignores);
 
         let (wake_r, wake_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
             .map_err(|e| Error::sys("creating the watch pipe", e))?;
@@ -117,6 +125,7 @@ impl Watch {
             _watcher: watcher,
             wake_r,
             changes,
+            description,
         })
     }
 
@@ -134,18 +143,46 @@ impl AsFd for Watch {
     }
 }
 
+/// `watching /src (and below), /app/target/release/hello; ignoring **/.git/**, **/target/**
+/// below watched directories, and *.swp`.
+fn describe(roots: &[Root], ignores: &[String]) -> String {
+    let watched: Vec<String> = roots
+        .iter()
+        .map(|r| match &r.file {
+            Some(f) => r.dir.join(f).display().to_string(),
+            None => format!("{} (and below)", r.dir.display()),
+        })
+        .collect();
+    let mut text = format!(
+        "watching {}; ignoring {} below watched directories",
+        watched.join(", "),
+        DEFAULT_IGNORES.join(", ")
+    );
+    if !ignores.is_empty() {
+        text.push_str(&format!(", and {}", ignores.join(", ")));
+    }
+    text
+}
+
+/// Whether a change of `path` counts: it is a watched file, or below a watched directory and
+/// not ignored there.
 fn relevant(
     path: &Path,
     roots: &[(PathBuf, Option<std::ffi::OsString>)],
     ignores: &[String],
 ) -> bool {
-    let under_root = roots.iter().any(|(dir, file)| match file {
+    let counts = roots.iter().any(|(dir, file)| match file {
+        // A file the user named: nothing built-in hides it.
         Some(name) => {
             path.parent() == Some(dir.as_path()) && path.file_name() == Some(name.as_os_str())
         }
-        None => path.starts_with(dir),
+        // Below a directory the user named: the built-in ignores apply to what is below it.
+        None => path.strip_prefix(dir).is_ok_and(|below| {
+            let below = below.to_string_lossy();
+            below.is_empty() || !DEFAULT_IGNORES.iter().any(|g| glob_match(g, &below))
+        }),
     });
-    if !under_root {
+    if !counts {
         return false;
     }
     let text = path.to_string_lossy();
@@ -186,7 +223,33 @@ fn matches(p: &[u8], t: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::glob_match;
+    use super::{glob_match, relevant};
+    use std::path::PathBuf;
+
+    #[test]
+    fn built_in_ignores_never_hide_what_the_user_named() {
+        let file = |d: &str, f: &str| (PathBuf::from(d), Some(f.into()));
+        let dir = |d: &str| (PathBuf::from(d), None);
+        // --watch target/release/hello
+        let roots = [file("/app/target/release", "hello")];
+        assert!(relevant("/app/target/release/hello".as_ref(), &roots, &[]));
+        assert!(!relevant("/app/target/release/other".as_ref(), &roots, &[]));
+        // --watch /app/target
+        let roots = [dir("/app/target")];
+        assert!(relevant("/app/target/release/hello".as_ref(), &roots, &[]));
+        // --watch /app: its target/ and .git/ are ignored, the rest counts
+        let roots = [dir("/app")];
+        assert!(!relevant("/app/target/release/hello".as_ref(), &roots, &[]));
+        assert!(!relevant("/app/.git/index".as_ref(), &roots, &[]));
+        assert!(relevant("/app/src/main.rs".as_ref(), &roots, &[]));
+        // The user's own ignores apply everywhere.
+        let roots = [file("/app/target/release", "hello")];
+        assert!(!relevant(
+            "/app/target/release/hello".as_ref(),
+            &roots,
+            &["**/release/**".into()]
+        ));
+    }
 
     #[test]
     fn globs() {

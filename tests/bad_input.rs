@@ -18,6 +18,25 @@ fn serve_fails_not_root(args: &[&str]) -> Output {
     run(multinode_not_root(&[&["serve"], args].concat()))
 }
 
+/// An error line with everything in `needles` somewhere, then only `tip:` lines.
+#[track_caller]
+fn assert_error_with_tip(out: &Output, code: i32, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "{err}");
+    let mut lines = err.lines();
+    assert!(
+        lines
+            .next()
+            .is_some_and(|l| l.starts_with("multinode: error: ")),
+        "{err}"
+    );
+    assert!(lines.all(|l| l.starts_with("  tip: ")), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "missing {n:?} in: {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 /// [`assert_error`], and no panic.
 #[track_caller]
 fn assert_error_no_panic(out: &Output, code: i32, needles: &[&str]) {
@@ -201,4 +220,79 @@ fn missing_watch_path() {
         "100",
     ]);
     assert_error_no_panic(&out, 2, &["--watch /nonexistent/watched", "no such file"]);
+}
+
+#[test]
+fn multinode_alone_shows_what_it_can_do() {
+    let out = mn(&[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("Usage: multinode <COMMAND>"), "{err}");
+    assert!(err.contains("serve"), "{err}");
+    assert!(
+        !err.starts_with("multinode: error"),
+        "not an error message: {err}"
+    );
+}
+
+#[test]
+fn a_command_without_dashes_gets_a_hint() {
+    let out = mn(&["serve", "-w", "2", "./app"]);
+    assert_error_with_tip(
+        &out,
+        2,
+        &["'./app'", "put the worker command after --", "-- ./app"],
+    );
+}
+
+#[test]
+fn errors_point_to_the_subcommands_help_and_suggest_the_nearest_option() {
+    let out = mn(&["status", "--bogus"]);
+    assert_error_no_panic(&out, 2, &["--bogus", "see multinode status --help"]);
+    let out = mn(&["serve", "--wokers", "3", "--", "/bin/true"]);
+    assert_error_with_tip(
+        &out,
+        2,
+        &["--wokers", "'--workers'", "multinode serve --help"],
+    );
+}
+
+#[test]
+fn completions_for_an_unknown_shell_name_the_known_ones() {
+    let out = mn(&["completions", "tcsh"]);
+    assert_error_with_tip(&out, 2, &["tcsh", "bash, zsh, fish, elvish, powershell"]);
+    assert!(!stderr(&out).contains("similar"), "{}", stderr(&out));
+}
+
+#[test]
+fn scale_zero_is_a_usage_error() {
+    let out = mn(&["scale", "0", "--name", "nobody-runs-this"]);
+    assert_error_no_panic(&out, 2, &["0", "1..=4096"]);
+}
+
+/// On a terminal, `error:` is red (and `NO_COLOR` turns it off).
+#[test]
+fn errors_are_coloured_on_a_terminal() {
+    for (no_color, want) in [(false, true), (true, false)] {
+        let (master, slave) = openpty();
+        let mut cmd = std::process::Command::new(multinode_bin());
+        cmd.args(["serve", "--listen", "nonsense", "--", "/bin/true"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::from(slave));
+        if no_color {
+            cmd.env("NO_COLOR", "1");
+        } else {
+            cmd.env_remove("NO_COLOR");
+        }
+        let status = cmd.status().unwrap();
+        assert_eq!(status.code(), Some(2));
+        let text = read_available(&master);
+        assert!(text.contains("error:"), "{text:?}");
+        assert_eq!(
+            text.contains("\u{1b}["),
+            want,
+            "NO_COLOR={no_color}: {text:?}"
+        );
+    }
 }

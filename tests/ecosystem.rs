@@ -457,6 +457,11 @@ fn failed_reload_is_reported_and_the_old_workers_keep_serving() {
         1,
         &["reload failed", "before it was ready", "keep serving"],
     );
+    assert!(
+        !stderr(&out).contains("failed: reload to generation"),
+        "said twice: {}",
+        stderr(&out)
+    );
     let v = status_json(&name);
     assert_eq!(v["generation"], 1, "{v}");
     assert_eq!(v["ready"], true, "{v}");
@@ -1030,4 +1035,35 @@ fn a_silent_control_client_holds_up_nothing() {
         matches!(closed, Ok(0)),
         "the supervisor should close it without an answer: {closed:?} {rest:?}"
     );
+}
+
+/// `multinode stop` reports how multinode ended: here a worker that ignores SIGTERM has to
+/// be killed after `--grace`, so multinode exits 1, and so does `stop`, saying why.
+#[test]
+fn stop_reports_an_unclean_exit() {
+    let name = unique_name();
+    let mut m = Multinode::serve(&[
+        "--name",
+        &name,
+        "-w",
+        "1",
+        "--grace",
+        "1s",
+        "--ready",
+        "delay:100ms",
+        "-l",
+        "127.0.0.1:0",
+        "--",
+        "/bin/sh",
+        "-c",
+        "trap '' TERM; while :; do sleep 1; done",
+    ]);
+    m.wait_ready(1);
+    let out = mn(&["stop", "--name", &name]);
+    assert_error(
+        &out,
+        1,
+        &["stopped, but multinode exited with status 1", "killed"],
+    );
+    assert_eq!(m.wait_exit().code(), Some(1));
 }

@@ -183,9 +183,31 @@ pub fn stop(t: &Target) -> Result<Exit> {
         }
         other => return Err(unexpected(&other)),
     }
-    // The supervisor closes the connection when it exits.
+    // The supervisor says how it ended, then closes the connection as it exits.
     let mut rest = Vec::new();
     let _ = s.read_to_end(&mut rest);
-    println!("stopped");
-    Ok(Exit::Ok)
+    let last = String::from_utf8_lossy(&rest);
+    match last
+        .lines()
+        .find_map(|l| serde_json::from_str::<Reply>(l).ok())
+    {
+        Some(Reply::Exited { status: 0 }) => {
+            println!("stopped");
+            Ok(Exit::Ok)
+        }
+        Some(Reply::Exited { status }) => {
+            let meaning = Exit::ALL
+                .iter()
+                .find(|e| e.code() == status)
+                .map_or("", |e| e.meaning());
+            Err(Error::new(
+                Exit::Unclean,
+                format!("stopped, but multinode exited with status {status}: {meaning}"),
+            ))
+        }
+        _ => Err(Error::new(
+            Exit::Unclean,
+            "multinode ended without saying how (was it killed?)",
+        )),
+    }
 }

@@ -35,6 +35,10 @@ pub enum Reply {
     },
     /// The stop has begun; the connection closes when the supervisor has exited.
     Stopping,
+    /// The supervisor's last word to a `stop` caller: its exit status.
+    Exited {
+        status: u8,
+    },
     Failed {
         error: String,
     },

@@ -1063,3 +1063,52 @@ pub fn skip(why: &str) {
     let line = format!("SKIPPED {test}: {why}\n");
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
+
+/// A pseudo-terminal: (master, slave).
+pub fn openpty() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two fds into the integers we pass; no name, termios or winsize.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: openpty just returned these fds and nothing else owns them.
+    unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(master),
+            std::os::fd::OwnedFd::from_raw_fd(slave),
+        )
+    }
+}
+
+/// What a pty's master holds to read now (non-blocking), as text.
+pub fn read_available(master: &std::os::fd::OwnedFd) -> String {
+    use std::os::fd::AsRawFd;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: master.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, 200) } <= 0 {
+            break;
+        }
+        // SAFETY: reads into our buffer.
+        let n = unsafe { libc::read(master.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n as usize]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

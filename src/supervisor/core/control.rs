@@ -45,10 +45,6 @@ impl Core {
                 self.request_reload("multinode reload".into());
             }
             Request::Scale { workers: n } if (1..=MAX_WORKERS).contains(&n) => {
-                self.log(
-                    Log::info("scale-request", format!("multinode scale: {n} worker(s)"))
-                        .with("workers", n),
-                );
                 self.scale_to(n, "multinode scale", now);
                 let deadline = later(now, self.rt.ready_timeout);
                 self.waiters.scale.push((client, n, deadline));
@@ -73,6 +69,17 @@ impl Core {
         if !self.waiters.scale.is_empty() {
             self.check_scale_waiters(now);
         }
+        // "all 4 workers ready", each time the service becomes whole again.
+        let all = self.phase == Phase::Running && self.all_ready();
+        if all && !self.said_all_ready {
+            let n = self.rt.workers;
+            self.log(
+                Log::info("all-ready", format!("all {n} worker(s) ready"))
+                    .with("workers", n)
+                    .with("generation", self.generation),
+            );
+        }
+        self.said_all_ready = all;
         if !self.fixed.systemd {
             return;
         }

@@ -331,9 +331,14 @@ impl Core {
             Log::info(
                 "stopping",
                 format!(
-                    "{why}: stopping {n} worker(s) with {} (grace {})",
+                    "{why}: stopping {n} worker(s) with {} (grace {}){}",
                     self.rt.stop_signal.as_str(),
-                    human(self.rt.grace)
+                    human(self.rt.grace),
+                    if why.starts_with("SIG") {
+                        "; send it again to kill them at once"
+                    } else {
+                        ""
+                    }
                 ),
             )
             .with("why", why)
@@ -401,10 +406,47 @@ impl Core {
         }
     }
 
-    /// One more slot, started at once (reuseport: once its sockets are bound).
+    /// SIGTTIN: one more slot.
     pub(super) fn scale_up(&mut self, why: &str, now: Instant) {
+        if self.add_slot(why, now) {
+            self.said_scale(why, "up");
+        }
+    }
+
+    /// SIGTTOU: one slot fewer.
+    pub(super) fn scale_down(&mut self, why: &str, now: Instant) {
+        if self.remove_slot(why, now) {
+            self.said_scale(why, "down");
+        }
+    }
+
+    /// Scales to `n` slots (a control request or a re-read config), in one line.
+    pub(super) fn scale_to(&mut self, n: u32, why: &str, now: Instant) {
+        let from = self.rt.workers;
+        while self.rt.workers > n && self.remove_slot(why, now) {}
+        while self.rt.workers < n && self.add_slot(why, now) {}
+        if self.rt.workers != from {
+            let dir = if self.rt.workers > from { "up" } else { "down" };
+            self.said_scale(why, dir);
+        }
+    }
+
+    fn said_scale(&mut self, why: &str, dir: &str) {
+        self.log(
+            Log::info(
+                "scale",
+                format!("{why}: scaling {dir} to {} worker(s)", self.rt.workers),
+            )
+            .with("why", why)
+            .with("workers", self.rt.workers),
+        );
+    }
+
+    /// One more slot, started at once (reuseport: once its sockets are bound). False if
+    /// there is none to add.
+    fn add_slot(&mut self, why: &str, now: Instant) -> bool {
         if self.phase != Phase::Running {
-            return;
+            return false;
         }
         if self.rt.workers >= MAX_WORKERS {
             self.log(
@@ -414,7 +456,7 @@ impl Core {
                 )
                 .with("why", why),
             );
-            return;
+            return false;
         }
         let slot = self.rt.workers;
         let open = self.fixed.mode != Mode::ReusePort;
@@ -424,17 +466,10 @@ impl Core {
             ..Slot::default()
         });
         self.rt.workers += 1;
-        self.log(
-            Log::info(
-                "scale",
-                format!("{why}: scaling up to {} worker(s)", self.rt.workers),
-            )
-            .with("why", why)
-            .with("workers", self.rt.workers),
-        );
         if !open {
             self.out.push(Action::OpenSlot { slot });
         }
+        true
     }
 
     /// A new slot's sockets are bound (or could not be).
@@ -453,10 +488,11 @@ impl Core {
         }
     }
 
-    /// The highest slot goes; its worker drains within `--grace`.
-    pub(super) fn scale_down(&mut self, why: &str, now: Instant) {
+    /// The highest slot goes; its worker drains within `--grace`. False if there is none to
+    /// remove.
+    fn remove_slot(&mut self, why: &str, now: Instant) -> bool {
         if self.phase != Phase::Running {
-            return;
+            return false;
         }
         if self.rt.workers <= 1 {
             self.log(
@@ -466,7 +502,7 @@ impl Core {
                 )
                 .with("why", why),
             );
-            return;
+            return false;
         }
         self.rt.workers -= 1;
         self.slots.pop();
@@ -476,14 +512,6 @@ impl Core {
         if self.fixed.mode == Mode::ReusePort {
             self.out.push(Action::CloseSlot { slot });
         }
-        self.log(
-            Log::info(
-                "scale",
-                format!("{why}: scaling down to {} worker(s)", self.rt.workers),
-            )
-            .with("why", why)
-            .with("workers", self.rt.workers),
-        );
         let deadline = later(now, self.rt.grace);
         for i in 0..self.workers.len() {
             if self.workers[i].slot == slot {
@@ -492,19 +520,6 @@ impl Core {
                 self.signal(pid, sig);
             }
         }
-    }
-
-    /// Scales to `n` slots (a control request or a re-read config).
-    pub(super) fn scale_to(&mut self, n: u32, why: &str, now: Instant) {
-        while self.rt.workers > n && self.rt.workers > 1 {
-            self.scale_down(why, now);
-        }
-        while self.rt.workers < n && self.phase == Phase::Running {
-            let before = self.rt.workers;
-            self.scale_up(why, now);
-            if self.rt.workers == before {
-                break;
-            }
-        }
+        true
     }
 }

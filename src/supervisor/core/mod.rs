@@ -114,6 +114,8 @@ pub struct Core {
     /// Whether any worker ever started: a program that cannot start at all is a start-up
     /// error, not something to retry forever.
     any_started: bool,
+    /// Whether "all N workers ready" was said since the service was last not whole.
+    said_all_ready: bool,
     /// Why the service was asked to stop (for the drain that follows `--stop-delay`).
     stop_why: String,
     /// When multinode pings systemd's watchdog next (`WATCHDOG_USEC`).
@@ -152,6 +154,7 @@ impl Core {
             sd_status: String::new(),
             sd_ready: false,
             any_started: false,
+            said_all_ready: false,
             stop_why: String::new(),
             sd_ping_at: None,
             reloads_ok: 0,

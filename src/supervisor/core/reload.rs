@@ -260,7 +260,11 @@ impl Core {
             ev = ev.worker(slot, pid.as_raw());
         }
         self.log(ev);
-        self.reload_finished(Err(msg));
+        // The caller prints "reload failed: ": this says the rest.
+        self.reload_finished(Err(format!(
+            "generation {} rolled back: {reason}; {kept} worker(s) keep serving the previous generation, {} run the new one",
+            r.generation, r.replaced
+        )));
     }
 
     /// Drops a roll because the service stops; its waiters learn why.
