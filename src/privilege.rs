@@ -138,14 +138,43 @@ pub fn check_executable_as(target: &Target, program: &Path) -> Result<()> {
     );
     restore(&groups)?;
     access.map_err(|e| {
-        Error::program(format!(
-            "program {} cannot be executed by user {} ({}); move it where {} can reach it, or choose another --user",
+        let what = format!(
+            "program {} cannot be executed by user {} ({})",
             program.display(),
             target.user,
-            e.desc().to_lowercase(),
-            target.user
-        ))
+            e.desc().to_lowercase()
+        );
+        match version_manager(program) {
+            Some(manager) => Error::program(format!(
+                "{what}: it is a {manager} shim in a home directory; give the system's interpreter instead (e.g. /usr/bin/{}), or install one where {} can reach it",
+                program.file_name().map_or("python3".into(), |n| n.to_string_lossy()),
+                target.user
+            )),
+            None => Error::program(format!(
+                "{what}; move it where {} can reach it, or choose another --user",
+                target.user
+            )),
+        }
     })
+}
+
+/// The version manager whose shim or install `program` is (pyenv, nvm, ...), if any: they live
+/// under a home directory the workers' user usually cannot enter.
+pub fn version_manager(program: &Path) -> Option<&'static str> {
+    let text = program.to_string_lossy();
+    [
+        ("/.pyenv/", "pyenv"),
+        ("/.nvm/", "nvm"),
+        ("/.asdf/", "asdf"),
+        ("/.rbenv/", "rbenv"),
+        ("/.volta/", "Volta"),
+        ("/.nodenv/", "nodenv"),
+        ("/.local/share/fnm/", "fnm"),
+        ("/.local/share/mise/", "mise"),
+    ]
+    .into_iter()
+    .find(|(part, _)| text.contains(part))
+    .map(|(_, name)| name)
 }
 
 /// Drops the whole process to `target` for good and proves it: afterwards regaining uid 0 must

@@ -296,3 +296,25 @@ fn errors_are_coloured_on_a_terminal() {
         );
     }
 }
+
+/// `python3` found in PATH as a pyenv shim under a home only root can enter: the error says
+/// what it is and what to give instead.
+#[test]
+fn a_version_manager_shim_is_named_with_the_fix() {
+    if !require(is_root(), "needs root to check the program as nobody") {
+        return;
+    }
+    let s = Scratch::new("shim");
+    let home = s.path("root-home");
+    let shims = home.join(".pyenv/shims");
+    std::fs::create_dir_all(&shims).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    write_mode(&shims.join("python3"), "#!/bin/sh\nexit 0\n", 0o755);
+    let out = run({
+        let mut c = std::process::Command::new(multinode_bin());
+        c.args(["check", "--", "python3", "app.py"])
+            .env("PATH", &shims);
+        c
+    });
+    assert_error_no_panic(&out, 5, &["pyenv shim", "/usr/bin/python3", "nobody"]);
+}

@@ -1,5 +1,5 @@
-//! The worker side of [multinode]: take over the listening sockets the
-//! supervisor passes, tell it when you are ready, and drain on stop.
+//! The worker side of multinode (a process supervisor for network servers): take over the
+//! listening sockets the supervisor passes, tell it when you are ready, and drain on stop.
 //!
 //! multinode binds the sockets and starts N workers that inherit them by
 //! the systemd socket-activation convention, so a worker written with this
@@ -132,7 +132,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! [multinode]: https://example.invalid/multinode
 
 #![warn(missing_docs)]
 
