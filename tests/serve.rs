@@ -474,3 +474,29 @@ fn readme_documents_the_main_command() {
         "README.md should show the main command `{README_COMMAND}`"
     );
 }
+
+/// A program that binds its own port instead of using fd 3 gets no connection; multinode says
+/// so once it is ready, naming the address and the fix. One that uses fd 3 gets no warning.
+#[test]
+fn a_worker_listening_on_its_own_port_is_named() {
+    let m = Multinode::serve(&[
+        "-w",
+        "1",
+        "-l",
+        "127.0.0.1:0",
+        "--",
+        worker_bin("mn-selfbind").to_str().unwrap(),
+    ]);
+    let said = m.wait_output(|e| e.msg.contains("mn-selfbind listening on"));
+    let addr = said.msg.rsplit(' ').next().unwrap().to_string();
+    let warn = m.wait_event("foreign-socket", |_| true);
+    assert_eq!(warn.str("addr"), Some(addr.as_str()), "{warn}");
+    assert!(warn.msg.contains("fd 3"), "{warn}");
+
+    let h = Multinode::serve_hello("1", &[]);
+    h.wait_ready(1);
+    let addr = h.tcp_addr("listen0");
+    let (code, _) = http_get(addr, "/").unwrap();
+    assert_eq!(code, 200);
+    assert!(h.events("foreign-socket").is_empty(), "{}", h.output());
+}

@@ -94,6 +94,10 @@ impl Shell {
                     .map_err(|e| e.to_string());
                 Some(Event::SlotOpened { slot, result })
             }
+            Action::Inspect { pid } => {
+                self.inspect(pid);
+                None
+            }
             Action::CloseSlot { slot } => {
                 // The sockets close with the slot's last worker, which holds its own copies;
                 // connections still queued on them then are reset by the kernel.

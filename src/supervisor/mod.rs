@@ -11,10 +11,12 @@
 //! - `reap.rs`: how a worker ends (reaping, lingering groups, cgroups, the sweep at exit) and
 //!   whom a notify datagram is from.
 //! - `pipes.rs`: workers' output pipes.
+//! - `inspect.rs`: a look at a worker that became ready (does it listen on its own port?).
 
 mod backoff;
 mod core;
 mod execute;
+mod inspect;
 mod pipes;
 mod reap;
 mod shell;

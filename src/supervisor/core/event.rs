@@ -156,6 +156,11 @@ pub enum Action {
     OpenSlot {
         slot: u32,
     },
+    /// A worker just became ready: look at what it listens on (a program that binds its own
+    /// port instead of using the inherited socket gets no connection; say so).
+    Inspect {
+        pid: Pid,
+    },
     /// `--balance reuseport`: close a removed slot's sockets.
     CloseSlot {
         slot: u32,

@@ -365,6 +365,7 @@ impl Core {
                             .worker(slot, raw)
                             .with("via", "notify"),
                     );
+                    self.out.push(Action::Inspect { pid });
                 }
                 "STATUS" => w.status_text = Some(v),
                 "STOPPING" if v == "1" => self.log(
@@ -447,6 +448,7 @@ impl Core {
                                 .worker(slot, pid.as_raw())
                                 .with("via", "delay"),
                         );
+                        self.out.push(Action::Inspect { pid });
                     } else if deadline <= now {
                         late.push(pid);
                     }

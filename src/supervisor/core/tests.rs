@@ -153,6 +153,7 @@ impl Sim {
                         queue.push_back(Event::SlotOpened { slot, result });
                     }
                     Action::CloseSlot { slot } => self.closed.push(slot),
+                    Action::Inspect { .. } => {}
                 }
             }
         }
