@@ -70,12 +70,36 @@ pub fn repo_file(rel: &str) -> PathBuf {
 }
 
 /// A world-readable directory under /tmp shared by the tests of one test process (its name
-/// carries the pid, so runs never collide). Left in place for inspection after a failure.
+/// carries the pid, so runs never collide). Removed when the test process exits.
 pub fn shared_dir(what: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("multinode-test-{}-{what}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    remove_at_exit(&dir);
     dir
+}
+
+/// Directories removed when the test process exits (libtest ends with `exit`, which runs
+/// `atexit` handlers), also when a test failed.
+static AT_EXIT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn remove_at_exit(dir: &Path) {
+    extern "C" fn clean() {
+        if let Ok(dirs) = AT_EXIT.lock() {
+            for d in dirs.iter() {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        }
+    }
+    static REGISTERED: OnceLock<()> = OnceLock::new();
+    REGISTERED.get_or_init(|| {
+        // SAFETY: registers a plain function with no captured state.
+        unsafe { libc::atexit(clean) };
+    });
+    let mut dirs = AT_EXIT.lock().unwrap_or_else(|e| e.into_inner());
+    if !dirs.iter().any(|d| d == dir) {
+        dirs.push(dir.to_path_buf());
+    }
 }
 
 /// A private scratch directory for one test (Unix sockets, marker files), writable by all so
