@@ -530,9 +530,14 @@ fn stop_delay_keeps_serving_then_drains() {
     let addr = m.tcp_addr("listen0");
     m.wait_ready(2);
     let pids: BTreeSet<i32> = m.slot_pids().into_values().collect();
+    let control = m.control_path().display().to_string();
+    let check = || mn(&["status", "--check", "--control", &control]).status.code();
+    assert_eq!(check(), Some(0), "healthy before the stop");
     m.signal(libc::SIGTERM);
     let delay = m.wait_event("stop-delay", |_| true);
     assert_eq!(delay.u64("delay_ms"), Some(3000), "{delay}");
+    // Unhealthy at once, for the load balancer's probe.
+    assert_eq!(check(), Some(1), "status --check fails during --stop-delay");
     // The lame duck still answers, with the same workers.
     let mut answered = Vec::new();
     for _ in 0..5 {
