@@ -531,7 +531,11 @@ fn stop_delay_keeps_serving_then_drains() {
     m.wait_ready(2);
     let pids: BTreeSet<i32> = m.slot_pids().into_values().collect();
     let control = m.control_path().display().to_string();
-    let check = || mn(&["status", "--check", "--control", &control]).status.code();
+    let check = || {
+        mn(&["status", "--check", "--control", &control])
+            .status
+            .code()
+    };
     assert_eq!(check(), Some(0), "healthy before the stop");
     m.signal(libc::SIGTERM);
     let delay = m.wait_event("stop-delay", |_| true);
