@@ -18,9 +18,15 @@
 //
 // Node's standard library cannot send to a Unix datagram socket, so it does
 // not notify READY=1: multinode counts it ready after its --ready delay.
+//
+// Under `multinode serve --watchdog D` (or systemd's WatchdogSec=) it sends
+// WATCHDOG=1 every D/2 from a timer on its event loop, through
+// systemd-notify(1) (see the end of this file). Without a watchdog it runs
+// as before.
 
 'use strict';
 
+const { execFile } = require('node:child_process');
 const http = require('node:http');
 const net = require('node:net');
 
@@ -28,6 +34,7 @@ const LISTEN_FDS_START = 3;
 const WORKER = process.env.MULTINODE_WORKER_ID ?? '-';
 let reqno = 0;
 let stopping = false;
+let pinger = null; // the watchdog's timer, if any (see the end of this file)
 
 // The fds passed to this process (sd_listen_fds(3)); the variables are
 // removed so child processes do not take them for their own.
@@ -44,6 +51,28 @@ function inheritedFds() {
     process.exit(1);
   }
   return Array.from({ length: Number(count) }, (_, i) => LISTEN_FDS_START + i);
+}
+
+// The watchdog interval in ms that the supervisor asked for, or null:
+// WATCHDOG_USEC microseconds, ours when WATCHDOG_PID is unset or our pid
+// (sd_watchdog_enabled(3)). Both are removed, as the LISTEN_* ones are.
+function watchdogInterval() {
+  const { WATCHDOG_USEC: usec, WATCHDOG_PID: pid } = process.env;
+  delete process.env.WATCHDOG_USEC;
+  delete process.env.WATCHDOG_PID;
+  if (usec === undefined) return null;
+  if (!/^\d+$/.test(usec) || BigInt(usec) === 0n || BigInt(usec) >= 2n ** 64n - 1n) {
+    console.error(`hello.js: WATCHDOG_USEC=${JSON.stringify(usec)} is not a number of microseconds`);
+    process.exit(1);
+  }
+  if (pid !== undefined) {
+    if (!/^\d+$/.test(pid) || Number(pid) === 0) {
+      console.error(`hello.js: WATCHDOG_PID=${JSON.stringify(pid)} is not a process id`);
+      process.exit(1);
+    }
+    if (Number(pid) !== process.pid) return null; // meant for another process
+  }
+  return Number(BigInt(usec)) / 1000;
 }
 
 function handler(req, res) {
@@ -75,6 +104,7 @@ function handler(req, res) {
 // (handy with printf | nc); Node 20 rejects them by default.
 const options = { requireHostHeader: false };
 const fds = inheritedFds();
+const WATCHDOG_MS = watchdogInterval();
 const servers = [];
 if (fds.length > 0) {
   for (const fd of fds) {
@@ -103,6 +133,7 @@ function stop() {
   // grace are closed. The process exits once the event loop is empty.
   if (stopping) return;
   stopping = true;
+  if (pinger !== null) clearInterval(pinger);
   // http.Server#close (Node 19+) also closes idle connections at once; the
   // net.Server one only stops accepting.
   for (const server of servers) net.Server.prototype.close.call(server);
@@ -112,3 +143,32 @@ function stop() {
 }
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);
+
+// The watchdog. Its pings come from a timer on the event loop, the one
+// thread that runs every request handler here: when a handler blocks it (an
+// endless loop, a synchronous wait), no timer fires and the pings stop,
+// which is what the watchdog is there to notice. A timer that fires is the
+// event loop's own proof of life, and it pings only while every server is
+// still listening (accepting). A worker thread or a child process pinging on
+// its own clock would vouch for nothing.
+//
+// Node's stdlib cannot send a datagram to a Unix socket, so each ping is one
+// run of systemd-notify(1), which sends it for us: multinode credits it to
+// this worker (its parent), and systemd-notify waits until the datagram has
+// been read (its default since systemd 246), so the credit can be checked. A
+// ping still running when the next is due is not doubled.
+if (WATCHDOG_MS !== null) {
+  let sending = false;
+  let warned = false;
+  pinger = setInterval(() => {
+    if (sending || !servers.every((s) => s.listening)) return;
+    sending = true;
+    execFile('systemd-notify', ['WATCHDOG=1'], (err) => {
+      sending = false;
+      if (err && !warned) {
+        warned = true;
+        console.error(`hello.js: cannot ping the watchdog with systemd-notify: ${err.message}`);
+      }
+    });
+  }, WATCHDOG_MS / 2);
+}

@@ -13,6 +13,12 @@ HTTP/1.1 with keep-alive; every request gets 200 with the body
 (n counts this process's requests). `/sleep/<ms>` answers after sleeping.
 It sends READY=1 to $NOTIFY_SOCKET once serving, and on SIGTERM/SIGINT stops
 accepting, finishes the requests in flight and exits.
+
+Under `multinode serve --watchdog D` (or systemd's WatchdogSec=), it reads WATCHDOG_USEC and
+WATCHDOG_PID as sd_watchdog_enabled(3) does and sends WATCHDOG=1 every D/2 from each accept
+loop (socketserver's serve_forever, whose select() then times out at least every D/4), so an
+idle worker pings and one whose accept loop is stuck does not. Without a watchdog it runs as
+before.
 """
 
 import os
@@ -64,6 +70,41 @@ def notify(state):
             s.sendto(state.encode(), addr)
         except OSError as e:
             print(f"hello.py: notify: {e}", file=sys.stderr)
+
+
+def watchdog_interval():
+    """The watchdog interval in seconds the supervisor asked for, or None: WATCHDOG_USEC
+    microseconds, ours when WATCHDOG_PID is unset or our pid (sd_watchdog_enabled(3)). Both
+    variables are removed, so programs this one starts do not take the watchdog for theirs."""
+    usec = os.environ.pop("WATCHDOG_USEC", None)
+    pid = os.environ.pop("WATCHDOG_PID", None)
+    if usec is None:
+        return None
+    if not (usec.isascii() and usec.isdigit()) or int(usec) in (0, 2**64 - 1) or int(usec) >= 2**64:
+        sys.exit(f"hello.py: WATCHDOG_USEC={usec!r} is not a number of microseconds")
+    if pid is not None:
+        if not (pid.isascii() and pid.isdigit()) or int(pid) == 0:
+            sys.exit(f"hello.py: WATCHDOG_PID={pid!r} is not a process id")
+        if int(pid) != os.getpid():
+            return None  # meant for another process
+    return int(usec) / 1e6
+
+
+class Watchdog:
+    """WATCHDOG=1 at most every half interval, as sd_watchdog_enabled(3) advises."""
+
+    def __init__(self, interval):
+        self.interval = interval
+        self.last = time.monotonic()
+        self.lock = threading.Lock()
+
+    def ping_if_due(self):
+        now = time.monotonic()
+        with self.lock:
+            if now - self.last < self.interval / 2:
+                return
+            self.last = now
+        notify("WATCHDOG=1")
 
 
 WORKER = os.environ.get("MULTINODE_WORKER_ID", "-")
@@ -149,9 +190,20 @@ class Handler(BaseHTTPRequestHandler):
         pass  # quiet (also: a Unix socket peer has no address to log)
 
 
+class Server(ThreadingHTTPServer):
+    def service_actions(self):
+        # serve_forever calls this on every round of its accept loop: after each select()
+        # that timed out (poll_interval) and after each accepted connection. A ping from here
+        # says that this loop still comes round; a thread of its own would keep pinging while
+        # the loop hung.
+        super().service_actions()
+        if watchdog is not None:
+            watchdog.ping_if_due()
+
+
 def server_for(sock):
     """A ThreadingHTTPServer on an existing listening socket."""
-    server = ThreadingHTTPServer(("", 0), Handler, bind_and_activate=False)
+    server = Server(("", 0), Handler, bind_and_activate=False)
     server.socket.close()
     server.socket = sock
     server.address_family = sock.family
@@ -159,8 +211,19 @@ def server_for(sock):
     return server
 
 
+watchdog = None
+
+
 def main():
+    global watchdog
     socks = inherited_sockets()
+    interval = watchdog_interval()
+    # select() in serve_forever times out this often, so a ping is never late by more than a
+    # quarter of the interval.
+    poll_interval = 0.5
+    if interval is not None:
+        watchdog = Watchdog(interval)
+        poll_interval = min(poll_interval, interval / 4)
     if not socks:
         port = int(sys.argv[1]) if len(sys.argv) > 1 else 8080
         s = socket.create_server(("127.0.0.1", port))
@@ -173,7 +236,10 @@ def main():
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
 
-    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
+    threads = [
+        threading.Thread(target=s.serve_forever, args=(poll_interval,), daemon=True)
+        for s in servers
+    ]
     for t in threads:
         t.start()
     print(f"hello.py: worker {WORKER} pid {PID} serving {len(servers)} socket(s)", flush=True)

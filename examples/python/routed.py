@@ -10,6 +10,10 @@ The channel is fd 3 (LISTEN_FDS=1), a Unix SOCK_SEQPACKET socket. Each datagram 
 with `count` connected sockets attached as SCM_RIGHTS, in record order. Writing
 b"MNRC" 1 0 count(u16 LE) + count x seq(u64 LE) back tells multinode those connections are
 closed (it feeds --route least-conn).
+
+Under `multinode serve --watchdog D` it sends WATCHDOG=1 to NOTIFY_SOCKET every D/2 from its
+receive loop, whose recv times out at least every D/4 (so an idle worker pings, a stuck loop
+does not); WATCHDOG_USEC and WATCHDOG_PID are read as sd_watchdog_enabled(3) reads them.
 """
 import ipaddress
 import os
@@ -18,6 +22,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 
 MAX_BATCH = 253
 HEADER = struct.Struct("<4sBBH")
@@ -28,6 +33,37 @@ worker = os.environ.get("MULTINODE_WORKER_ID", "-")
 reqno = 0
 lock = threading.Lock()
 stopping = threading.Event()
+
+
+def notify(state):
+    """sd_notify(3): one datagram to $NOTIFY_SOCKET, if set."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]  # abstract socket
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        try:
+            s.sendto(state.encode(), addr)
+        except OSError as e:
+            print(f"routed.py: notify: {e}", file=sys.stderr)
+
+
+def watchdog_interval():
+    """The watchdog interval in seconds, or None: WATCHDOG_USEC microseconds, ours when
+    WATCHDOG_PID is unset or our pid (sd_watchdog_enabled(3)). Both variables are removed."""
+    usec = os.environ.pop("WATCHDOG_USEC", None)
+    wpid = os.environ.pop("WATCHDOG_PID", None)
+    if usec is None:
+        return None
+    if not (usec.isascii() and usec.isdigit()) or int(usec) in (0, 2**64 - 1) or int(usec) >= 2**64:
+        sys.exit(f"routed.py: WATCHDOG_USEC={usec!r} is not a number of microseconds")
+    if wpid is not None:
+        if not (wpid.isascii() and wpid.isdigit()) or int(wpid) == 0:
+            sys.exit(f"routed.py: WATCHDOG_PID={wpid!r} is not a process id")
+        if int(wpid) != pid:
+            return None  # meant for another process
+    return int(usec) / 1e6
 
 
 def channel():
@@ -97,9 +133,15 @@ def serve(conn, seq, peer, ch):
 def main():
     ch = channel()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    ch.settimeout(0.2)
+    interval = watchdog_interval()
+    # The receive loop comes round at least this often: it pings the watchdog from there.
+    ch.settimeout(0.2 if interval is None else min(0.2, interval / 4))
+    last_ping = time.monotonic()
     print(f"routed.py: worker {worker} pid {pid} reading the route channel", flush=True)
     while True:
+        if interval is not None and time.monotonic() - last_ping >= interval / 2:
+            last_ping = time.monotonic()
+            notify("WATCHDOG=1")
         if stopping.is_set():
             # Take what is already in the channel, then stop.
             ch.setblocking(False)

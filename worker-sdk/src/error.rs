@@ -1,10 +1,12 @@
-//! The error type of [`listeners()`](crate::listeners).
+//! The error type of [`listeners()`](crate::listeners) and
+//! [`Watchdog::from_env`](crate::Watchdog::from_env).
 
 use std::fmt;
 use std::io;
 use std::os::fd::RawFd;
 
-/// Why the inherited sockets could not be taken over.
+/// Why the inherited sockets could not be taken over, or the watchdog's
+/// variables could not be read.
 ///
 /// Each variant names the environment variable or file descriptor at fault
 /// and what was wrong with it, so printing the error is enough to act on it.
@@ -13,8 +15,8 @@ use std::os::fd::RawFd;
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
-    /// A socket-activation variable has a value that cannot be right,
-    /// e.g. `LISTEN_FDS=abc` or `LISTEN_PID=-1`.
+    /// A socket-activation or watchdog variable has a value that cannot be
+    /// right, e.g. `LISTEN_FDS=abc`, `LISTEN_PID=-1` or `WATCHDOG_USEC=0`.
     BadEnv {
         /// The variable, e.g. `"LISTEN_FDS"`.
         var: &'static str,
@@ -39,7 +41,12 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::BadEnv { var, value, reason } => {
-                write!(f, "socket activation: {var}={value:?} is invalid: {reason}")
+                let what = if var.starts_with("WATCHDOG_") {
+                    "watchdog"
+                } else {
+                    "socket activation"
+                };
+                write!(f, "{what}: {var}={value:?} is invalid: {reason}")
             }
             Error::BadFd { fd, name, problem } => write!(
                 f,

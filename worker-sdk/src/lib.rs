@@ -12,7 +12,8 @@
 //! | `LISTEN_FDS` | n |
 //! | `LISTEN_PID` | the worker's own pid (other processes ignore the fds) |
 //! | `LISTEN_FDNAMES` | the sockets' names, joined with `:` |
-//! | `NOTIFY_SOCKET` | where [`ready`], [`status`], [`stopping`] send sd_notify(3) datagrams |
+//! | `NOTIFY_SOCKET` | where [`ready`], [`status`], [`stopping`] and the [`Watchdog`] send sd_notify(3) datagrams |
+//! | `WATCHDOG_USEC`, `WATCHDOG_PID` | with `--watchdog`: the interval in µs, and the worker's own pid: [`Watchdog::from_env`] |
 //! | `MULTINODE_WORKER_ID` | the worker's slot, 0..N-1, stable across restarts: [`worker_id`] |
 //! | `MULTINODE_WORKERS` | N: [`workers`] |
 //! | `MULTINODE_GENERATION` | bumped on every reload: [`generation`] |
@@ -31,7 +32,11 @@
 //! - [`catch_stop_signals`] and [`Listener::accept_until`]: SIGTERM (what
 //!   multinode sends to drain a worker) stops the accept loop instead of
 //!   killing the process, so requests in flight finish.
-//! - [`notify`], [`ready`], [`status`], [`stopping`], [`watchdog`].
+//! - [`Watchdog`]: the sd_notify watchdog (`multinode serve --watchdog`,
+//!   systemd's `WatchdogSec=`), pinged from the serving loop:
+//!   [`Watchdog::ping_if_due`] and [`Listener::accept_timeout`], which
+//!   returns at least every [`Watchdog::due_in`] even when idle.
+//! - [`notify`], [`ready`], [`status`], [`stopping`], [`watchdog()`].
 //!
 //! Linux only, like multinode. Dependencies: std and libc.
 //!
@@ -147,6 +152,7 @@ pub mod sd_notify;
 mod stop;
 #[cfg(test)]
 mod test_util;
+mod watchdog;
 pub mod wire;
 
 pub use activation::{Listeners, UNKNOWN_NAME, listeners};
@@ -156,6 +162,7 @@ pub use listener::{Accepted, Connection, Listener};
 pub use route::{CloseNotice, RouteChannel, RoutedConnection};
 pub use sd_notify::{notify, ready, status, stopping, watchdog};
 pub use stop::{Stop, catch_stop_signals};
+pub use watchdog::Watchdog;
 
 /// `MULTINODE_WORKER_ID`: this worker's slot, 0..N-1. Stable across
 /// restarts and reloads, so it suits per-slot resources (a log file, a

@@ -6,11 +6,11 @@ use std::mem;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::addr::{PeerAddr, inet_addr, sock_name, unix_addr};
 use crate::route::{RouteChannel, RoutedConnection};
-use crate::stop::{self, Stop};
+use crate::stop::{self, Alarm, Stop, Waited};
 
 /// A listening socket, TCP (IPv4 or IPv6) or Unix stream, or a route
 /// channel: where the supervisor passes the connections it accepted
@@ -68,6 +68,12 @@ pub enum Connection {
     /// supervisor it closed.
     Routed(RoutedConnection),
 }
+
+/// The error of an accept whose timeout passed.
+pub(crate) fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "no connection within the timeout")
+}
+
 /// Calls `$body` with `$s` bound to the inner socket of a TCP or Unix
 /// variant; for a routed one, `$routed` with `$s` bound to its payload.
 macro_rules! either {
@@ -128,17 +134,68 @@ impl Listener {
     /// `Ok(None)` when the supervisor has closed the channel; check
     /// [`Stop::is_requested`] to tell that apart from a stop.
     pub fn accept_until(&self, stop: &Stop) -> io::Result<Option<Accepted>> {
+        self.accept_before(stop, None)
+    }
+
+    /// [`accept_until`](Self::accept_until) that also gives up after
+    /// `timeout`, with an error of kind [`TimedOut`](io::ErrorKind::TimedOut),
+    /// so that an accept loop runs at least that often when no connection
+    /// comes: what a loop that pings a [`Watchdog`](crate::Watchdog) needs.
+    ///
+    /// ```no_run
+    /// # let stop = multinode_worker::catch_stop_signals()?;
+    /// # let listener = multinode_worker::Listener::from(std::net::TcpListener::bind("127.0.0.1:0")?);
+    /// # let watchdog = multinode_worker::Watchdog::new(std::time::Duration::from_secs(10));
+    /// loop {
+    ///     watchdog.ping_if_due()?;
+    ///     match listener.accept_timeout(&stop, watchdog.due_in()) {
+    ///         Ok(Some(accepted)) => { /* serve it */ }
+    ///         Ok(None) => break, // stop: drain
+    ///         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+    ///         Err(e) => return Err(e.into()),
+    ///     }
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// Everything else is as for `accept_until`: `Ok(None)` after a stop,
+    /// connections are never lost, blocking and non-blocking sockets work
+    /// the same. It returns in time on a blocking socket too: when another
+    /// worker takes the connection between this one's `poll` and its
+    /// `accept`, a timer interrupts the `accept` at the deadline (SIGURG to
+    /// this thread, whose handler [`catch_stop_signals`](crate::catch_stop_signals)
+    /// installed). A zero timeout takes a connection that is pending and
+    /// does not wait for one.
+    pub fn accept_timeout(&self, stop: &Stop, timeout: Duration) -> io::Result<Option<Accepted>> {
+        self.accept_before(stop, Instant::now().checked_add(timeout))
+    }
+
+    /// `accept_until` with an optional deadline.
+    fn accept_before(
+        &self,
+        stop: &Stop,
+        deadline: Option<Instant>,
+    ) -> io::Result<Option<Accepted>> {
         if let Listener::Routed(c) = self {
-            return c.accept_until(stop);
+            return c.accept_before(stop, deadline);
         }
         let _acceptor = stop::Acceptor::register();
         loop {
-            if stop.is_requested() || !stop::wait_readable(self.as_raw_fd())? {
+            if stop.is_requested() {
                 return Ok(None);
+            }
+            match stop::wait_any_until(&[self.as_raw_fd()], true, deadline)? {
+                Waited::Ready => {}
+                Waited::Stop => return Ok(None),
+                Waited::TimedOut => return Err(timed_out()),
             }
             // Another worker may take the connection first; a blocking
             // accept then waits for the next one. A stop interrupts it
-            // (EINTR), see `stop`.
+            // (EINTR), see `stop`; so does the deadline's alarm.
+            let _alarm = match deadline {
+                Some(d) if !self.is_nonblocking()? => Some(Alarm::arm(d, stop)?),
+                _ => None,
+            };
             match self.accept_once() {
                 Ok(a) => return Ok(Some(a)),
                 Err(e)
@@ -147,10 +204,26 @@ impl Listener {
                         io::ErrorKind::WouldBlock
                             | io::ErrorKind::Interrupted
                             | io::ErrorKind::ConnectionAborted
-                    ) => {}
+                    ) =>
+                {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(timed_out());
+                    }
+                }
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Whether `O_NONBLOCK` is set (on the open file description, which
+    /// every holder of a shared socket shares).
+    fn is_nonblocking(&self) -> io::Result<bool> {
+        // SAFETY: F_GETFL only reads the file's flags.
+        let flags = unsafe { libc::fcntl(self.as_raw_fd(), libc::F_GETFL) };
+        if flags == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(flags & libc::O_NONBLOCK != 0)
     }
 
     /// One accept4(2) call, without std's retry on EINTR (on a route

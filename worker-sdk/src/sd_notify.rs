@@ -61,7 +61,8 @@ pub fn stopping() -> io::Result<bool> {
     notify("STOPPING=1")
 }
 
-/// `WATCHDOG=1`: a keep-alive ping for supervisors with a watchdog.
+/// `WATCHDOG=1`: a keep-alive ping for supervisors with a watchdog. See
+/// [`Watchdog`](crate::Watchdog), which reads the interval and pings when due.
 pub fn watchdog() -> io::Result<bool> {
     notify("WATCHDOG=1")
 }

@@ -16,6 +16,10 @@
 //!   ignored by default, is what the Go runtime uses for the same purpose.)
 //!   The SIGTERM/SIGINT handlers use `SA_RESTART`, so other threads'
 //!   system calls are not disturbed.
+//! - [`Listener::accept_timeout`](crate::Listener::accept_timeout) has the
+//!   same problem with its deadline: a blocking `accept` past it would
+//!   delay the watchdog's next ping. A per-thread timer ([`Alarm`]) sends
+//!   that thread SIGURG at the deadline, with the same effect.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -23,7 +27,7 @@ use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 static REQUESTED: AtomicBool = AtomicBool::new(false);
 static PIPE_READ: AtomicI32 = AtomicI32::new(-1);
@@ -222,6 +226,32 @@ pub(crate) fn wait_readable(fd: RawFd) -> io::Result<bool> {
 /// failed (true), or, with `until_stop`, until a stop is requested (false).
 /// Negative fds are ignored. Retries EINTR.
 pub(crate) fn wait_any(fds: &[RawFd], until_stop: bool) -> io::Result<bool> {
+    Ok(match wait_any_until(fds, until_stop, None)? {
+        Waited::Ready => true,
+        Waited::Stop => false,
+        Waited::TimedOut => unreachable!("no deadline, no timeout"),
+    })
+}
+
+/// What [`wait_any_until`] ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waited {
+    /// An fd is readable, has hung up or failed.
+    Ready,
+    /// A stop was requested.
+    Stop,
+    /// The deadline passed first.
+    TimedOut,
+}
+
+/// [`wait_any`] with a `deadline` (`None`: none). The fds are polled at least
+/// once, also when the deadline has passed already, so a ready fd wins over
+/// a deadline of now.
+pub(crate) fn wait_any_until(
+    fds: &[RawFd],
+    until_stop: bool,
+    deadline: Option<Instant>,
+) -> io::Result<Waited> {
     let pipe = if until_stop {
         PIPE_READ.load(Ordering::SeqCst)
     } else {
@@ -236,7 +266,7 @@ pub(crate) fn wait_any(fds: &[RawFd], until_stop: bool) -> io::Result<bool> {
     assert!(fds.len() < polled.len(), "wait_any takes at most three fds");
     loop {
         if until_stop && REQUESTED.load(Ordering::SeqCst) {
-            return Ok(false);
+            return Ok(Waited::Stop);
         }
         polled[0] = libc::pollfd {
             fd: pipe,
@@ -251,15 +281,24 @@ pub(crate) fn wait_any(fds: &[RawFd], until_stop: bool) -> io::Result<bool> {
             };
         }
         let polled = &mut polled[..=fds.len()];
+        let timeout = deadline.map_or(-1, poll_timeout);
         // poll ignores entries with a negative fd.
         // SAFETY: `polled` is valid for its length.
-        let r = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, -1) };
+        let r = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, timeout) };
         if r == -1 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
             return Err(e);
+        }
+        if r == 0 {
+            // Rounded up to whole milliseconds, so the deadline has passed
+            // unless poll woke early; then wait for the rest.
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(Waited::TimedOut);
+            }
+            continue;
         }
         if polled[0].revents != 0 {
             continue; // the stop: the flag is set, checked at the top
@@ -268,9 +307,108 @@ pub(crate) fn wait_any(fds: &[RawFd], until_stop: bool) -> io::Result<bool> {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         }
         if polled[1..].iter().any(|p| p.revents != 0) {
-            return Ok(true);
+            return Ok(Waited::Ready);
         }
     }
+}
+
+/// poll(2)'s timeout for `deadline`: the milliseconds left, rounded up (so
+/// poll never returns a moment early and spins), 0 once it has passed.
+fn poll_timeout(deadline: Instant) -> libc::c_int {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let ms = left.as_nanos().div_ceil(1_000_000);
+    ms.min(libc::c_int::MAX as u128) as libc::c_int
+}
+
+/// A per-thread one-shot timer that sends SIGURG to its thread at a
+/// deadline, for the one call that cannot wait with a timeout: `accept4` on
+/// a blocking socket that another worker emptied between our `poll` and our
+/// `accept` (the socket is shared, and so is its `O_NONBLOCK` flag, which a
+/// worker must not change). SIGURG's handler (installed by
+/// [`catch_stop_signals`], which a [`Stop`] proves was called) has no
+/// `SA_RESTART`, so the `accept4` fails with EINTR and the caller sees its
+/// deadline has passed.
+///
+/// The timer is made once per thread (timer_create with `SIGEV_THREAD_ID`)
+/// and deleted when the thread ends; [`Alarm::arm`] sets it, and dropping
+/// the guard disarms it. A SIGURG that fires between the `accept4` and the
+/// disarm is delivered to the no-op handler at once, at the latest when the
+/// disarming system call returns, so it never interrupts later calls.
+pub(crate) struct Alarm {
+    timer: libc::timer_t,
+}
+
+/// This thread's timer, made on first use.
+struct ThreadTimer(libc::timer_t);
+
+impl Drop for ThreadTimer {
+    fn drop(&mut self) {
+        // SAFETY: the timer was made by timer_create and is deleted once.
+        unsafe { libc::timer_delete(self.0) };
+    }
+}
+
+thread_local! {
+    static TIMER: std::cell::RefCell<Option<ThreadTimer>> = const { std::cell::RefCell::new(None) };
+}
+
+impl Alarm {
+    /// Arms this thread's timer to send it SIGURG at `deadline` (at once if
+    /// it has passed). The caller holds a [`Stop`], so SIGURG has its no-op
+    /// handler.
+    pub(crate) fn arm(deadline: Instant, _stop: &Stop) -> io::Result<Alarm> {
+        let timer = TIMER.with(|t| -> io::Result<libc::timer_t> {
+            let mut t = t.borrow_mut();
+            if let Some(made) = t.as_ref() {
+                return Ok(made.0);
+            }
+            // SAFETY: an all-zero sigevent is valid; the fields set below
+            // ask for SIGURG to this thread (its kernel thread id).
+            let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
+            sev.sigev_notify = libc::SIGEV_THREAD_ID;
+            sev.sigev_signo = libc::SIGURG;
+            // SAFETY: gettid has no preconditions.
+            sev.sigev_notify_thread_id = unsafe { libc::syscall(libc::SYS_gettid) } as libc::c_int;
+            let mut timer: libc::timer_t = ptr::null_mut();
+            // SAFETY: `sev` and `timer` are valid for the call.
+            if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut sev, &mut timer) } == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            *t = Some(ThreadTimer(timer));
+            Ok(timer)
+        })?;
+        // At least 1 ns: an all-zero it_value would disarm instead.
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_nanos(1));
+        set_timer(timer, left)?;
+        Ok(Alarm { timer })
+    }
+}
+
+impl Drop for Alarm {
+    fn drop(&mut self) {
+        let _ = set_timer(self.timer, Duration::ZERO);
+    }
+}
+
+/// Arms `timer` to fire once after `after`; zero disarms it.
+fn set_timer(timer: libc::timer_t, after: Duration) -> io::Result<()> {
+    let value = libc::itimerspec {
+        it_interval: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        it_value: libc::timespec {
+            tv_sec: after.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
+            tv_nsec: after.subsec_nanos() as libc::c_long,
+        },
+    };
+    // SAFETY: `timer` is a live timer of this thread; `value` is valid.
+    if unsafe { libc::timer_settime(timer, 0, &value, ptr::null_mut()) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -285,6 +423,33 @@ mod tests {
     use std::io::Read;
     use std::net::{TcpListener, TcpStream};
     use std::sync::mpsc;
+
+    /// The alarm of `Listener::accept_timeout`: a blocking accept on an idle
+    /// socket, as after another worker took the connection poll announced,
+    /// fails with EINTR at the deadline; a disarmed alarm never fires.
+    #[test]
+    fn an_alarm_interrupts_a_blocking_accept() {
+        let stop = catch_stop_signals().unwrap();
+        let l = Listener::Tcp(TcpListener::bind("127.0.0.1:0").unwrap());
+        let alarm = Alarm::arm(Instant::now() + Duration::from_millis(20), &stop).unwrap();
+        let e = l.accept_once().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Interrupted);
+        drop(alarm);
+        // The thread's timer is reused; disarmed before it fires, it stays
+        // silent: a blocking accept waits for the connection that comes later.
+        drop(Alarm::arm(Instant::now() + Duration::from_millis(20), &stop).unwrap());
+        let l = Listener::Tcp(TcpListener::bind("127.0.0.1:0").unwrap());
+        let addr = match l.local_addr().unwrap() {
+            crate::PeerAddr::Tcp(a) => a,
+            other => panic!("{other}"),
+        };
+        let client = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(100));
+            TcpStream::connect(addr).unwrap()
+        });
+        assert!(l.accept_once().is_ok(), "not interrupted");
+        drop(client.join().unwrap());
+    }
 
     /// The stop state is process-wide and cannot be reset, so this is the
     /// only test that requests a stop; it covers the whole sequence.

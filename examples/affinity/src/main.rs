@@ -40,6 +40,11 @@
 //! examples/http; a malformed one gets its status and the connection closes). SIGTERM (how multinode drains a worker) or SIGINT:
 //! stop accepting (after taking the connections already routed here),
 //! finish the requests in flight, close idle connections, exit 0.
+//!
+//! Under `multinode serve --watchdog D` it sends `WATCHDOG=1` every D/2
+//! from its accept loops, which wait for a connection at most until the
+//! next ping is due (`Listener::accept_timeout`), so an idle worker pings
+//! too and a stuck loop does not. Without a watchdog they wait as before.
 
 use std::collections::HashMap;
 use std::error::Error;
@@ -52,7 +57,7 @@ use std::thread;
 use std::time::Duration;
 
 use mini_http::{Input, parse_head, reason};
-use multinode_worker::{Connection, Listener, PeerAddr, Stop};
+use multinode_worker::{Accepted, Connection, Listener, PeerAddr, Stop, Watchdog};
 
 const DEFAULT_ADDR: &str = "127.0.0.1:8080";
 /// How long a keep-alive connection may stay silent.
@@ -75,6 +80,8 @@ fn main() -> ExitCode {
 fn run() -> Result<(), Box<dyn Error>> {
     // First, while this is the only thread: listeners() edits the environment.
     let mut inherited = multinode_worker::listeners()?;
+    // Also before any thread: it removes WATCHDOG_USEC and WATCHDOG_PID.
+    let watchdog = Watchdog::from_env()?;
     let stop = multinode_worker::catch_stop_signals()?;
     let sockets: Vec<Listener> = if inherited.is_empty() {
         let addr = std::env::args().nth(1);
@@ -91,6 +98,7 @@ fn run() -> Result<(), Box<dyn Error>> {
     let worker = Arc::new(Worker {
         pid: std::process::id(),
         stop,
+        watchdog,
         reqno: AtomicU64::new(0),
         visits: Mutex::new(HashMap::new()),
         open: Mutex::new(Open::default()),
@@ -126,6 +134,8 @@ fn run() -> Result<(), Box<dyn Error>> {
 struct Worker {
     pid: u32,
     stop: Stop,
+    /// `--watchdog`: pinged by the accept loops.
+    watchdog: Option<Watchdog>,
     /// This process's requests.
     reqno: AtomicU64,
     /// Requests per client address: the state affinity keeps in one place.
@@ -156,7 +166,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Worker {
     fn accept_loop(self: &Arc<Self>, listener: &Listener) {
         loop {
-            match listener.accept_until(&self.stop) {
+            match self.accept(listener) {
                 Ok(Some(accepted)) => {
                     let client = match &accepted.peer {
                         PeerAddr::Tcp(a) => a.ip().to_canonical().to_string(),
@@ -181,6 +191,8 @@ impl Worker {
                     }
                     return;
                 }
+                // Time for the watchdog's next ping.
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
                 Err(e) => {
                     // Out of fds or threads for a moment, or a bad message
                     // on the route channel: say so, and go on.
@@ -189,6 +201,19 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// The next connection, or `None` on a stop (or a closed channel). With
+    /// a watchdog, this is where it is pinged, every half interval: the
+    /// accept gives up (`TimedOut`) when the next ping is due.
+    fn accept(&self, listener: &Listener) -> io::Result<Option<Accepted>> {
+        let Some(w) = &self.watchdog else {
+            return listener.accept_until(&self.stop);
+        };
+        if let Err(e) = w.ping_if_due() {
+            eprintln!("affinity: watchdog: {e}");
+        }
+        listener.accept_timeout(&self.stop, w.due_in())
     }
 
     fn track(&self, conn: &Connection) -> u64 {
@@ -346,6 +371,7 @@ mod tests {
         Arc::new(Worker {
             pid: 42,
             stop: multinode_worker::catch_stop_signals().unwrap(),
+            watchdog: None,
             reqno: AtomicU64::new(0),
             visits: Mutex::new(HashMap::new()),
             open: Mutex::new(Open::default()),

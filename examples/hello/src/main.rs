@@ -36,6 +36,14 @@
 //! give idle connections (kept alive, or accepted but silent) 2 s from when
 //! they went idle to send one more request, then close them, and exit 0. It prints one line at start:
 //! `hello: worker <id> pid <pid> serving <n> socket(s)`.
+//!
+//! Under `multinode serve --watchdog D` (or systemd's `WatchdogSec=`) it
+//! sends `WATCHDOG=1` every D/2 from its accept loops: each waits for a
+//! connection at most until the next ping is due
+//! (`Listener::accept_timeout`), so an idle worker pings too, and a loop
+//! that stops coming round stops pinging and gets the worker restarted. The
+//! pings vouch for accepting, not for each connection's thread. Without a
+//! watchdog the loops wait as before, with no timer.
 
 use std::collections::HashMap;
 use std::error::Error;
@@ -48,7 +56,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use mini_http::{Input, parse_head, reason};
-use multinode_worker::{Connection, Listener, Stop};
+use multinode_worker::{Accepted, Connection, Listener, Stop, Watchdog};
 
 const DEFAULT_ADDR: &str = "127.0.0.1:8080";
 /// How long a connection may stay silent: idle keep-alive, or a stalled
@@ -79,6 +87,8 @@ fn main() -> ExitCode {
 fn run() -> Result<ExitCode, Box<dyn Error>> {
     // First, while this is the only thread: listeners() edits the environment.
     let mut inherited = multinode_worker::listeners()?;
+    // Also before any thread: it removes WATCHDOG_USEC and WATCHDOG_PID.
+    let watchdog = Watchdog::from_env()?;
     let stop = multinode_worker::catch_stop_signals()?;
 
     let sockets: Vec<Listener> = if inherited.is_empty() {
@@ -96,6 +106,7 @@ fn run() -> Result<ExitCode, Box<dyn Error>> {
         pid: std::process::id(),
         worker: multinode_worker::worker_id().map_or_else(|| "-".to_owned(), |id| id.to_string()),
         stop,
+        watchdog,
         conns: Mutex::new(Conns::default()),
         closed: Condvar::new(),
         failed: AtomicBool::new(false),
@@ -135,6 +146,8 @@ struct Server {
     pid: u32,
     worker: String,
     stop: Stop,
+    /// `--watchdog`: pinged by the accept loops.
+    watchdog: Option<Watchdog>,
     conns: Mutex<Conns>,
     /// Signalled whenever a connection closes.
     closed: Condvar,
@@ -165,7 +178,7 @@ impl Server {
     fn accept_loop(self: &Arc<Self>, listener: &Listener) {
         let mut failures = 0;
         loop {
-            match listener.accept_until(&self.stop) {
+            match self.accept(listener) {
                 Ok(Some(accepted)) => {
                     failures = 0;
                     let conn = accepted.conn;
@@ -190,6 +203,8 @@ impl Server {
                     }
                     return;
                 }
+                // Time for the watchdog's next ping.
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
                 Err(e) if failures < ACCEPT_RETRIES => {
                     // Most likely out of fds or memory for a moment: wait
                     // for connections to close.
@@ -207,6 +222,19 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// The next connection, or `None` on a stop. With a watchdog, this is
+    /// where it is pinged: every half interval, and the accept gives up
+    /// (`TimedOut`) when the next ping is due, so an idle loop pings too.
+    fn accept(&self, listener: &Listener) -> io::Result<Option<Accepted>> {
+        let Some(w) = &self.watchdog else {
+            return listener.accept_until(&self.stop);
+        };
+        if let Err(e) = w.ping_if_due() {
+            eprintln!("hello: watchdog: {e}");
+        }
+        listener.accept_timeout(&self.stop, w.due_in())
     }
 
     fn conns(&self) -> MutexGuard<'_, Conns> {

@@ -461,7 +461,7 @@ impl Core {
                 // While the service stops, its own deadline rules.
                 State::Draining { why, kill_at } if running && kill_at <= now => {
                     let sig = self.workers[i].kill(why);
-                    self.killed_late(slot, pid, sig);
+                    self.killed_late(slot, pid, Some(why), sig);
                 }
                 State::Exited {
                     why,
@@ -469,7 +469,7 @@ impl Core {
                     ..
                 } if running && at <= now => {
                     let sig = self.workers[i].kill(why.unwrap_or(Leave::Leftovers));
-                    self.killed_late(slot, pid, sig);
+                    self.killed_late(slot, pid, why, sig);
                 }
                 _ => {}
             }
@@ -485,19 +485,30 @@ impl Core {
         }
     }
 
-    /// A worker outlived its `--grace`: SIGKILL, and the run is no longer clean.
-    fn killed_late(&mut self, slot: u32, pid: Pid, sig: Option<Signal>) {
+    /// A worker outlived its `--grace` (a hung one, [`HUNG_GRACE`] after `--watchdog-signal`):
+    /// SIGKILL, and the run is no longer clean.
+    fn killed_late(&mut self, slot: u32, pid: Pid, why: Option<Leave>, sig: Option<Signal>) {
+        let (grace, after, reason) = if why == Some(Leave::Hung) {
+            (
+                HUNG_GRACE,
+                format!("{} of --watchdog-signal", human(HUNG_GRACE)),
+                "hung",
+            )
+        } else {
+            (
+                self.rt.grace,
+                format!("--grace {}", human(self.rt.grace)),
+                "grace",
+            )
+        };
         self.log(
             Log::warn(
                 "kill",
-                format!(
-                    "did not stop within --grace {}; sending SIGKILL",
-                    human(self.rt.grace)
-                ),
+                format!("did not stop within {after}; sending SIGKILL"),
             )
             .worker(slot, pid.as_raw())
-            .with("why", "grace")
-            .with("grace_ms", self.rt.grace.as_millis() as u64),
+            .with("why", reason)
+            .with("grace_ms", grace.as_millis() as u64),
         );
         self.signal(pid, sig);
         self.exit = self.exit.worst(Exit::Unclean);

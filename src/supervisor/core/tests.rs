@@ -1143,6 +1143,16 @@ fn a_worker_that_stops_pinging_is_hung_signalled_killed_and_replaced() {
         s.signalled(quiet, Signal::SIGKILL),
         "SIGKILL after the grace"
     );
+    // The kill names the grace it had: HUNG_GRACE, not --grace (10 s here).
+    let kill = s.events("kill");
+    assert_eq!(kill.len(), 1);
+    assert_eq!(Sim::field(kill[0], "why"), "hung");
+    assert_eq!(Sim::field(kill[0], "grace_ms"), 5000u64);
+    assert!(
+        kill[0].msg.contains("5s of --watchdog-signal"),
+        "{}",
+        kill[0].msg
+    );
     s.killed_by(quiet, Signal::SIGKILL);
     s.advance(SEC);
     assert_eq!(s.spawns.last().unwrap().0, 0, "its slot restarts");

@@ -55,11 +55,12 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::activation::{peer_name, socket_family, sockopt_int};
 use crate::addr::PeerAddr;
-use crate::listener::{Accepted, Connection};
-use crate::stop::{self, Stop};
+use crate::listener::{Accepted, Connection, timed_out};
+use crate::stop::{self, Stop, Waited};
 pub use crate::wire::{MAX_BATCH, MAX_NOTICE};
 
 mod notice;
@@ -202,6 +203,26 @@ impl RouteChannel {
     ///
     /// It works the same whether the channel is blocking or not.
     pub fn accept_until(&self, stop: &Stop) -> io::Result<Option<Accepted>> {
+        self.accept_before(stop, None)
+    }
+
+    /// [`accept_until`](Self::accept_until) that also gives up after
+    /// `timeout` with an error of kind [`TimedOut`](io::ErrorKind::TimedOut)
+    /// when no connection came (see [`Listener::accept_timeout`]). After a
+    /// stop it returns what is buffered or queued, then `Ok(None)`, without
+    /// waiting.
+    ///
+    /// [`Listener::accept_timeout`]: crate::Listener::accept_timeout
+    pub fn accept_timeout(&self, stop: &Stop, timeout: Duration) -> io::Result<Option<Accepted>> {
+        self.accept_before(stop, Instant::now().checked_add(timeout))
+    }
+
+    /// `accept_until` with an optional deadline.
+    pub(crate) fn accept_before(
+        &self,
+        stop: &Stop,
+        deadline: Option<Instant>,
+    ) -> io::Result<Option<Accepted>> {
         loop {
             let stopping = stop.is_requested();
             match self.next()? {
@@ -210,7 +231,9 @@ impl RouteChannel {
                 Next::Empty if stopping => return Ok(None),
                 // Readable, or a stop: either way, look again.
                 Next::Empty => {
-                    stop::wait_any(&self.poll_fds(), true)?;
+                    if stop::wait_any_until(&self.poll_fds(), true, deadline)? == Waited::TimedOut {
+                        return Err(timed_out());
+                    }
                 }
             }
         }
