@@ -100,13 +100,15 @@ impl Notifier {
     pub fn from_env() -> Option<Notifier> {
         let addr = std::env::var_os("NOTIFY_SOCKET")?;
         multinode_worker::sd_notify::address(&addr).ok()?;
-        let ours = std::env::var("WATCHDOG_PID")
-            .map_or(true, |p| p.trim() == std::process::id().to_string());
-        let watchdog = std::env::var("WATCHDOG_USEC")
-            .ok()
-            .and_then(|u| u.trim().parse::<u64>().ok())
-            .filter(|&u| u > 0 && ours)
-            .map(std::time::Duration::from_micros);
+        // As sd_watchdog_enabled(3): for us only if WATCHDOG_PID is ours (or unset); a bad
+        // value means no watchdog.
+        let watchdog = multinode_worker::Watchdog::parse_env(
+            std::env::var("WATCHDOG_USEC").ok().as_deref(),
+            std::env::var("WATCHDOG_PID").ok().as_deref(),
+            std::process::id(),
+        )
+        .ok()
+        .flatten();
         Some(Notifier { watchdog, addr })
     }
 
