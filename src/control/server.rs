@@ -84,6 +84,8 @@ pub enum Interest {
 }
 
 pub struct ControlServer {
+    /// Its directory was still at its path once the socket was in it.
+    dir_linked: bool,
     listener: UnixListener,
     pub path: PathBuf,
     file: SocketFile,
@@ -106,6 +108,20 @@ impl ControlServer {
     /// Call before the privilege drop: the real uid now is the user who started multinode,
     /// who may act on it (with root).
     pub fn bind(explicit: Option<&Path>, name: &str) -> Result<ControlServer> {
+        // Another multinode of this name that just ended may have its guard remove the
+        // directory between our open and our bind: then bind again in the new one.
+        for _ in 0..3 {
+            let server = Self::bind_once(explicit, name)?;
+            if server.dir_linked {
+                return Ok(server);
+            }
+        }
+        Err(Error::socket(format!(
+            "control socket for {name}: its directory keeps being removed while multinode binds in it; is another multinode of this name stopping?"
+        )))
+    }
+
+    fn bind_once(explicit: Option<&Path>, name: &str) -> Result<ControlServer> {
         let (path, dir) = super::socket_dir(explicit, name)?;
         let shown = path.display();
         let file_name = path.file_name().unwrap_or_default();
@@ -140,7 +156,9 @@ impl ControlServer {
                 "control socket {shown}: cannot make it non-blocking: {e}"
             ))
         })?;
+        let dir_linked = dir.still_at_path();
         Ok(ControlServer {
+            dir_linked,
             listener,
             path,
             file,

@@ -64,6 +64,18 @@ pub struct Dir {
 }
 
 impl Dir {
+    /// Whether the directory this fd holds is still the one at its path: a directory removed
+    /// (and perhaps made again) since it was opened would take a socket nobody can reach by
+    /// the path. Checked after a bind: a directory with a socket in it can no longer be
+    /// removed.
+    pub fn still_at_path(&self) -> bool {
+        let (Ok(held), Ok(at)) = (fstat(&self.fd), std::fs::metadata(&self.path)) else {
+            return false;
+        };
+        use std::os::unix::fs::MetadataExt;
+        held.st_dev == at.dev() && held.st_ino == at.ino()
+    }
+
     /// Opens the directory at `path`, following symbolic links as the kernel would (a path an
     /// operator gives may go through `/var/run`), one component at a time.
     pub fn open(path: &Path) -> io::Result<Dir> {
