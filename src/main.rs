@@ -13,6 +13,7 @@ mod error;
 mod guard;
 mod listen;
 mod log;
+mod metrics;
 mod notify;
 mod privilege;
 mod proxy;

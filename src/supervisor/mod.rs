@@ -11,12 +11,14 @@
 //! - `reap.rs`: how a worker ends (reaping, lingering groups, cgroups, the sweep at exit) and
 //!   whom a notify datagram is from.
 //! - `pipes.rs`: workers' output pipes.
+//! - `scrape.rs`: the answers to `/metrics` and `/healthz` (`--metrics`).
 
 mod backoff;
 mod core;
 mod execute;
 mod pipes;
 mod reap;
+mod scrape;
 mod shell;
 mod worker;
 
