@@ -142,8 +142,9 @@ set edit:completion:arg-completer[multinode] = {|@words|
             cand --control 'Its control socket, when started with --control'
             cand --json 'Print JSON, for scripts'
             cand --check 'Print nothing; exit 0 only if every worker slot is ready (a health probe)'
-            cand -h 'Print help'
-            cand --help 'Print help'
+            cand --watch 'Redraw the table every second, like top, until Ctrl-C (the screen is cleared only on a terminal; otherwise one table a second is printed; with --json, one line a second)'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
             cand -V 'Print version'
             cand --version 'Print version'
         }

@@ -143,7 +143,8 @@ complete -c multinode -n "__fish_multinode_using_subcommand status" -s n -l name
 complete -c multinode -n "__fish_multinode_using_subcommand status" -l control -d 'Its control socket, when started with --control' -r -F
 complete -c multinode -n "__fish_multinode_using_subcommand status" -l json -d 'Print JSON, for scripts'
 complete -c multinode -n "__fish_multinode_using_subcommand status" -l check -d 'Print nothing; exit 0 only if every worker slot is ready (a health probe)'
-complete -c multinode -n "__fish_multinode_using_subcommand status" -s h -l help -d 'Print help'
+complete -c multinode -n "__fish_multinode_using_subcommand status" -l watch -d 'Redraw the table every second, like top, until Ctrl-C (the screen is cleared only on a terminal; otherwise one table a second is printed; with --json, one line a second)'
+complete -c multinode -n "__fish_multinode_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c multinode -n "__fish_multinode_using_subcommand status" -s V -l version -d 'Print version'
 complete -c multinode -n "__fish_multinode_using_subcommand reload" -s n -l name -d 'The --name it was started with [default: the only one running]' -r
 complete -c multinode -n "__fish_multinode_using_subcommand reload" -l control -d 'Its control socket, when started with --control' -r -F

@@ -41,6 +41,13 @@ pub enum Command {
     Check(Box<ServeArgs>),
 
     /// Show the workers of a running multinode
+    ///
+    /// One row per worker: slot, pid, state, generation, uptime, CPU, memory, restarts, how
+    /// the slot's last worker ended, and its STATUS= text. CPU is the share of one core the
+    /// worker (with everything it started) used between two readings half a second apart
+    /// (with --watch: over each second); MEM is the memory it uses now (K, M, G: powers of
+    /// 1024). --json prints one reading, with cpu_seconds (since the worker started) and
+    /// memory_bytes per worker.
     Status {
         #[command(flatten)]
         target: Target,
@@ -48,8 +55,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         /// Print nothing; exit 0 only if every worker slot is ready (a health probe)
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         check: bool,
+        /// Redraw the table every second, like top, until Ctrl-C (the screen is cleared only
+        /// on a terminal; otherwise one table a second is printed; with --json, one line a
+        /// second)
+        #[arg(long)]
+        watch: bool,
     },
 
     /// Roll every worker over to a new one (like SIGHUP) and wait for the outcome
