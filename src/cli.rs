@@ -299,8 +299,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
     pub stop_delay: Duration,
 
-    /// Serve `GET /metrics` (Prometheus text format) and `GET /healthz` on ADDR (HOST:PORT or
-    /// unix:PATH), from the supervisor itself
+    /// Serve `GET /metrics` (Prometheus text format) and `GET /healthz` (200, or 503 with the
+    /// reason) on ADDR: HOST:PORT, :PORT, [V6ADDR]:PORT or unix:PATH (a socket file made like
+    /// the --listen ones). Served by multinode itself, never by a worker
     #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
     pub metrics: Option<ListenSpec>,
 
