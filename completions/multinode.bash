@@ -785,7 +785,7 @@ _multinode() {
             return 0
             ;;
         multinode__subcmd__status)
-            opts="-n -h -V --name --control --json --check --help --version"
+            opts="-n -h -V --name --control --json --check --watch --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

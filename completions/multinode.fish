@@ -71,7 +71,7 @@ complete -c multinode -n "__fish_multinode_using_subcommand serve" -l max-memory
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l max-requests -d 'With --route: recycle a worker once it was handed N connections (a replacement is started and ready before it drains)' -r
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l max-requests-jitter -d 'Adds a random 0..=N to --max-requests for each worker, so workers do not recycle together' -r
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l stop-delay -d 'On SIGTERM, SIGINT or `multinode stop`: turn /healthz to 503 at once and keep serving this long before the drain starts, so that load balancers stop sending first' -r
-complete -c multinode -n "__fish_multinode_using_subcommand serve" -l metrics -d 'Serve `GET /metrics` (Prometheus text format) and `GET /healthz` on ADDR (HOST:PORT or unix:PATH), from the supervisor itself' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l metrics -d 'Serve `GET /metrics` (Prometheus text format) and `GET /healthz` (200, or 503 with the reason) on ADDR: HOST:PORT, :PORT, [V6ADDR]:PORT or unix:PATH (a socket file made like the --listen ones). Served by multinode itself, never by a worker' -r
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l watch -d 'Reload when this file or directory (recursively) changes; repeatable' -r -F
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l watch-ignore -d 'Ignore changes to paths matching this glob (`*`, `?`, `**`); repeatable. `**/.git/**` and `**/target/**` are always ignored' -r
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l watch-debounce -d 'Reload once the watched files have been quiet this long' -r
@@ -123,7 +123,7 @@ complete -c multinode -n "__fish_multinode_using_subcommand check" -l max-memory
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l max-requests -d 'With --route: recycle a worker once it was handed N connections (a replacement is started and ready before it drains)' -r
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l max-requests-jitter -d 'Adds a random 0..=N to --max-requests for each worker, so workers do not recycle together' -r
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l stop-delay -d 'On SIGTERM, SIGINT or `multinode stop`: turn /healthz to 503 at once and keep serving this long before the drain starts, so that load balancers stop sending first' -r
-complete -c multinode -n "__fish_multinode_using_subcommand check" -l metrics -d 'Serve `GET /metrics` (Prometheus text format) and `GET /healthz` on ADDR (HOST:PORT or unix:PATH), from the supervisor itself' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l metrics -d 'Serve `GET /metrics` (Prometheus text format) and `GET /healthz` (200, or 503 with the reason) on ADDR: HOST:PORT, :PORT, [V6ADDR]:PORT or unix:PATH (a socket file made like the --listen ones). Served by multinode itself, never by a worker' -r
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l watch -d 'Reload when this file or directory (recursively) changes; repeatable' -r -F
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l watch-ignore -d 'Ignore changes to paths matching this glob (`*`, `?`, `**`); repeatable. `**/.git/**` and `**/target/**` are always ignored' -r
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l watch-debounce -d 'Reload once the watched files have been quiet this long' -r
@@ -143,7 +143,8 @@ complete -c multinode -n "__fish_multinode_using_subcommand status" -s n -l name
 complete -c multinode -n "__fish_multinode_using_subcommand status" -l control -d 'Its control socket, when started with --control' -r -F
 complete -c multinode -n "__fish_multinode_using_subcommand status" -l json -d 'Print JSON, for scripts'
 complete -c multinode -n "__fish_multinode_using_subcommand status" -l check -d 'Print nothing; exit 0 only if every worker slot is ready (a health probe)'
-complete -c multinode -n "__fish_multinode_using_subcommand status" -s h -l help -d 'Print help'
+complete -c multinode -n "__fish_multinode_using_subcommand status" -l watch -d 'Redraw the table every second, like top, until Ctrl-C (the screen is cleared only on a terminal; otherwise one table a second is printed; with --json, one line a second)'
+complete -c multinode -n "__fish_multinode_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c multinode -n "__fish_multinode_using_subcommand status" -s V -l version -d 'Print version'
 complete -c multinode -n "__fish_multinode_using_subcommand reload" -s n -l name -d 'The --name it was started with [default: the only one running]' -r
 complete -c multinode -n "__fish_multinode_using_subcommand reload" -l control -d 'Its control socket, when started with --control' -r -F

@@ -47,6 +47,13 @@ pub enum Command {
     Check(Box<ServeArgs>),
 
     /// Show the workers of a running multinode
+    ///
+    /// One row per worker: slot, pid, state, generation, uptime, CPU, memory, restarts, how
+    /// the slot's last worker ended, and its STATUS= text. CPU is the share of one core the
+    /// worker (with everything it started) used between two readings half a second apart
+    /// (with --watch: over each second); MEM is the memory it uses now (K, M, G: powers of
+    /// 1024). --json prints one reading, with cpu_seconds (since the worker started) and
+    /// memory_bytes per worker.
     Status {
         #[command(flatten)]
         target: Target,
@@ -54,8 +61,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         /// Print nothing; exit 0 only if every worker slot is ready (a health probe)
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         check: bool,
+        /// Redraw the table every second, like top, until Ctrl-C (the screen is cleared only
+        /// on a terminal; otherwise one table a second is printed; with --json, one line a
+        /// second)
+        #[arg(long)]
+        watch: bool,
     },
 
     /// Roll every worker over to a new one (like SIGHUP) and wait for the outcome
@@ -294,8 +306,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
     pub stop_delay: Duration,
 
-    /// Serve `GET /metrics` (Prometheus text format) and `GET /healthz` on ADDR (HOST:PORT or
-    /// unix:PATH), from the supervisor itself
+    /// Serve `GET /metrics` (Prometheus text format) and `GET /healthz` (200, or 503 with the
+    /// reason) on ADDR: HOST:PORT, :PORT, [V6ADDR]:PORT or unix:PATH (a socket file made like
+    /// the --listen ones). Served by multinode itself, never by a worker
     #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
     pub metrics: Option<ListenSpec>,
 

@@ -120,7 +120,10 @@ pub struct Output {
     writer: Option<JoinHandle<()>>,
     format: LogFormat,
     color: bool,
+    /// Lines dropped since the last `dropped` note.
     dropped: u64,
+    /// Lines dropped since the start, for `/metrics`.
+    dropped_total: u64,
 }
 
 impl Output {
@@ -137,6 +140,7 @@ impl Output {
             format,
             color,
             dropped: 0,
+            dropped_total: 0,
         }
     }
 
@@ -235,15 +239,24 @@ impl Output {
                 Ok(()) => self.dropped = 0,
                 Err(_) => {
                     self.dropped += 1;
+                    self.dropped_total += 1;
                     return;
                 }
             }
         }
         match tx.try_send(Line { stream, text }) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => self.dropped += 1,
+            Err(TrySendError::Full(_)) => {
+                self.dropped += 1;
+                self.dropped_total += 1;
+            }
             Err(TrySendError::Disconnected(_)) => self.tx = None,
         }
+    }
+
+    /// Lines dropped since the start (the terminal or pipe was too slow).
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_total
     }
 
     /// Waits until everything queued is written. Called once, at exit.

@@ -13,6 +13,7 @@ mod error;
 mod guard;
 mod listen;
 mod log;
+mod metrics;
 mod notify;
 mod privilege;
 mod proxy;
@@ -90,7 +91,8 @@ fn run() -> Result<Exit, Error> {
             target,
             json,
             check,
-        } => control::client::status(&target, json, check),
+            watch,
+        } => control::client::status(&target, json, check, watch),
         Command::Reload { target } => control::client::reload(&target),
         Command::Scale { target, workers } => control::client::scale(&target, workers),
         Command::Stop { target } => control::client::stop(&target),

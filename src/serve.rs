@@ -3,7 +3,8 @@
 //!
 //! validate everything (config, program, user) → block signals → fork the guard → the
 //! service's cgroup (multinode moves into it) → start the file watcher → take systemd's
-//! sockets or bind every socket (as root if started so) → bind the control socket → register
+//! sockets or bind every socket (as root if started so) → bind `--metrics` → bind the control
+//! socket → register
 //! with the guard what it removes at the end, and seal that → drop privileges for good →
 //! empty the capability bounding set → drop privileges for good → no_new_privs → become a
 //! subreaper → the notify socket → run the event loop → the guard cleans up (socket files, the
@@ -23,6 +24,7 @@ use crate::control::{self, server::ControlServer};
 use crate::error::{Error, Exit, Result};
 use crate::guard::{Finish, Guard};
 use crate::log::{Event, Output};
+use crate::metrics::MetricsServer;
 use crate::notify::NotifyServer;
 use crate::privilege::{self, Target};
 use crate::socket::file::{FileId, SocketFile};
@@ -185,6 +187,12 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
             slot_fds.push(set);
         }
     }
+    // Served by the loop itself; bound now, as the listening sockets are (a port below 1024
+    // needs root; a socket file is made and owned like theirs).
+    let metrics = match &cfg.metrics {
+        Some(spec) => Some(MetricsServer::bind(spec, cfg.socket_mode, owner)?),
+        None => None,
+    };
     let control_path = cfg
         .control
         .clone()
@@ -200,6 +208,7 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
     let created: Vec<FileId> = sockets
         .iter()
         .filter_map(|s| s.file.as_ref())
+        .chain(metrics.as_ref().and_then(MetricsServer::file))
         .chain([control.file()])
         .map(SocketFile::id)
         .collect();
@@ -305,6 +314,15 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
         .with("mode", "process-group")
         .with("reason", why.as_str()),
     });
+    if let Some(m) = &metrics {
+        out.event(
+            Event::info(
+                "metrics",
+                format!("metrics and health on {} (/metrics, /healthz)", m.local()),
+            )
+            .with("addr", m.local()),
+        );
+    }
     out.event(
         Event::info(
             "control",
@@ -328,6 +346,7 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
         notify,
         watch,
         control: Some(control),
+        metrics,
         systemd,
         overrides,
         guard: Some(guard),
@@ -340,6 +359,7 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
         mut sockets,
         mut out,
         mut control,
+        mut metrics,
         guard,
         cgroups,
         stop_clients,
@@ -371,6 +391,9 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
         }
         if let Some(c) = &mut control {
             let _ = c.remove();
+        }
+        if let Some(m) = &mut metrics {
+            m.remove_file();
         }
     }
     for id in created.iter().filter(|id| id.present()) {

@@ -49,6 +49,15 @@ pub fn of_workers(pids: &[Pid], cgroups: Option<&Service>) -> Vec<(Pid, Usage)> 
         .collect()
 }
 
+/// One process alone (the supervisor's own figures for `/metrics`): its CPU time and
+/// resident memory.
+pub fn of_process(pid: i32) -> Option<Usage> {
+    read_proc(pid).map(|p| Usage {
+        cpu_seconds: p.cpu_seconds,
+        memory_bytes: p.rss_bytes,
+    })
+}
+
 fn of_cgroup(dir: &Path) -> Option<Usage> {
     let stat = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
     let usec: u64 = stat

@@ -274,7 +274,8 @@ fn status_shows_every_slot_with_a_live_pid() {
         .position(|l| {
             l.split_whitespace().collect::<Vec<_>>()
                 == [
-                    "SLOT", "PID", "STATE", "GEN", "UPTIME", "RESTARTS", "LAST", "EXIT", "STATUS",
+                    "SLOT", "PID", "STATE", "GEN", "UPTIME", "CPU", "MEM", "RESTARTS", "LAST",
+                    "EXIT", "STATUS",
                 ]
         })
         .unwrap_or_else(|| panic!("no header line:\n{table}"));

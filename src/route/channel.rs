@@ -47,6 +47,11 @@ impl Channel {
         self.closed || self.queue.len() >= MAX_QUEUE
     }
 
+    /// Connections waiting here for room in the socket.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
     pub fn has_queue(&self) -> bool {
         !self.queue.is_empty()
     }

@@ -43,6 +43,44 @@ struct Target {
     limit: Option<u64>,
 }
 
+/// Route mode's figures for `/metrics`, per slot (every slot ever handed a connection, and
+/// every slot with a worker now).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RouteStats {
+    pub slots: Vec<(u32, SlotRoute)>,
+    /// Connections held while no worker runs at all.
+    pub backlog: usize,
+    /// Connections waiting for their PROXY header.
+    pub pending: usize,
+    pub refused: Refused,
+}
+
+/// One slot's connections.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SlotRoute {
+    /// Handed to its workers since the start (queued for them included).
+    pub handed: u64,
+    /// Sent to its workers and not reported closed by them.
+    pub open: u64,
+    /// Queued here for its workers, their channel being full.
+    pub queued: u64,
+}
+
+/// Connections closed without reaching a worker since the start, by why.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Refused {
+    /// No worker could take it: every channel full, or the backlog full while none runs.
+    pub full: u64,
+    /// From outside `--proxy-from`.
+    pub untrusted: u64,
+    /// A PROXY header that was invalid, too long, or a connection closed before it.
+    pub invalid: u64,
+    /// No PROXY header within `--proxy-timeout`.
+    pub timeout: u64,
+    /// Closed to make room for another source's waiting connection.
+    pub evicted: u64,
+}
+
 /// What polling a router fd is for.
 pub enum Wake {
     Pending(u64),
@@ -59,8 +97,10 @@ struct ProxyRules {
 pub struct Router {
     policy: RoutePolicy,
     proxy: Option<ProxyRules>,
-    /// Connections closed because they came from outside `--proxy-from`, since the start.
-    refused: u64,
+    /// Connections closed without reaching a worker, since the start.
+    refused: Refused,
+    /// Connections handed to each slot's workers since the start, by slot.
+    handed_by_slot: Vec<u64>,
     /// Connections waiting for a PROXY header, per source.
     per_source: HashMap<Source, usize>,
     seq: u64,
@@ -98,7 +138,8 @@ impl Router {
         Router {
             policy,
             proxy,
-            refused: 0,
+            refused: Refused::default(),
+            handed_by_slot: Vec::new(),
             per_source: HashMap::new(),
             seq: 0,
             turn: 0,
@@ -231,17 +272,17 @@ impl Router {
                 if !trusted(&rules.from, &fd, peer) {
                     // Closed before a byte is read: its header would not be believed.
                     drop(fd);
-                    self.refused += 1;
+                    self.refused.untrusted += 1;
                     let from = peer.map_or_else(|| "?".to_string(), |p| p.ip().to_string());
                     let ev = Event::warn(
                         "proxy-refused",
                         format!(
                             "closed a connection from {from}: not in --proxy-from ({} so far)",
-                            self.refused
+                            self.refused.untrusted
                         ),
                     )
                     .with("peer", from)
-                    .with("refused", self.refused);
+                    .with("refused", self.refused.untrusted);
                     self.warn(ev, out);
                     continue;
                 }
@@ -419,6 +460,11 @@ impl Router {
                 let t = &mut self.targets[i];
                 t.channels[conn.listener].push(conn);
                 t.handed += 1;
+                let slot = t.slot as usize;
+                if self.handed_by_slot.len() <= slot {
+                    self.handed_by_slot.resize(slot + 1, 0);
+                }
+                self.handed_by_slot[slot] += 1;
                 if t.limit == Some(t.handed) {
                     self.reached.push((t.pid, t.handed));
                 }
@@ -429,6 +475,7 @@ impl Router {
                     self.backlog.push_back(conn);
                 } else {
                     drop(conn);
+                    self.refused.full += 1;
                     self.warn(
                         Event::warn(
                             "route",
@@ -468,8 +515,13 @@ impl Router {
     }
 
     /// A connection closed while waiting for its PROXY header; `cause`: `invalid`, `timeout`
-    /// or `evicted`.
+    /// or `evicted`. Counts it, and warns (rate-limited).
     fn proxy_warn(&mut self, why: &str, cause: &str, peer: Option<SocketAddr>, out: &mut Output) {
+        match cause {
+            "timeout" => self.refused.timeout += 1,
+            "evicted" => self.refused.evicted += 1,
+            _ => self.refused.invalid += 1,
+        }
         let from = peer.map_or_else(String::new, |p| format!(" from {p}"));
         let mut ev =
             Event::warn("proxy", format!("closed a connection{from}: {why}")).with("cause", cause);
@@ -477,6 +529,44 @@ impl Router {
             ev = ev.with("peer", p.to_string());
         }
         self.warn(ev, out);
+    }
+
+    /// The figures for `/metrics`, now.
+    pub fn stats(&self) -> RouteStats {
+        let mut slots: Vec<(u32, SlotRoute)> = self
+            .handed_by_slot
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(slot, n)| {
+                let r = SlotRoute {
+                    handed: *n,
+                    ..SlotRoute::default()
+                };
+                (slot as u32, r)
+            })
+            .collect();
+        for t in &self.targets {
+            let i = match slots.iter().position(|(s, _)| *s == t.slot) {
+                Some(i) => i,
+                None => {
+                    slots.push((t.slot, SlotRoute::default()));
+                    slots.len() - 1
+                }
+            };
+            for c in &t.channels {
+                let queued = c.queued() as u64;
+                slots[i].1.queued += queued;
+                slots[i].1.open += c.outstanding.saturating_sub(queued);
+            }
+        }
+        slots.sort_by_key(|(s, _)| *s);
+        RouteStats {
+            slots,
+            backlog: self.backlog.len(),
+            pending: self.pending.len(),
+            refused: self.refused,
+        }
     }
 
     /// A rate-limited warning (one line a second at most per kind, counting the rest).

@@ -79,33 +79,61 @@ pub fn bind_all(
     owner: Option<(Uid, Gid)>,
     reuseport: bool,
 ) -> Result<Vec<Bound>> {
-    let creator = owner.map(|(uid, _)| uid);
     let mut bound = Vec::with_capacity(specs.len());
     for spec in specs {
-        let b = match &spec.addr {
-            ListenAddr::Tcp(addr) => {
-                let v6only = addr.is_ipv6();
-                bind_tcp(spec, *addr, v6only, backlog, reuseport, creator)?
-            }
-            ListenAddr::AnyTcp(port) => {
-                // Dual-stack unless the user also binds IPv4 on this port themselves.
-                let v4_too = specs.iter().any(
-                    |o| matches!(o.addr, ListenAddr::Tcp(SocketAddr::V4(a)) if a.port() == *port),
-                );
-                let any6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), *port);
-                match bind_tcp(spec, any6, v4_too, backlog, reuseport, creator) {
-                    Err(e) if !v4_too && ipv6_unavailable() => {
-                        let any4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), *port);
-                        bind_tcp(spec, any4, false, backlog, reuseport, creator).map_err(|_| e)?
-                    }
-                    r => r?,
-                }
-            }
-            ListenAddr::Unix(path) => bind_unix(spec, path, backlog, mode, owner)?,
-        };
-        bound.push(b);
+        bound.push(bind_spec(
+            spec, specs, "--listen", backlog, mode, owner, reuseport,
+        )?);
     }
     Ok(bound)
+}
+
+/// Binds the one socket of an option other than `--listen` (`flag`: `--metrics`), the way
+/// `--listen` sockets are bound, with the same messages under its own name. Never
+/// `SO_REUSEPORT`: only multinode accepts on it.
+pub fn bind_one(
+    spec: &ListenSpec,
+    flag: &str,
+    backlog: u32,
+    mode: u32,
+    owner: Option<(Uid, Gid)>,
+) -> Result<Bound> {
+    bind_spec(spec, &[], flag, backlog, mode, owner, false)
+}
+
+/// Binds `spec`; `all` are every spec of its option (a `:PORT` socket is dual-stack unless
+/// one of them binds IPv4 on the same port).
+fn bind_spec(
+    spec: &ListenSpec,
+    all: &[ListenSpec],
+    flag: &str,
+    backlog: u32,
+    mode: u32,
+    owner: Option<(Uid, Gid)>,
+    reuseport: bool,
+) -> Result<Bound> {
+    let creator = owner.map(|(uid, _)| uid);
+    Ok(match &spec.addr {
+        ListenAddr::Tcp(addr) => {
+            let v6only = addr.is_ipv6();
+            bind_tcp(spec, flag, *addr, v6only, backlog, reuseport, creator)?
+        }
+        ListenAddr::AnyTcp(port) => {
+            // Dual-stack unless the user also binds IPv4 on this port themselves.
+            let v4_too = all
+                .iter()
+                .any(|o| matches!(o.addr, ListenAddr::Tcp(SocketAddr::V4(a)) if a.port() == *port));
+            let any6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), *port);
+            match bind_tcp(spec, flag, any6, v4_too, backlog, reuseport, creator) {
+                Err(e) if !v4_too && ipv6_unavailable() => {
+                    let any4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), *port);
+                    bind_tcp(spec, flag, any4, false, backlog, reuseport, creator).map_err(|_| e)?
+                }
+                r => r?,
+            }
+        }
+        ListenAddr::Unix(path) => bind_unix(spec, flag, path, backlog, mode, owner)?,
+    })
 }
 
 fn ipv6_unavailable() -> bool {
@@ -141,7 +169,7 @@ pub fn bind_sibling(b: &Bound, text: &str, creator: Option<Uid>) -> Result<Owned
         addr: ListenAddr::Tcp(addr),
         text: text.to_string(),
     };
-    Ok(bind_tcp(&spec, addr, v6only, b.backlog, true, creator)?.fd)
+    Ok(bind_tcp(&spec, "--listen", addr, v6only, b.backlog, true, creator)?.fd)
 }
 
 /// Binds one TCP socket. With `reuseport` and a `creator`, the socket is created with that
@@ -149,6 +177,7 @@ pub fn bind_sibling(b: &Bound, text: &str, creator: Option<Uid>) -> Result<Owned
 /// share a port, and after the privilege drop multinode adds more as that user.
 fn bind_tcp(
     spec: &ListenSpec,
+    flag: &str,
     addr: SocketAddr,
     v6only: bool,
     backlog: u32,
@@ -157,7 +186,7 @@ fn bind_tcp(
 ) -> Result<Bound> {
     let fail = |what: &str, e: Errno| {
         Error::socket(format!(
-            "--listen {}: {what} {addr}: {}",
+            "{flag} {}: {what} {addr}: {}",
             spec.text,
             e.desc().to_lowercase()
         ))
@@ -189,15 +218,15 @@ fn bind_tcp(
     let sa = SockaddrStorage::from(addr);
     socket::bind(fd.as_raw_fd(), &sa).map_err(|e| match e {
         Errno::EADDRINUSE => Error::socket(format!(
-            "--listen {}: address {addr} is already in use; stop the other server or pick another port",
+            "{flag} {}: address {addr} is already in use; stop the other server or pick another port",
             spec.text
         )),
         Errno::EACCES => Error::socket(format!(
-            "--listen {}: permission denied binding {addr}: ports below 1024 need root (run with sudo; multinode drops to --user after binding)",
+            "{flag} {}: permission denied binding {addr}: ports below 1024 need root (run with sudo; multinode drops to --user after binding)",
             spec.text
         )),
         Errno::EADDRNOTAVAIL => Error::socket(format!(
-            "--listen {}: address {} is not an address of this machine",
+            "{flag} {}: address {} is not an address of this machine",
             spec.text,
             addr.ip()
         )),
@@ -228,6 +257,7 @@ fn to_std(s: &SockaddrStorage) -> Option<SocketAddr> {
 
 fn bind_unix(
     spec: &ListenSpec,
+    flag: &str,
     path: &Path,
     backlog: u32,
     mode: u32,
@@ -235,17 +265,17 @@ fn bind_unix(
 ) -> Result<Bound> {
     let shown = path.display();
     let fail = |what: &str, e: &dyn std::fmt::Display| {
-        Error::socket(format!("--listen {}: {what} {shown}: {e}", spec.text))
+        Error::socket(format!("{flag} {}: {what} {shown}: {e}", spec.text))
     };
     let (parent, name) = split(path).ok_or_else(|| {
         Error::socket(format!(
-            "--listen {}: {shown} does not name a file; give the path of the socket file",
+            "{flag} {}: {shown} does not name a file; give the path of the socket file",
             spec.text
         ))
     })?;
     let dir = Dir::open(parent).map_err(|e| match e.raw_os_error() {
         Some(libc::ENOENT) => Error::socket(format!(
-            "--listen {}: directory of {shown} does not exist; create it first",
+            "{flag} {}: directory of {shown} does not exist; create it first",
             spec.text
         )),
         _ => fail(
@@ -264,34 +294,34 @@ fn bind_unix(
     let (_, file) = bind_in(&dir, name, mode, owner, bind).map_err(|f| {
         Error::socket(match f {
             Failure::NotSocket => format!(
-                "--listen {}: {shown} exists and is not a socket; refusing to replace it",
+                "{flag} {}: {shown} exists and is not a socket; refusing to replace it",
                 spec.text
             ),
             Failure::InUse => format!(
-                "--listen {}: {shown} is in use by a running server; stop it or choose another path",
+                "{flag} {}: {shown} is in use by a running server; stop it or choose another path",
                 spec.text
             ),
             Failure::Bind(Errno::EACCES, true) => format!(
-                "--listen {}: {} (or a directory or link on the way to it) can be changed by users other than root, so multinode creates the socket as the workers' user ({}), who may not create {shown}; make the directory writable by that user, or changeable by root alone",
+                "{flag} {}: {} (or a directory or link on the way to it) can be changed by users other than root, so multinode creates the socket as the workers' user ({}), who may not create {shown}; make the directory writable by that user, or changeable by root alone",
                 spec.text,
                 dir.path.display(),
                 owner.map_or_else(String::new, |(uid, _)| user_name(uid))
             ),
             Failure::Bind(Errno::EACCES, false) => format!(
-                "--listen {}: permission denied creating {shown}: the directory is not writable by this user (run as root or choose another directory)",
+                "{flag} {}: permission denied creating {shown}: the directory is not writable by this user (run as root or choose another directory)",
                 spec.text
             ),
             Failure::Bind(e, _) => format!(
-                "--listen {}: cannot bind {shown}: {}",
+                "{flag} {}: cannot bind {shown}: {}",
                 spec.text,
                 e.desc().to_lowercase()
             ),
             Failure::Changed => format!(
-                "--listen {}: {shown} was replaced right after it was bound (by another process?); refusing to use it",
+                "{flag} {}: {shown} was replaced right after it was bound (by another process?); refusing to use it",
                 spec.text
             ),
             Failure::Io(what, e) => format!(
-                "--listen {}: {what} {shown}: {}",
+                "{flag} {}: {what} {shown}: {}",
                 spec.text,
                 crate::config::io_reason(&e)
             ),

@@ -12,6 +12,7 @@
 //!   whom a notify datagram is from.
 //! - `pipes.rs`: workers' output pipes.
 //! - `inspect.rs`: a look at a worker that became ready (does it listen on its own port?).
+//! - `scrape.rs`: the answers to `/metrics` and `/healthz` (`--metrics`).
 
 mod backoff;
 mod core;
@@ -19,6 +20,7 @@ mod execute;
 mod inspect;
 mod pipes;
 mod reap;
+mod scrape;
 mod shell;
 mod worker;
 

@@ -1,6 +1,7 @@
 //! The thin shell around the core: the one event loop. It owns every fd — the signalfd, the
-//! notify socket, the file watcher's pipe, the control socket and its clients, the workers'
-//! output pipes, and in route mode the listening sockets and worker channels — sleeps in one
+//! notify socket, the file watcher's pipe, the control socket and its clients, the metrics
+//! socket and its clients, the workers' output pipes, and in route mode the listening sockets
+//! and worker channels — sleeps in one
 //! `poll` until one of them or the core's next deadline wakes it, turns what happened into
 //! [`Event`]s for the core, and carries out the [`Action`]s the core returns (`execute.rs`).
 //!
@@ -31,6 +32,7 @@ use crate::control::server::{ControlServer, Interest};
 use crate::error::Exit;
 use crate::guard::{Guard, Note};
 use crate::log::{Event as Log, Output, Stream};
+use crate::metrics::MetricsServer;
 use crate::notify::NotifyServer;
 use crate::route::router::{Router, Wake as RouteWake};
 use crate::socket::Bound;
@@ -56,6 +58,8 @@ pub struct Parts {
     pub notify: NotifyServer,
     pub watch: Option<Watch>,
     pub control: Option<ControlServer>,
+    /// `--metrics`: `/metrics` and `/healthz`.
+    pub metrics: Option<MetricsServer>,
     /// systemd's NOTIFY_SOCKET, when it started us.
     pub systemd: Option<Notifier>,
     /// The root guard: kills what is left of the workers if the supervisor dies, reads the
@@ -100,6 +104,8 @@ enum Wake {
     Watch,
     Control,
     Client(u64, Interest),
+    Metrics,
+    MetricsClient(u64, Interest),
     Pipe(Pid, Stream),
     Listener(usize),
     Route(RouteWake),
@@ -167,6 +173,9 @@ pub fn run(cfg: Config, mut p: Parts) -> (Exit, Parts) {
         }
         if let Some(c) = &mut sh.p.control {
             c.expire(now);
+        }
+        if let Some(m) = &mut sh.p.metrics {
+            m.expire(now);
         }
         let mut reached = Vec::new();
         if let Some(r) = &mut sh.router {
@@ -236,6 +245,7 @@ impl Shell {
             self.core.next_deadline(),
             self.router.as_ref().and_then(Router::deadline),
             self.p.control.as_ref().and_then(ControlServer::deadline),
+            self.p.metrics.as_ref().and_then(MetricsServer::deadline),
             recheck,
             self.sample_at,
         ]
@@ -279,6 +289,20 @@ impl Shell {
                     Interest::Write => PollFlags::POLLOUT,
                 };
                 keys.push(Wake::Client(id, interest));
+                fds.push(PollFd::new(fd, ev));
+            }
+        }
+        if let Some(m) = &self.p.metrics {
+            if m.accepting(now) {
+                keys.push(Wake::Metrics);
+                fds.push(PollFd::new(m.as_fd(), PollFlags::POLLIN));
+            }
+            for (id, fd, interest) in m.polled() {
+                let ev = match interest {
+                    Interest::Read => PollFlags::POLLIN,
+                    Interest::Write => PollFlags::POLLOUT,
+                };
+                keys.push(Wake::MetricsClient(id, interest));
                 fds.push(PollFd::new(fd, ev));
             }
         }
@@ -374,6 +398,31 @@ impl Shell {
             Wake::Client(id, Interest::Write) => {
                 if let Some(c) = &mut self.p.control {
                     c.write(id);
+                }
+            }
+            Wake::Metrics => {
+                let warning = self
+                    .p
+                    .metrics
+                    .as_mut()
+                    .and_then(|m| m.accept(Instant::now()));
+                if let Some(ev) = warning {
+                    self.p.out.event(ev);
+                }
+            }
+            Wake::MetricsClient(id, Interest::Read) => {
+                let req = self
+                    .p
+                    .metrics
+                    .as_mut()
+                    .and_then(|m| m.read(id, Instant::now()));
+                if let Some(req) = req {
+                    self.scrape(id, req);
+                }
+            }
+            Wake::MetricsClient(id, Interest::Write) => {
+                if let Some(m) = &mut self.p.metrics {
+                    m.write(id);
                 }
             }
             Wake::Pipe(pid, stream) => {
