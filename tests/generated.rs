@@ -206,3 +206,81 @@ fn readme_lists_the_exit_codes_of_help() {
         .collect();
     assert_eq!(rows, entries, "README's exit codes differ from --help");
 }
+
+/// The directives of a unit file, as (section, key, value), comments left out.
+fn directives(text: &str) -> Vec<(String, String, String)> {
+    let mut section = String::new();
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line.starts_with('[') {
+            section = line.to_string();
+            continue;
+        }
+        let (k, v) = line.split_once('=').expect("KEY=VALUE");
+        out.push((section.clone(), k.to_string(), v.to_string()));
+    }
+    out
+}
+
+/// The Debian package's units (pkg/systemd/multinode@.*) are the examples (examples/systemd/)
+/// as templates: the instance name for `hello`, /usr/bin for /usr/local/bin, and otherwise the
+/// same directives but for the few that make a template, each named here with its reason.
+#[test]
+fn packaged_units_are_the_examples_as_templates() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for kind in ["service", "socket"] {
+        let example =
+            std::fs::read_to_string(repo.join(format!("examples/systemd/multinode.{kind}")))
+                .unwrap();
+        let template =
+            std::fs::read_to_string(repo.join(format!("pkg/systemd/multinode@.{kind}"))).unwrap();
+        let derived: Vec<_> = directives(&example)
+            .into_iter()
+            .map(|(s, k, v)| {
+                let v = v
+                    .replace("/usr/local/bin/", "/usr/bin/")
+                    .replace("hello", "%i");
+                (s, k, v)
+            })
+            .collect();
+        let template = directives(&template);
+        // What a template does differently, on purpose.
+        let differs = |(s, k, _): &(String, String, String)| match (s.as_str(), k.as_str()) {
+            // Its own page (multinode.toml(5)) for /etc/multinode/%i.toml.
+            ("[Unit]", "Documentation") => true,
+            // The socket unit is optional: without it multinode binds `listen` of the file.
+            ("[Unit]", "Requires" | "After") => true,
+            ("[Install]", "Also") => true,
+            // ... so it may bind ports below 1024 itself.
+            ("[Service]", "CapabilityBoundingSet") => true,
+            _ => false,
+        };
+        let a: Vec<_> = derived.iter().filter(|d| !differs(d)).collect();
+        let b: Vec<_> = template.iter().filter(|d| !differs(d)).collect();
+        assert_eq!(
+            a, b,
+            "multinode@.{kind} differs from examples/systemd/multinode.{kind}"
+        );
+        if kind == "service" {
+            let get = |key: &str| {
+                template
+                    .iter()
+                    .find(|(_, k, _)| k == key)
+                    .map(|(_, _, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            assert!(get("ExecStart").contains("--name %i "), "--name %i");
+            assert!(
+                get("ExecStart").ends_with("--config /etc/multinode/%i.toml"),
+                "the instance's config file"
+            );
+            // multinode's control directory as root is /run/multinode/NAME: the unit's.
+            assert_eq!(get("RuntimeDirectory"), "multinode/%i");
+            assert!(get("CapabilityBoundingSet").contains("CAP_NET_BIND_SERVICE"));
+            assert!(get("Documentation").contains("man:multinode.toml(5)"));
+        }
+    }
+}
