@@ -25,6 +25,10 @@ fn files(dir: &Path) -> Vec<String> {
 fn man_pages_and_completions_are_fresh() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     if std::env::var_os("MULTINODE_BLESS").is_some() {
+        // Stale pages first, so that a page the code no longer writes goes too.
+        for name in files(&repo.join("man")) {
+            std::fs::remove_file(repo.join("man").join(name)).unwrap();
+        }
         let st = Command::new(multinode_bin())
             .arg("__generate")
             .arg(repo)
@@ -282,5 +286,82 @@ fn packaged_units_are_the_examples_as_templates() {
             assert!(get("CapabilityBoundingSet").contains("CAP_NET_BIND_SERVICE"));
             assert!(get("Documentation").contains("man:multinode.toml(5)"));
         }
+    }
+}
+
+/// The man pages have the sections a man page has (not clap's "EXTRA"), the program's name
+/// and version in the footer, and `-- COMMAND` in the synopsis of serve and check.
+#[test]
+fn man_pages_have_their_sections() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let footer = format!("\"multinode {}\"", env!("CARGO_PKG_VERSION"));
+    for name in files(&repo.join("man")) {
+        let page = std::fs::read_to_string(repo.join("man").join(&name)).unwrap();
+        let th = page.lines().find(|l| l.starts_with(".TH ")).unwrap();
+        assert!(th.contains(&footer), "{name}: {th}");
+        assert!(!page.contains(".SH EXTRA"), "{name} has an EXTRA section");
+        for section in ["NAME", "SYNOPSIS", "DESCRIPTION", "FILES", "\"SEE ALSO\""] {
+            assert!(
+                page.contains(&format!("\n.SH {section}\n")),
+                "{name} has {section}"
+            );
+        }
+        let wanted: &[&str] = match name.as_str() {
+            "multinode.1" | "multinode-serve.1" => {
+                &["SIGNALS", "\"EXIT STATUS\"", "ENVIRONMENT", "EXAMPLES"]
+            }
+            "multinode.toml.5" => &["KEYS", "RELOAD", "EXAMPLES"],
+            _ => &["\"EXIT STATUS\"", "EXAMPLES"],
+        };
+        for section in wanted {
+            assert!(
+                page.contains(&format!("\n.SH {section}\n")),
+                "{name} has {section}"
+            );
+        }
+        if name == "multinode-serve.1" || name == "multinode-check.1" {
+            assert!(
+                page.contains("\\fB\\-\\-\\fR \\fICOMMAND\\fR [\\fIARGS\\fR]..."),
+                "{name}: the synopsis shows -- COMMAND [ARGS]..."
+            );
+        }
+    }
+}
+
+/// multinode.toml(5) documents every key the file takes: each long option of `serve --help`
+/// but --config, plus `command` and `[env]`.
+#[test]
+fn the_config_page_has_every_key() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let page = std::fs::read_to_string(repo.join("man/multinode.toml.5")).unwrap();
+    let out = run({
+        let mut c = Command::new(multinode_bin());
+        c.args(["serve", "--help"]);
+        c
+    });
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Option lines are indented 2 (`  -c, --config <FILE>`) or 6 (`      --name <NAME>`)
+    // spaces; their descriptions, which may start with an option's name too, 10.
+    let mut keys: Vec<String> = help
+        .lines()
+        .filter(|l| {
+            let indent = l.len() - l.trim_start().len();
+            indent <= 6 && l.trim_start().starts_with('-')
+        })
+        .filter_map(|l| {
+            let long = l.split("--").nth(1)?;
+            let key = long.split([' ', ',', '=', '<']).next()?;
+            (!key.is_empty()).then(|| key.to_string())
+        })
+        .filter(|k| !["config", "help", "version", "env"].contains(&k.as_str()))
+        .collect();
+    keys.dedup();
+    assert!(keys.len() > 30, "{keys:?}");
+    for key in keys.iter().map(String::as_str).chain(["command", "[env]"]) {
+        let roff_key = key.replace('-', "\\-");
+        assert!(
+            page.contains(&format!(".TP\n\\fB{roff_key}\\fR")),
+            "multinode.toml(5) documents {key}"
+        );
     }
 }
