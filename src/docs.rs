@@ -1202,4 +1202,18 @@ mod tests {
             assert_eq!(said, done, "{key}");
         }
     }
+
+    #[test]
+    fn cargo_toml_packages_what_the_pages_say() {
+        let manifest =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+                .unwrap();
+        for (path, _) in &PACKAGED[1..] {
+            let dest = path.trim_start_matches('/');
+            assert!(
+                manifest.contains(&format!("\"{dest}\"")),
+                "Cargo.toml's [package.metadata.deb] assets install {path}"
+            );
+        }
+    }
 }

@@ -211,6 +211,62 @@ fn readme_lists_the_exit_codes_of_help() {
     assert_eq!(rows, entries, "README's exit codes differ from --help");
 }
 
+/// The Debian copyright file (pkg/debian/copyright, DEP-5): both licences, word for word from
+/// LICENSE-MIT and LICENSE-APACHE.
+fn debian_copyright(repo: &Path) -> String {
+    let mit = std::fs::read_to_string(repo.join("LICENSE-MIT")).unwrap();
+    let apache = std::fs::read_to_string(repo.join("LICENSE-APACHE")).unwrap();
+    let holder = mit
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Copyright (c) "))
+        .expect("LICENSE-MIT names the copyright holder");
+    // A DEP-5 text block: each line indented by one space, an empty line as " .".
+    let block = |text: &str| -> String {
+        text.trim_end()
+            .lines()
+            .map(|l| {
+                if l.trim().is_empty() {
+                    " .\n".to_string()
+                } else {
+                    format!(" {}\n", l.trim_end())
+                }
+            })
+            .collect()
+    };
+    format!(
+        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\
+         Upstream-Name: multinode\n\
+         Comment: Generated from LICENSE-MIT and LICENSE-APACHE by tests/generated.rs\n \
+         (MULTINODE_BLESS=1 cargo test --test generated); do not edit.\n\
+         \n\
+         Files: *\n\
+         Copyright: {holder}\n\
+         License: MIT or Apache-2.0\n\
+         \n\
+         License: MIT\n{}\
+         \n\
+         License: Apache-2.0\n{}",
+        block(&mit),
+        block(&apache)
+    )
+}
+
+#[test]
+fn debian_copyright_holds_both_licences() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = repo.join("pkg/debian/copyright");
+    let want = debian_copyright(repo);
+    if std::env::var_os("MULTINODE_BLESS").is_some() {
+        std::fs::write(&path, want).unwrap();
+        return;
+    }
+    let have = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        have == want,
+        "pkg/debian/copyright is stale; run MULTINODE_BLESS=1 cargo test --test generated"
+    );
+}
+
 /// The directives of a unit file, as (section, key, value), comments left out.
 fn directives(text: &str) -> Vec<(String, String, String)> {
     let mut section = String::new();
