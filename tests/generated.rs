@@ -25,6 +25,10 @@ fn files(dir: &Path) -> Vec<String> {
 fn man_pages_and_completions_are_fresh() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     if std::env::var_os("MULTINODE_BLESS").is_some() {
+        // Stale pages first, so that a page the code no longer writes goes too.
+        for name in files(&repo.join("man")) {
+            std::fs::remove_file(repo.join("man").join(name)).unwrap();
+        }
         let st = Command::new(multinode_bin())
             .arg("__generate")
             .arg(repo)
@@ -205,4 +209,215 @@ fn readme_lists_the_exit_codes_of_help() {
         })
         .collect();
     assert_eq!(rows, entries, "README's exit codes differ from --help");
+}
+
+/// The Debian copyright file (pkg/debian/copyright, DEP-5): both licences, word for word from
+/// LICENSE-MIT and LICENSE-APACHE.
+fn debian_copyright(repo: &Path) -> String {
+    let mit = std::fs::read_to_string(repo.join("LICENSE-MIT")).unwrap();
+    let apache = std::fs::read_to_string(repo.join("LICENSE-APACHE")).unwrap();
+    let holder = mit
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Copyright (c) "))
+        .expect("LICENSE-MIT names the copyright holder");
+    // A DEP-5 text block: each line indented by one space, an empty line as " .".
+    let block = |text: &str| -> String {
+        text.trim_end()
+            .lines()
+            .map(|l| {
+                if l.trim().is_empty() {
+                    " .\n".to_string()
+                } else {
+                    format!(" {}\n", l.trim_end())
+                }
+            })
+            .collect()
+    };
+    format!(
+        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\
+         Upstream-Name: multinode\n\
+         Comment: Generated from LICENSE-MIT and LICENSE-APACHE by tests/generated.rs\n \
+         (MULTINODE_BLESS=1 cargo test --test generated); do not edit.\n\
+         \n\
+         Files: *\n\
+         Copyright: {holder}\n\
+         License: MIT or Apache-2.0\n\
+         \n\
+         License: MIT\n{}\
+         \n\
+         License: Apache-2.0\n{}",
+        block(&mit),
+        block(&apache)
+    )
+}
+
+#[test]
+fn debian_copyright_holds_both_licences() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = repo.join("pkg/debian/copyright");
+    let want = debian_copyright(repo);
+    if std::env::var_os("MULTINODE_BLESS").is_some() {
+        std::fs::write(&path, want).unwrap();
+        return;
+    }
+    let have = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        have == want,
+        "pkg/debian/copyright is stale; run MULTINODE_BLESS=1 cargo test --test generated"
+    );
+}
+
+/// The directives of a unit file, as (section, key, value), comments left out.
+fn directives(text: &str) -> Vec<(String, String, String)> {
+    let mut section = String::new();
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line.starts_with('[') {
+            section = line.to_string();
+            continue;
+        }
+        let (k, v) = line.split_once('=').expect("KEY=VALUE");
+        out.push((section.clone(), k.to_string(), v.to_string()));
+    }
+    out
+}
+
+/// The Debian package's units (pkg/systemd/multinode@.*) are the examples (examples/systemd/)
+/// as templates: the instance name for `hello`, /usr/bin for /usr/local/bin, and otherwise the
+/// same directives but for the few that make a template, each named here with its reason.
+#[test]
+fn packaged_units_are_the_examples_as_templates() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for kind in ["service", "socket"] {
+        let example =
+            std::fs::read_to_string(repo.join(format!("examples/systemd/multinode.{kind}")))
+                .unwrap();
+        let template =
+            std::fs::read_to_string(repo.join(format!("pkg/systemd/multinode@.{kind}"))).unwrap();
+        let derived: Vec<_> = directives(&example)
+            .into_iter()
+            .map(|(s, k, v)| {
+                let v = v
+                    .replace("/usr/local/bin/", "/usr/bin/")
+                    .replace("hello", "%i");
+                (s, k, v)
+            })
+            .collect();
+        let template = directives(&template);
+        // What a template does differently, on purpose.
+        let differs = |(s, k, _): &(String, String, String)| match (s.as_str(), k.as_str()) {
+            // Its own page (multinode.toml(5)) for /etc/multinode/%i.toml.
+            ("[Unit]", "Documentation") => true,
+            // The socket unit is optional: without it multinode binds `listen` of the file.
+            ("[Unit]", "Requires" | "After") => true,
+            ("[Install]", "Also") => true,
+            // ... so it may bind ports below 1024 itself.
+            ("[Service]", "CapabilityBoundingSet") => true,
+            _ => false,
+        };
+        let a: Vec<_> = derived.iter().filter(|d| !differs(d)).collect();
+        let b: Vec<_> = template.iter().filter(|d| !differs(d)).collect();
+        assert_eq!(
+            a, b,
+            "multinode@.{kind} differs from examples/systemd/multinode.{kind}"
+        );
+        if kind == "service" {
+            let get = |key: &str| {
+                template
+                    .iter()
+                    .find(|(_, k, _)| k == key)
+                    .map(|(_, _, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            assert!(get("ExecStart").contains("--name %i "), "--name %i");
+            assert!(
+                get("ExecStart").ends_with("--config /etc/multinode/%i.toml"),
+                "the instance's config file"
+            );
+            // multinode's control directory as root is /run/multinode/NAME: the unit's.
+            assert_eq!(get("RuntimeDirectory"), "multinode/%i");
+            assert!(get("CapabilityBoundingSet").contains("CAP_NET_BIND_SERVICE"));
+            assert!(get("Documentation").contains("man:multinode.toml(5)"));
+        }
+    }
+}
+
+/// The man pages have the sections a man page has (not clap's "EXTRA"), the program's name
+/// and version in the footer, and `-- COMMAND` in the synopsis of serve and check.
+#[test]
+fn man_pages_have_their_sections() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let footer = format!("\"multinode {}\"", env!("CARGO_PKG_VERSION"));
+    for name in files(&repo.join("man")) {
+        let page = std::fs::read_to_string(repo.join("man").join(&name)).unwrap();
+        let th = page.lines().find(|l| l.starts_with(".TH ")).unwrap();
+        assert!(th.contains(&footer), "{name}: {th}");
+        assert!(!page.contains(".SH EXTRA"), "{name} has an EXTRA section");
+        for section in ["NAME", "SYNOPSIS", "DESCRIPTION", "FILES", "\"SEE ALSO\""] {
+            assert!(
+                page.contains(&format!("\n.SH {section}\n")),
+                "{name} has {section}"
+            );
+        }
+        let wanted: &[&str] = match name.as_str() {
+            "multinode.1" | "multinode-serve.1" => {
+                &["SIGNALS", "\"EXIT STATUS\"", "ENVIRONMENT", "EXAMPLES"]
+            }
+            "multinode.toml.5" => &["KEYS", "RELOAD", "EXAMPLES"],
+            _ => &["\"EXIT STATUS\"", "EXAMPLES"],
+        };
+        for section in wanted {
+            assert!(
+                page.contains(&format!("\n.SH {section}\n")),
+                "{name} has {section}"
+            );
+        }
+        if name == "multinode-serve.1" || name == "multinode-check.1" {
+            assert!(
+                page.contains("\\fB\\-\\-\\fR \\fICOMMAND\\fR [\\fIARGS\\fR]..."),
+                "{name}: the synopsis shows -- COMMAND [ARGS]..."
+            );
+        }
+    }
+}
+
+/// multinode.toml(5) documents every key the file takes: each long option of `serve --help`
+/// but --config, plus `command` and `[env]`.
+#[test]
+fn the_config_page_has_every_key() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let page = std::fs::read_to_string(repo.join("man/multinode.toml.5")).unwrap();
+    let out = run({
+        let mut c = Command::new(multinode_bin());
+        c.args(["serve", "--help"]);
+        c
+    });
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Option lines are indented 2 (`  -c, --config <FILE>`) or 6 (`      --name <NAME>`)
+    // spaces; their descriptions, which may start with an option's name too, 10.
+    let mut keys: Vec<String> = help
+        .lines()
+        .filter(|l| {
+            let indent = l.len() - l.trim_start().len();
+            indent <= 6 && l.trim_start().starts_with('-')
+        })
+        .filter_map(|l| {
+            let long = l.split("--").nth(1)?;
+            let key = long.split([' ', ',', '=', '<']).next()?;
+            (!key.is_empty()).then(|| key.to_string())
+        })
+        .filter(|k| !["config", "help", "version", "env"].contains(&k.as_str()))
+        .collect();
+    keys.dedup();
+    assert!(keys.len() > 30, "{keys:?}");
+    for key in keys.iter().map(String::as_str).chain(["command", "[env]"]) {
+        let roff_key = key.replace('-', "\\-");
+        assert!(
+            page.contains(&format!(".TP\n\\fB{roff_key}\\fR")),
+            "multinode.toml(5) documents {key}"
+        );
+    }
 }
