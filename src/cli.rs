@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum, ValueHint};
 use nix::sys::signal::Signal;
 
-use crate::config::{ReadyMode, parse_duration, parse_ready, parse_signal, parse_size};
+use crate::config::{ReadyMode, Size, parse_duration, parse_ready, parse_signal, parse_size_arg};
 use crate::error::exit_codes_help;
 use crate::listen::{ListenSpec, parse_listen};
 use crate::proxy::{Cidr, parse_cidr};
@@ -288,8 +288,8 @@ pub struct ServeArgs {
 
     /// Recycle a worker whose memory passes SIZE (e.g. 512M, 2G; K, M, G are powers of 1024):
     /// a replacement is started and ready before it drains
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    pub max_memory: Option<u64>,
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub max_memory: Option<Size>,
 
     /// With --route: recycle a worker once it was handed N connections (a replacement is
     /// started and ready before it drains)

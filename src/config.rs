@@ -272,7 +272,7 @@ impl Config {
                 watch_debounce: args.watch_debounce,
                 watchdog: args.watchdog,
                 watchdog_signal: args.watchdog_signal,
-                max_memory: args.max_memory,
+                max_memory: args.max_memory.map(|s| s.0),
                 max_requests: args.max_requests.map(|n| (n, args.max_requests_jitter)),
                 stop_delay: args.stop_delay,
             },
@@ -478,6 +478,16 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
 
 /// The largest size accepted (1 EiB): far above any memory, far below overflow.
 const MAX_SIZE: f64 = (1u64 << 60) as f64;
+
+/// A size in bytes as the command line gives it (its own type so that the config file takes
+/// `"512M"` as a string as well as a plain byte count, and the man page quotes it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+/// `parse_size` for clap.
+pub fn parse_size_arg(s: &str) -> std::result::Result<Size, String> {
+    parse_size(s).map(Size)
+}
 
 /// Parses a size: `512M`, `1.5G`, `200MiB`, `64k`, `1048576` (bytes). K, M, G and T (with or
 /// without `B` or `iB`) are powers of 1024, as memory is counted.

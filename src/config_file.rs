@@ -39,6 +39,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::cli::{Cli, ServeArgs};
+use crate::config::Size;
 use crate::error::{Error, Result};
 
 /// Options of `serve` that are not keys of the file.
@@ -215,6 +216,8 @@ enum Kind {
     Float,
     /// A string such as `"10s"`, or a number of seconds.
     Duration,
+    /// A string such as `"512M"`, or a number of bytes.
+    Size,
     Bool,
     Text,
 }
@@ -246,6 +249,8 @@ impl Kind {
             Kind::Float
         } else if any(&[TypeId::of::<Duration>()]) {
             Kind::Duration
+        } else if any(&[TypeId::of::<Size>()]) {
+            Kind::Size
         } else if any(&[TypeId::of::<bool>()]) {
             Kind::Bool
         } else {
@@ -262,6 +267,10 @@ impl Kind {
                 "a duration such as \"10s\" or a number of seconds",
                 "durations such as \"10s\" or numbers of seconds",
             ),
+            Kind::Size => (
+                "a size such as \"512M\" or a number of bytes",
+                "sizes such as \"512M\" or numbers of bytes",
+            ),
             Kind::Text => ("a string", "strings"),
         }
     }
@@ -271,8 +280,8 @@ impl Kind {
         let integer = |i: &toml::de::DeInteger| i64::from_str_radix(i.as_str(), i.radix()).ok();
         let float = |f: &toml::de::DeFloat| f.as_str().parse::<f64>().ok();
         let ok = match (self, v) {
-            (Kind::Text | Kind::Duration, DeValue::String(s)) => Some(s.to_string()),
-            (Kind::Integer | Kind::Float | Kind::Duration, DeValue::Integer(i)) => {
+            (Kind::Text | Kind::Duration | Kind::Size, DeValue::String(s)) => Some(s.to_string()),
+            (Kind::Integer | Kind::Float | Kind::Duration | Kind::Size, DeValue::Integer(i)) => {
                 integer(i).map(|n| n.to_string())
             }
             (Kind::Float | Kind::Duration, DeValue::Float(f)) => float(f).map(|f| f.to_string()),
@@ -575,6 +584,15 @@ mod tests {
         assert_eq!(a.backoff_max, std::time::Duration::from_millis(1500));
         std::fs::remove_dir_all(dir).unwrap();
 
+        // A size is a string with a unit, as on the command line, or a number of bytes.
+        for (text, bytes) in [("\"512M\"", 512 << 20), ("1048576", 1 << 20)] {
+            let (dir, p) = write(&format!("max-memory = {text}\n"));
+            let mut a = args(&[]);
+            apply(&p, &mut a, &[]).unwrap();
+            assert_eq!(a.max_memory, Some(crate::config::Size(bytes)), "{text}");
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+
         let e = error("route = \"sticky\"\n");
         assert!(
             e.contains("multinode.toml:1:9") && e.contains("sticky"),
@@ -604,6 +622,10 @@ mod tests {
                 ":1:9: grace: expected a duration such as \"10s\" or a number of seconds",
             ),
             ("name = 5", ":1:8: name: expected a string"),
+            (
+                "max-memory = true",
+                ":1:14: max-memory: expected a size such as \"512M\" or a number of bytes",
+            ),
             ("socket-mode = 660", ":1:15: socket-mode: expected a string"),
             (
                 "command = \"./app\"",
@@ -721,6 +743,7 @@ mod tests {
                     Kind::Integer => "7".into(),
                     Kind::Float => "7.5".into(),
                     Kind::Duration => "7.5".into(),
+                    Kind::Size => "\"512M\"".into(),
                     Kind::Bool => (default != ["true"]).to_string(),
                     Kind::Text => {
                         // The first of these the option's own parser takes, that is not its
