@@ -18,14 +18,16 @@
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use nix::fcntl::{AtFlags, OFlag, open};
 use nix::sys::signal::{Signal, kill, killpg};
-use nix::unistd::{Pid, Uid};
+use nix::sys::stat::{Mode, SFlag, fstatat};
+use nix::unistd::{Pid, Uid, UnlinkatFlags, unlinkat};
 
 use super::wire::{Decoder, MAX_REQUEST, Reply, Request};
 use crate::cgroup;
@@ -51,9 +53,14 @@ enum Kind {
     Cgroup,
 }
 
-/// A path registered for removal, as it was when registered.
+/// A path registered for removal, as it was when registered. The directory it is in is held
+/// open, and the check and the removal go through it: when the directory is removed and made
+/// again (a multinode of the same name starting while this guard cleans up), the new one's
+/// files are out of reach.
 struct Registered {
     path: PathBuf,
+    parent: OwnedFd,
+    name: OsString,
     kind: Kind,
     dev: u64,
     ino: u64,
@@ -61,35 +68,49 @@ struct Registered {
 
 impl Registered {
     fn new(path: PathBuf, kind: Kind) -> Option<Registered> {
-        let m = std::fs::symlink_metadata(&path).ok()?;
+        let name = path.file_name()?.to_os_string();
+        // A relative path is relative to the directory multinode started in, the guard's too.
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let parent = open(parent, flags, Mode::empty()).ok()?;
+        let st = fstatat(&parent, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
         let r = Registered {
-            dev: m.dev(),
-            ino: m.ino(),
+            dev: st.st_dev,
+            ino: st.st_ino,
             path,
+            parent,
+            name,
             kind,
         };
         r.still_there().then_some(r)
     }
 
-    /// Whether the path still names what was registered.
+    /// Whether the name in the directory still names what was registered.
     fn still_there(&self) -> bool {
-        let Ok(m) = std::fs::symlink_metadata(&self.path) else {
+        let Ok(st) = fstatat(&self.parent, self.name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+        else {
             return false;
         };
+        let format = st.st_mode & SFlag::S_IFMT.bits();
         let kind = match self.kind {
-            Kind::Socket => m.file_type().is_socket(),
-            Kind::Dir => m.is_dir(),
-            Kind::Cgroup => m.is_dir() && is_cgroup2(&self.path),
+            Kind::Socket => format == SFlag::S_IFSOCK.bits(),
+            Kind::Dir => format == SFlag::S_IFDIR.bits(),
+            Kind::Cgroup => format == SFlag::S_IFDIR.bits() && is_cgroup2(&self.path),
         };
-        kind && m.dev() == self.dev && m.ino() == self.ino
+        kind && st.st_dev == self.dev && st.st_ino == self.ino
     }
 
+    /// Removes a socket file or an (empty) directory through the directory it is in.
     fn remove(&self) {
         if self.still_there() {
-            let _ = match self.kind {
-                Kind::Socket => std::fs::remove_file(&self.path),
-                Kind::Dir | Kind::Cgroup => std::fs::remove_dir(&self.path),
+            let how = match self.kind {
+                Kind::Socket => UnlinkatFlags::NoRemoveDir,
+                Kind::Dir | Kind::Cgroup => UnlinkatFlags::RemoveDir,
             };
+            let _ = unlinkat(&self.parent, self.name.as_os_str(), how);
         }
     }
 }
