@@ -807,6 +807,20 @@ fn hosts_behind_haproxy_keep_affinity_and_lose_no_request() {
             first.first_slot
         );
     }
+    let spread: Vec<String> = (0..HOSTS)
+        .map(|h| {
+            let slots: BTreeSet<u32> = first
+                .first_slot
+                .values()
+                .filter(|s| s.0 == h)
+                .map(|s| s.1)
+                .collect();
+            format!("h{} {} (slots {slots:?})", h + 1, clients_on(h))
+        })
+        .collect();
+    phases[steady]
+        .notes
+        .push(format!("clients per host: {}", spread.join(", ")));
     // The host taken out gracefully, and the one killed: the two with the most clients.
     let mut by_clients: Vec<usize> = (0..HOSTS).collect();
     by_clients.sort_by_key(|&h| std::cmp::Reverse(clients_on(h)));
@@ -939,7 +953,7 @@ fn hosts_behind_haproxy_keep_affinity_and_lose_no_request() {
         .filter(|s| s.start < t_kill && s.end > t_kill)
         .count();
     phases[killed].notes.push(format!(
-        "{in_flight} requests were in flight on h{} at the SIGKILL",
+        "requests in flight on h{} at the SIGKILL: {in_flight}",
         kill_host + 1
     ));
     let mut text = format!(
