@@ -38,8 +38,8 @@ fn exists(pid: i32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// A client that keeps making requests on fresh connections until stopped (or a bounded
-/// number of requests), logging the answering pid or the error of each.
+/// A client that keeps making requests on fresh connections until stopped (or, at the
+/// latest, after twice the tests' deadline), logging the answering pid or the error of each.
 struct Client {
     stop: Arc<AtomicBool>,
     log: Arc<Mutex<Vec<Result<i32, String>>>>,
@@ -47,17 +47,13 @@ struct Client {
 }
 
 impl Client {
-    const MAX_REQUESTS: usize = 5000;
-
     fn start(addr: std::net::SocketAddr) -> Client {
         let stop = Arc::new(AtomicBool::new(false));
         let log = Arc::new(Mutex::new(Vec::new()));
         let (s, l) = (stop.clone(), log.clone());
         let thread = std::thread::spawn(move || {
-            for _ in 0..Self::MAX_REQUESTS {
-                if s.load(Ordering::SeqCst) {
-                    break;
-                }
+            let start = std::time::Instant::now();
+            while !s.load(Ordering::SeqCst) && start.elapsed() < 2 * DEADLINE {
                 let r = match http_get(addr, "/") {
                     Ok((200, body)) => body_pid(&body).ok_or(format!("no pid in {body:?}")),
                     Ok((st, body)) => Err(format!("status {st}: {body:?}")),
