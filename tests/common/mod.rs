@@ -700,7 +700,11 @@ pub struct KeepAlive {
 
 impl KeepAlive {
     pub fn connect(addr: SocketAddr) -> std::io::Result<KeepAlive> {
-        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+        Self::from_stream(TcpStream::connect_timeout(&addr, Duration::from_secs(10))?)
+    }
+
+    /// A connection made otherwise (from another source address, say).
+    pub fn from_stream(s: TcpStream) -> std::io::Result<KeepAlive> {
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
         Ok(KeepAlive {
             r: BufReader::new(s.try_clone()?),

@@ -5,31 +5,41 @@
 //!
 //! Run: cargo build --release --workspace && multinode serve --route ip-hash --workers 5 -l 127.0.0.1:8080 -- ./target/release/affinity
 //!
-//! In the article, master.js accepts every connection, hashes the client's
-//! address to pick one of its workers and passes the socket to it; each
-//! worker.js answers with its pid and request count. Here multinode is
-//! master.js (`--route ip-hash`: it accepts, hashes, and passes the socket
-//! with SCM_RIGHTS) and this program is worker.js: it reads the connections
-//! from its route channel through the multinode-worker SDK and answers every
-//! request (any method, any path) with `200 OK` and
+//! In the article, master.js accepts every connection, counts it
+//! (`++numReqs`), hashes the client's address to pick one of its workers
+//! and passes the socket to it together with that count; each worker.js
+//! answers with its pid and the count it was handed. Here multinode is
+//! master.js (`--route ip-hash`: it accepts, numbers, hashes, and passes
+//! the socket with SCM_RIGHTS) and this program is worker.js: it reads the
+//! connections from its route channel through the multinode-worker SDK and
+//! answers every request (any method, any path) with `200 OK` and
 //!
 //! ```text
 //! process=<pid>; reqno=<n>; client=<ip>; visits=<v>
 //! ```
 //!
-//! `reqno` counts this process's requests; `visits` counts this client's
-//! requests *as this process has seen them*, in an in-memory map that is
-//! never shared with the other workers. That is what affinity is for:
-//! under `--route ip-hash` a client always reaches the same worker, so
-//! `visits` climbs 1, 2, 3, … across connections. Start it with
-//! `--route round-robin` (or without `--route`: the kernel balances) and
-//! the same client's visits are spread over all workers and restart at 1
-//! on each. With `--proxy-protocol` the client is the one the PROXY header
-//! names, so affinity survives a load balancer in front.
+//! `reqno` is the supervisor's number of the connection that carried the
+//! request ([`Accepted::seq`], master.js's `numReqs`): global, counted by
+//! multinode across all workers and generations from 1, in the order it
+//! accepted the connections, so no two connections get the same one. The
+//! requests of one kept-alive connection share it. Standalone, or on a
+//! plain listening socket (multinode without `--route`, systemd), there is
+//! no supervisor's number: `reqno` then counts the connections this
+//! process accepted, from 1, and is unique only within the process.
+//!
+//! `visits` counts this client's requests *as this process has seen them*,
+//! in an in-memory map that is never shared with the other workers. That
+//! is what affinity is for: under `--route ip-hash` a client always reaches
+//! the same worker, so `visits` climbs 1, 2, 3, … across connections. Start
+//! it with `--route round-robin` (or without `--route`: the kernel
+//! balances) and the same client's visits are spread over all workers and
+//! restart at 1 on each. With `--proxy-protocol` the client is the one the
+//! PROXY header names, so affinity survives a load balancer in front.
 //!
 //! The map forgets an arbitrary client once it holds 100 000, and it is
 //! lost when the worker restarts or a reload replaces it (rendezvous
-//! hashing then sends each client to the same slot's new worker).
+//! hashing then sends each client to the same slot's new worker, where its
+//! `visits` start again at 1).
 //!
 //! Standalone (no inherited sockets): `affinity [ADDR]` binds ADDR, default
 //! `127.0.0.1:8080` (one process: every client has affinity to it).
@@ -37,9 +47,16 @@
 //! HTTP/1.1 with keep-alive, one thread per connection; bodies with
 //! `Content-Length` are read and dropped, chunked ones get `501` and the
 //! connection closes (requests are read and parsed by the `mini-http` crate,
-//! examples/http; a malformed one gets its status and the connection closes). SIGTERM (how multinode drains a worker) or SIGINT:
-//! stop accepting (after taking the connections already routed here),
-//! finish the requests in flight, close idle connections, exit 0.
+//! examples/http; a malformed one gets its status and the connection
+//! closes).
+//!
+//! SIGTERM (how multinode drains a worker) or SIGINT: stop accepting (after
+//! taking the connections already routed here), finish the requests in
+//! flight (their responses say `Connection: close`), give idle connections
+//! (kept alive, or accepted but silent) 2 s from when they went idle to
+//! send one more request, answered with `Connection: close` (its client
+//! may have sent it already), then close them, and exit 0. The same drain
+//! as `examples/hello`: a rolling reload fails no request.
 //!
 //! Under `multinode serve --watchdog D` it sends `WATCHDOG=1` every D/2
 //! from its accept loops, which wait for a connection at most until the
@@ -54,7 +71,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mini_http::{Input, parse_head, reason};
 use multinode_worker::{Accepted, Connection, Listener, PeerAddr, Stop, Watchdog};
@@ -64,6 +81,9 @@ const DEFAULT_ADDR: &str = "127.0.0.1:8080";
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a new connection may take to send its first request.
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// While draining, how long an idle connection may take to send one more
+/// request (counted from when it went idle).
+const IDLE_GRACE: Duration = Duration::from_secs(2);
 /// Clients remembered at most.
 const MAX_CLIENTS: usize = 100_000;
 
@@ -95,24 +115,16 @@ fn run() -> Result<(), Box<dyn Error>> {
         inherited.into_iter().map(|(_, l)| l).collect()
     };
 
-    let worker = Arc::new(Worker {
-        pid: std::process::id(),
-        stop,
-        watchdog,
-        reqno: AtomicU64::new(0),
-        visits: Mutex::new(HashMap::new()),
-        open: Mutex::new(Open::default()),
-        closed: Condvar::new(),
-    });
+    let worker = Arc::new(Worker::new(std::process::id(), stop, watchdog));
     let routed = sockets.iter().any(|l| matches!(l, Listener::Routed(_)));
     println!(
         "affinity: pid {} serving {} socket(s){}",
         worker.pid,
         sockets.len(),
         if routed {
-            " (routed by the supervisor)"
+            " (routed by the supervisor: reqno is its connection number)"
         } else {
-            ""
+            " (reqno counts this process's connections)"
         }
     );
 
@@ -136,24 +148,37 @@ struct Worker {
     stop: Stop,
     /// `--watchdog`: pinged by the accept loops.
     watchdog: Option<Watchdog>,
-    /// This process's requests.
-    reqno: AtomicU64,
+    /// The connections this process accepted itself (no supervisor's
+    /// `seq`): their `reqno`.
+    local_reqno: AtomicU64,
     /// Requests per client address: the state affinity keeps in one place.
     visits: Mutex<HashMap<String, u64>>,
-    open: Mutex<Open>,
-    /// Signalled whenever a connection closes.
-    closed: Condvar,
+    conns: Mutex<Conns>,
+    /// Signalled whenever a connection closes, and (during a drain) when one
+    /// goes idle.
+    changed: Condvar,
 }
 
-/// The open connections, so a drain can end the idle ones.
+/// The open connections, so a drain can close the idle ones.
 #[derive(Default)]
-struct Open {
+struct Conns {
     next_id: u64,
-    /// A second handle (for shutdown) and whether it waits for a request.
-    conns: HashMap<u64, (Option<Connection>, bool)>,
+    open: HashMap<u64, Tracked>,
 }
 
-/// What became of a request.
+struct Tracked {
+    /// A second handle for `shutdown`; `None` if it could not be cloned
+    /// (out of fds), then the read timeout ends it.
+    handle: Option<Connection>,
+    /// Waiting for the next request, with no byte of it read.
+    idle: bool,
+    /// When it last became idle (its accept, or the end of its last response).
+    idle_since: Instant,
+    /// The drain has shut its read side.
+    shut: bool,
+}
+
+/// What becomes of the connection after a response.
 enum Next {
     KeepAlive,
     Close,
@@ -164,6 +189,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Worker {
+    fn new(pid: u32, stop: Stop, watchdog: Option<Watchdog>) -> Worker {
+        Worker {
+            pid,
+            stop,
+            watchdog,
+            local_reqno: AtomicU64::new(0),
+            visits: Mutex::new(HashMap::new()),
+            conns: Mutex::new(Conns::default()),
+            changed: Condvar::new(),
+        }
+    }
+
     fn accept_loop(self: &Arc<Self>, listener: &Listener) {
         loop {
             match self.accept(listener) {
@@ -172,13 +209,14 @@ impl Worker {
                         PeerAddr::Tcp(a) => a.ip().to_canonical().to_string(),
                         other => other.to_string(),
                     };
+                    let reqno = self.reqno(accepted.seq);
                     let conn = accepted.conn;
-                    // Registered before the accept loop can return, so the
-                    // drain sees every connection.
+                    // Tracked before the accept loop can return, so the
+                    // drain sees every accepted connection.
                     let id = self.track(&conn);
                     let worker = Arc::clone(self);
-                    let spawned =
-                        thread::Builder::new().spawn(move || worker.serve(id, conn, &client));
+                    let spawned = thread::Builder::new()
+                        .spawn(move || worker.serve(id, conn, &client, reqno));
                     if let Err(e) = spawned {
                         eprintln!("affinity: cannot start a connection thread: {e}");
                         self.untrack(id);
@@ -216,86 +254,129 @@ impl Worker {
         listener.accept_timeout(&self.stop, w.due_in())
     }
 
+    /// The `reqno` of a new connection: the supervisor's sequence number of
+    /// a routed one (master.js's `++numReqs`), else this process's count.
+    fn reqno(&self, seq: Option<u64>) -> u64 {
+        seq.unwrap_or_else(|| self.local_reqno.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+
+    /// Registers a new connection, idle: no request read yet.
     fn track(&self, conn: &Connection) -> u64 {
         let handle = conn.try_clone().ok();
-        let mut open = lock(&self.open);
-        let id = open.next_id;
-        open.next_id += 1;
-        // Not idle: its first request is on the way.
-        open.conns.insert(id, (handle, false));
+        let mut conns = lock(&self.conns);
+        let id = conns.next_id;
+        conns.next_id += 1;
+        conns.open.insert(
+            id,
+            Tracked {
+                handle,
+                idle: true,
+                idle_since: Instant::now(),
+                shut: false,
+            },
+        );
         id
     }
 
     fn untrack(&self, id: u64) {
-        lock(&self.open).conns.remove(&id);
-        self.closed.notify_all();
+        lock(&self.conns).open.remove(&id);
+        self.changed.notify_all();
     }
 
-    /// Marks the connection idle (waiting for its next request) or busy.
-    /// False once a stop is requested: an idle connection then closes.
-    fn set_idle(&self, id: u64, idle: bool) -> bool {
-        let mut open = lock(&self.open);
+    /// Marks the connection idle (waiting for a request, none of it read)
+    /// or busy.
+    fn set_idle(&self, id: u64, idle: bool) {
+        let mut conns = lock(&self.conns);
+        if let Some(t) = conns.open.get_mut(&id) {
+            if idle && !t.idle {
+                t.idle_since = Instant::now();
+            }
+            t.idle = idle;
+        }
         if idle && self.stop.is_requested() {
-            return false;
+            // The drain counts its grace from now.
+            self.changed.notify_all();
         }
-        if let Some(c) = open.conns.get_mut(&id) {
-            c.1 = idle;
-        }
-        true
     }
 
-    /// After a stop: ends idle connections (shutting their read side wakes
-    /// the thread blocked reading) and waits until every connection closes.
-    /// Busy ones close after their response, which says `Connection: close`.
+    /// After a stop (and after the accept loops have returned, so every
+    /// accepted connection is tracked): waits for the busy connections,
+    /// which close after their response because the stop makes it
+    /// `Connection: close`, and ends the idle ones by shutting their read
+    /// side (a blocked read then returns what is already queued, then end
+    /// of file).
+    ///
+    /// An idle connection (kept alive, or accepted and still silent) gets
+    /// up to IDLE_GRACE from when it went idle to send one more request:
+    /// its client may have sent it already, and closing now would lose it.
+    /// Then its read side is shut.
     fn drain(&self) {
-        let mut open = lock(&self.open);
-        while !open.conns.is_empty() {
-            for (handle, idle) in open.conns.values_mut() {
-                if *idle && let Some(h) = handle.take() {
+        let mut conns = lock(&self.conns);
+        while !conns.open.is_empty() {
+            let now = Instant::now();
+            let mut next_deadline: Option<Instant> = None;
+            for t in conns.open.values_mut().filter(|t| t.idle && !t.shut) {
+                let deadline = t.idle_since + IDLE_GRACE;
+                if deadline > now {
+                    next_deadline = Some(next_deadline.map_or(deadline, |d| d.min(deadline)));
+                    continue;
+                }
+                if let Some(h) = &t.handle {
                     let _ = h.shutdown(Shutdown::Read);
                 }
+                t.shut = true;
             }
-            open = self.closed.wait(open).unwrap_or_else(|e| e.into_inner());
+            conns = match next_deadline {
+                Some(d) => {
+                    let wait = d.saturating_duration_since(now);
+                    self.changed
+                        .wait_timeout(conns, wait)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+                None => self.changed.wait(conns).unwrap_or_else(|e| e.into_inner()),
+            };
         }
     }
 
-    fn serve(&self, id: u64, conn: Connection, client: &str) {
+    /// Serves connection `id` (tracked) until it closes; every answer on it
+    /// carries `reqno`.
+    fn serve(&self, id: u64, conn: Connection, client: &str, reqno: u64) {
         let mut input = Input::new(&conn);
         let mut first = true;
         loop {
-            let timeout = if first {
-                FIRST_REQUEST_TIMEOUT
-            } else {
-                IDLE_TIMEOUT
-            };
-            let _ = conn.set_read_timeout(Some(timeout));
-            if !first && input.buffered().is_empty() && !self.set_idle(id, true) {
-                break;
+            if input.buffered().is_empty() {
+                // A new connection is registered idle already.
+                let timeout = if first {
+                    FIRST_REQUEST_TIMEOUT
+                } else {
+                    self.set_idle(id, true);
+                    IDLE_TIMEOUT
+                };
+                let _ = conn.set_read_timeout(Some(timeout));
+                match input.fill() {
+                    Ok(true) => {}
+                    // Closed by the client, timed out, or shut by the drain.
+                    Ok(false) | Err(_) => break,
+                }
             }
-            let head = input.read_head();
-            self.set_idle(id, false);
             first = false;
-            match head {
-                // A head larger than mini_http::MAX_HEAD: close.
-                Ok(None) | Err(_) => break,
-                Ok(Some(n)) => match self.answer(&mut input, n, client) {
-                    Ok(Next::KeepAlive) => {}
-                    Ok(Next::Close) | Err(_) => break,
-                },
+            self.set_idle(id, false);
+            match self.answer(&mut input, client, reqno) {
+                Ok(Next::KeepAlive) => {}
+                Ok(Next::Close) | Err(_) => break,
             }
         }
         drop(conn);
         self.untrack(id);
     }
 
-    /// Answers the request whose head is the first `head_len` bytes buffered.
-    fn answer(
-        &self,
-        input: &mut Input<&Connection>,
-        head_len: usize,
-        client: &str,
-    ) -> io::Result<Next> {
+    /// Reads one request (the start of it is buffered) and answers it.
+    fn answer(&self, input: &mut Input<&Connection>, client: &str, reqno: u64) -> io::Result<Next> {
         let conn = *input.get_ref();
+        let Some(head_len) = input.read_head()? else {
+            return respond(conn, 431, "request head larger than 16 KiB\n", false, false);
+        };
         let parsed = parse_head(&input.buffered()[..head_len]);
         input.consume(head_len);
         let req = match parsed {
@@ -311,7 +392,6 @@ impl Worker {
             input.discard(length)?;
         }
 
-        let reqno = self.reqno.fetch_add(1, Ordering::SeqCst) + 1;
         let visits = self.visit(client);
         let body = format!(
             "process={}; reqno={reqno}; client={client}; visits={visits}\n",
@@ -335,7 +415,6 @@ impl Worker {
         *n
     }
 }
-
 /// Sends a response, in one write (two small writes would meet Nagle's
 /// algorithm and delayed ACKs). `keep`: the connection stays open for the
 /// next request; `http10`: the request was HTTP/1.0, which keeps it open
@@ -364,19 +443,56 @@ fn respond(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
+    use std::io::{BufRead, BufReader, Read};
     use std::os::unix::net::UnixStream;
 
+    // No test here requests a stop: the SDK's stop is process-wide, and
+    // would end the keep-alive of the tests running beside it.
+    // tests/affinity.rs drains real workers under load.
+
     fn worker() -> Arc<Worker> {
-        Arc::new(Worker {
-            pid: 42,
-            stop: multinode_worker::catch_stop_signals().unwrap(),
-            watchdog: None,
-            reqno: AtomicU64::new(0),
-            visits: Mutex::new(HashMap::new()),
-            open: Mutex::new(Open::default()),
-            closed: Condvar::new(),
-        })
+        Arc::new(Worker::new(
+            42,
+            multinode_worker::catch_stop_signals().unwrap(),
+            None,
+        ))
+    }
+
+    /// Starts serving one end of a socket pair as a connection `w` accepted
+    /// with the supervisor's `seq` (None: accepted by itself); the other
+    /// end, and the connection's id.
+    fn connect(w: &Arc<Worker>, seq: Option<u64>) -> (UnixStream, u64, thread::JoinHandle<()>) {
+        let (client, server) = UnixStream::pair().unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let conn = Connection::from(server);
+        let reqno = w.reqno(seq);
+        let id = w.track(&conn);
+        let w = Arc::clone(w);
+        let server = thread::spawn(move || w.serve(id, conn, "198.51.100.7", reqno));
+        (client, id, server)
+    }
+
+    /// Sends `requests` on one connection; everything it answered until it
+    /// closed.
+    fn exchange(w: &Arc<Worker>, seq: Option<u64>, requests: &str) -> String {
+        let (mut client, _, server) = connect(w, seq);
+        client.write_all(requests.as_bytes()).unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        // Until the end, or the reset of a connection closed with part of
+        // a request unread.
+        let mut out = Vec::new();
+        let mut chunk = [0; 4096];
+        while let Ok(n @ 1..) = client.read(&mut chunk) {
+            out.extend_from_slice(&chunk[..n]);
+        }
+        server.join().unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    fn bodies(out: &str) -> Vec<&str> {
+        out.lines().filter(|l| l.starts_with("process=")).collect()
     }
 
     #[test]
@@ -391,54 +507,60 @@ mod tests {
         assert_eq!(lock(&w.visits).len(), MAX_CLIENTS);
     }
 
-    /// Sends `requests` on one connection served by `w`; everything it
-    /// answered until it closed.
-    fn exchange(w: &Arc<Worker>, requests: &str) -> String {
-        let (mut client, server) = UnixStream::pair().unwrap();
-        let conn = Connection::from(server);
-        let id = w.track(&conn);
-        let server = {
-            let w = Arc::clone(w);
-            thread::spawn(move || w.serve(id, conn, "198.51.100.7"))
-        };
-        client.write_all(requests.as_bytes()).unwrap();
-        client.shutdown(Shutdown::Write).unwrap();
-        let mut out = String::new();
-        client.read_to_string(&mut out).unwrap();
-        server.join().unwrap();
-        out
+    #[test]
+    fn reqno_is_the_supervisors_seq_else_a_count_of_this_process() {
+        let w = worker();
+        assert_eq!(w.reqno(Some(17)), 17);
+        assert_eq!(w.reqno(None), 1);
+        assert_eq!(w.reqno(Some(18)), 18);
+        assert_eq!(w.reqno(None), 2, "routed connections do not count");
     }
 
     #[test]
     fn answers_with_pid_reqno_client_and_visits() {
         let w = worker();
+        // Routed: reqno is the supervisor's seq, for every request on the
+        // connection; visits count the requests.
         let out = exchange(
             &w,
+            Some(7),
             "GET / HTTP/1.1\r\nHost: x\r\n\r\n\
              POST /p HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc\
              GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
         );
-        let bodies: Vec<&str> = out.lines().filter(|l| l.starts_with("process=")).collect();
         assert_eq!(
-            bodies,
+            bodies(&out),
             [
-                "process=42; reqno=1; client=198.51.100.7; visits=1",
-                "process=42; reqno=2; client=198.51.100.7; visits=2",
-                "process=42; reqno=3; client=198.51.100.7; visits=3",
+                "process=42; reqno=7; client=198.51.100.7; visits=1",
+                "process=42; reqno=7; client=198.51.100.7; visits=2",
+                "process=42; reqno=7; client=198.51.100.7; visits=3",
             ],
             "{out}"
         );
         assert_eq!(out.matches("Connection: close").count(), 1, "{out}");
 
-        let out = exchange(&w, "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
-        assert!(out.contains("Connection: keep-alive\r\n"), "{out}");
-        assert!(out.contains("visits=4"), "{out}");
-        assert!(lock(&w.open).conns.is_empty(), "connections untracked");
+        // Accepted by this process: reqno counts its connections.
+        for (seq, reqno, visits) in [(None, 1, 4), (Some(9), 9, 5), (None, 2, 6)] {
+            let out = exchange(&w, seq, "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+            assert!(out.contains("Connection: keep-alive\r\n"), "{out}");
+            assert_eq!(
+                bodies(&out),
+                [format!(
+                    "process=42; reqno={reqno}; client=198.51.100.7; visits={visits}"
+                )],
+                "{out}"
+            );
+        }
+        assert!(lock(&w.conns).open.is_empty(), "connections untracked");
     }
 
     #[test]
     fn rejects_what_it_does_not_serve() {
         let w = worker();
+        let huge = format!(
+            "GET / HTTP/1.1\r\nX: {}\r\n\r\n",
+            "a".repeat(mini_http::MAX_HEAD)
+        );
         for (req, status) in [
             ("GET /\r\n\r\n", "400"),
             ("GET / HTTP/2.0\r\n\r\n", "505"),
@@ -448,13 +570,72 @@ mod tests {
                 "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
                 "501",
             ),
+            (&huge, "431"),
         ] {
-            let out = exchange(&w, req);
+            let out = exchange(&w, None, req);
+            let shown = &req[..req.len().min(60)];
             assert!(
                 out.starts_with(&format!("HTTP/1.1 {status} ")),
-                "{req:?}: {out}"
+                "{shown:?}: {out}"
             );
-            assert!(out.contains("Connection: close\r\n"), "{req:?}: {out}");
+            assert!(out.contains("Connection: close\r\n"), "{shown:?}: {out}");
         }
+    }
+
+    /// Reads one response's head and body from `r`; the body.
+    fn response(r: &mut BufReader<UnixStream>) -> String {
+        let mut len = 0;
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            if let Some(v) = line.strip_prefix("Content-Length: ") {
+                len = v.trim().parse().unwrap();
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).unwrap();
+        String::from_utf8(body).unwrap()
+    }
+
+    #[test]
+    fn drain_gives_an_idle_connection_its_grace_then_closes_it() {
+        let w = worker();
+        let (client, id, server) = connect(&w, Some(3));
+        let mut r = BufReader::new(client.try_clone().unwrap());
+        let mut c = &client;
+        c.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        assert!(response(&mut r).contains("visits=1"));
+        let idle = || lock(&w.conns).open.get(&id).is_some_and(|t| t.idle);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !idle() {
+            assert!(Instant::now() < deadline, "the connection never went idle");
+            thread::sleep(Duration::from_millis(5));
+        }
+        let drain = {
+            let w = Arc::clone(&w);
+            thread::spawn(move || w.drain())
+        };
+        // A request sent while the connection is idle, within its grace,
+        // is answered.
+        thread::sleep(Duration::from_millis(300));
+        c.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        assert!(response(&mut r).contains("reqno=3; client=198.51.100.7; visits=2"));
+        let answered = Instant::now();
+        // Then silence: closed once IDLE_GRACE has passed since it went idle.
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).unwrap();
+        let closed_after = answered.elapsed();
+        assert!(rest.is_empty(), "{rest:?}");
+        assert!(
+            closed_after >= IDLE_GRACE - Duration::from_millis(100)
+                && closed_after < IDLE_GRACE + Duration::from_secs(20),
+            "closed {closed_after:?} after it went idle"
+        );
+        server.join().unwrap();
+        drain.join().unwrap();
+        assert!(lock(&w.conns).open.is_empty());
     }
 }
