@@ -17,8 +17,8 @@
 //! given at fork, never a path from a message.
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
 use std::ffi::OsString;
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -90,8 +90,11 @@ impl Registered {
 
     /// Whether the name in the directory still names what was registered.
     fn still_there(&self) -> bool {
-        let Ok(st) = fstatat(&self.parent, self.name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
-        else {
+        let Ok(st) = fstatat(
+            &self.parent,
+            self.name.as_os_str(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) else {
             return false;
         };
         let format = st.st_mode & SFlag::S_IFMT.bits();

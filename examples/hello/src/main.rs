@@ -264,8 +264,9 @@ impl Server {
         self.closed.notify_all();
     }
 
-    /// Marks the connection idle; false (close it) once a stop is requested.
-    fn set_idle(&self, id: u64, idle: bool) -> bool {
+    /// Marks the connection idle (waiting for a request, none of it read) or busy. After a
+    /// stop, the drain closes an idle connection once its grace is over.
+    fn set_idle(&self, id: u64, idle: bool) {
         let mut conns = self.conns();
         if let Some(t) = conns.open.get_mut(&id) {
             if idle && !t.idle {
@@ -276,7 +277,6 @@ impl Server {
         if idle && self.stop.is_requested() {
             self.closed.notify_all();
         }
-        true
     }
 
     /// After a stop (and after the accept loops have returned, so every
@@ -326,10 +326,9 @@ impl Server {
         let mut linger = false;
         loop {
             if input.buffered().is_empty() {
-                // A new connection is registered idle already; later,
-                // becoming idle after a stop means closing.
-                if !first && !self.set_idle(id, true) {
-                    break;
+                // A new connection is registered idle already.
+                if !first {
+                    self.set_idle(id, true);
                 }
                 match input.fill() {
                     Ok(true) => {}
