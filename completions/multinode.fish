@@ -56,8 +56,8 @@ complete -c multinode -n "__fish_multinode_using_subcommand serve" -l proxy-time
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l restart -d 'What to do when a worker exits' -r -f -a "always\t'Restart a worker whatever way it exited'
 on-failure\t'Restart a worker unless it exited with status 0'
 never\t'Never restart; multinode exits when the last worker has'"
-complete -c multinode -n "__fish_multinode_using_subcommand serve" -l backoff-max -d 'Longest wait between restarts of a crashing worker (the wait doubles from 100ms)' -r
-complete -c multinode -n "__fish_multinode_using_subcommand serve" -l min-uptime -d 'A worker that stayed up this long counts as healthy: the wait before its next restart starts over at 100ms' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l backoff-max -d 'Longest wait between restarts of a crashing worker: a first crash restarts at once, a second one within --min-uptime after 100ms, and the wait doubles from there' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l min-uptime -d 'A worker that stayed up this long counts as healthy: its crash counts as a first one and restarts at once' -r
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l max-restarts -d 'Give up (stop everything, exit 6) after more than N restarts within --restart-window' -r
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l restart-window -d 'The window --max-restarts counts restarts in' -r
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l stop-signal -d 'Signal that asks a worker to finish its work and exit' -r
@@ -108,8 +108,8 @@ complete -c multinode -n "__fish_multinode_using_subcommand check" -l proxy-time
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l restart -d 'What to do when a worker exits' -r -f -a "always\t'Restart a worker whatever way it exited'
 on-failure\t'Restart a worker unless it exited with status 0'
 never\t'Never restart; multinode exits when the last worker has'"
-complete -c multinode -n "__fish_multinode_using_subcommand check" -l backoff-max -d 'Longest wait between restarts of a crashing worker (the wait doubles from 100ms)' -r
-complete -c multinode -n "__fish_multinode_using_subcommand check" -l min-uptime -d 'A worker that stayed up this long counts as healthy: the wait before its next restart starts over at 100ms' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l backoff-max -d 'Longest wait between restarts of a crashing worker: a first crash restarts at once, a second one within --min-uptime after 100ms, and the wait doubles from there' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l min-uptime -d 'A worker that stayed up this long counts as healthy: its crash counts as a first one and restarts at once' -r
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l max-restarts -d 'Give up (stop everything, exit 6) after more than N restarts within --restart-window' -r
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l restart-window -d 'The window --max-restarts counts restarts in' -r
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l stop-signal -d 'Signal that asks a worker to finish its work and exit' -r

@@ -235,12 +235,13 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = RestartPolicy::Always)]
     pub restart: RestartPolicy,
 
-    /// Longest wait between restarts of a crashing worker (the wait doubles from 100ms)
+    /// Longest wait between restarts of a crashing worker: a first crash restarts at once,
+    /// a second one within --min-uptime after 100ms, and the wait doubles from there
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub backoff_max: Duration,
 
-    /// A worker that stayed up this long counts as healthy: the wait before its next restart
-    /// starts over at 100ms
+    /// A worker that stayed up this long counts as healthy: its crash counts as a first one and
+    /// restarts at once
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub min_uptime: Duration,
 

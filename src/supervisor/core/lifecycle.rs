@@ -217,13 +217,17 @@ impl Core {
             self.slots[w.slot as usize].backoff.reset();
         }
         match self.schedule(w.slot, now) {
-            Some(delay) => self.log(
-                ev(Log::warn(
-                    "exited",
-                    format!("{what}; restarting in {}", human(delay)),
-                ))
-                .with("restart_in_ms", delay.as_millis() as u64),
-            ),
+            Some(delay) => {
+                let when = if delay.is_zero() {
+                    "restarting now".to_string()
+                } else {
+                    format!("restarting in {}", human(delay))
+                };
+                self.log(
+                    ev(Log::warn("exited", format!("{what}; {when}")))
+                        .with("restart_in_ms", delay.as_millis() as u64),
+                )
+            }
             None => self.log(ev(Log::warn("exited", what))),
         }
     }

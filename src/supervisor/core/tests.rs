@@ -347,22 +347,36 @@ fn a_program_that_cannot_start_at_all_stops_with_exit_5() {
 // ---- exits, restarts, backoff ---------------------------------------------------------------
 
 #[test]
-fn a_crash_restarts_the_slot_after_a_jittered_backoff() {
+fn a_first_crash_restarts_at_once_and_a_second_after_a_jittered_backoff() {
     let mut s = Sim::started(runtime(2));
     let pid = s.pid_of(1);
     s.exit(pid, 3);
     let exited = s.events("exited");
     assert_eq!(Sim::field(exited[0], "code"), 3);
-    let delay = Sim::field(exited[0], "restart_in_ms").as_u64().unwrap();
-    assert!((75..125).contains(&delay), "{delay}ms");
-    assert_eq!(s.spawns.len(), 2, "not restarted before the backoff");
-    s.advance(Duration::from_millis(delay + 1));
+    assert_eq!(Sim::field(exited[0], "restart_in_ms"), 0);
+    assert!(
+        exited[0].msg.ends_with("restarting now"),
+        "{}",
+        exited[0].msg
+    );
+    assert_eq!(s.spawns.len(), 3, "restarted in the same turn");
     assert_eq!(s.spawns.last().unwrap().0, 1, "slot 1 again");
     assert_eq!(s.core.slots[1].restarts.total(), 1);
     assert_eq!(
         s.core.slots[1].last_exit.as_deref(),
         Some("exited with code 3")
     );
+    // The replacement crashes before --min-uptime: now the slot waits.
+    let pid = s.pid_of(1);
+    s.exit(pid, 3);
+    let delay = Sim::field(s.events("exited")[1], "restart_in_ms")
+        .as_u64()
+        .unwrap();
+    assert!((75..125).contains(&delay), "{delay}ms");
+    assert_eq!(s.spawns.len(), 3, "not restarted before the backoff");
+    s.advance(Duration::from_millis(delay + 1));
+    assert_eq!(s.spawns.len(), 4);
+    assert_eq!(s.spawns.last().unwrap().0, 1, "slot 1 again");
 }
 
 #[test]
@@ -371,19 +385,20 @@ fn quick_crashes_double_the_backoff_up_to_the_cap() {
     rt.backoff_max = Duration::from_millis(500);
     let mut s = Sim::started(rt);
     let mut delays = Vec::new();
-    for _ in 0..6 {
+    for _ in 0..7 {
         let pid = s.pid_of(0);
         s.exit(pid, 1);
         let d = Sim::field(s.events("exited").last().unwrap(), "restart_in_ms");
         delays.push(d.as_u64().unwrap());
         s.advance(Duration::from_millis(600));
     }
-    // 100, 200, 400 (each ±25%), then the 500ms cap.
-    assert!((75..=125).contains(&delays[0]), "{delays:?}");
-    assert!((150..=250).contains(&delays[1]), "{delays:?}");
-    assert!((300..=500).contains(&delays[2]), "{delays:?}");
+    // At once, then 100, 200, 400 (each ±25%), then the 500ms cap.
+    assert_eq!(delays[0], 0, "{delays:?}");
+    assert!((75..=125).contains(&delays[1]), "{delays:?}");
+    assert!((150..=250).contains(&delays[2]), "{delays:?}");
+    assert!((300..=500).contains(&delays[3]), "{delays:?}");
     assert!(
-        delays[3..].iter().all(|d| (375..=500).contains(d)),
+        delays[4..].iter().all(|d| (375..=500).contains(d)),
         "{delays:?}"
     );
 }
@@ -394,16 +409,17 @@ fn backoff_starts_over_after_min_uptime() {
     for _ in 0..4 {
         let pid = s.pid_of(0);
         s.exit(pid, 1);
-        s.advance(5 * SEC);
+        s.advance(2 * SEC);
     }
+    // At once, 100, 200, 400 (±25%).
     let before = Sim::field(s.events("exited").last().unwrap(), "restart_in_ms");
-    assert!(before.as_u64().unwrap() >= 600, "{before}");
+    assert!(before.as_u64().unwrap() >= 300, "{before}");
     // This one stays up past --min-uptime before it crashes.
     s.advance(6 * SEC);
     let pid = s.pid_of(0);
     s.exit(pid, 1);
     let after = Sim::field(s.events("exited").last().unwrap(), "restart_in_ms");
-    assert!(after.as_u64().unwrap() < 130, "{after}");
+    assert_eq!(after, 0, "a crash after --min-uptime counts as a first one");
 }
 
 #[test]
@@ -905,8 +921,11 @@ fn a_scale_waiter_fails_when_another_scale_changes_the_count_or_time_runs_out() 
 #[test]
 fn status_lists_each_slot_with_its_state() {
     let mut s = Sim::started(runtime(2));
-    let pid = s.pid_of(1);
-    s.exit(pid, 1);
+    // Two quick crashes: the first restarts at once, the second waits its backoff.
+    for _ in 0..2 {
+        let pid = s.pid_of(1);
+        s.exit(pid, 1);
+    }
     s.control(1, Request::Status);
     let Some(Reply::Status(st)) = s.reply_to(1) else {
         panic!("no status");
@@ -915,8 +934,8 @@ fn status_lists_each_slot_with_its_state() {
     assert!(!st.ready);
     let states: Vec<&str> = st.slots.iter().map(|r| r.state.as_str()).collect();
     assert_eq!(states, ["ready", "restarting"]);
-    assert_eq!(st.slots[1].restarts, 1);
-    assert_eq!(st.slots[1].restart_causes.crash, 1);
+    assert_eq!(st.slots[1].restarts, 2);
+    assert_eq!(st.slots[1].restart_causes.crash, 2);
 }
 
 #[test]
