@@ -300,6 +300,7 @@ impl Core {
             return self.stop(why, now);
         }
         self.end_reload("multinode is stopping");
+        self.end_upgrade();
         self.watch_at = None;
         self.stop_why = why.to_string();
         self.phase = Phase::LameDuck(later(now, self.rt.stop_delay));
@@ -354,6 +355,7 @@ impl Core {
             s.start_at = None;
         }
         self.end_reload("multinode is stopping");
+        self.end_upgrade();
         self.watch_at = None;
         let deadline = later(now, self.rt.grace);
         self.phase = Phase::Stopping(deadline);
@@ -395,6 +397,7 @@ impl Core {
             s.start_at = None;
         }
         self.end_reload("multinode is stopping");
+        self.end_upgrade();
         self.phase = Phase::Killing;
         if !self.workers.is_empty() {
             self.exit = self.exit.worst(Exit::Unclean);
