@@ -126,6 +126,9 @@ fn worker_pids(name: &str) -> Vec<(u64, i64)> {
 }
 
 fn have_wrk() -> bool {
+    if std::env::var_os("MULTINODE_TEST_NO_WRK").is_some() {
+        return false; // to run the clients of our own instead
+    }
     Command::new("wrk")
         .arg("--version")
         .stdout(Stdio::null())
@@ -408,6 +411,29 @@ fn failed_upgrades_leave_the_old_image_serving() {
     // Not a file at all: refused by the client, exit 2.
     let out = upgrade(&name, Some(&inst.dir.join("missing")));
     assert_error(&out, 2, &["--binary", "missing"]);
+    if is_root() {
+        // One the workers' user (multinode's own after the drop) may not execute, and one it
+        // could have replaced: refused before anything runs.
+        let private = inst.dir.join("private");
+        std::fs::copy(multinode_bin(), &private).unwrap();
+        set_mode(&private, 0o700);
+        let out = upgrade(&name, Some(&private));
+        assert_rolled_back(
+            &m,
+            &name,
+            &out,
+            "check",
+            "not executable by uid",
+            exe,
+            &pids,
+        );
+        let open = Scratch::new("upgrade-writable");
+        let planted = open.path("multinode");
+        std::fs::copy(multinode_bin(), &planted).unwrap();
+        set_mode(&planted, 0o755);
+        let out = upgrade(&name, Some(&planted));
+        assert_rolled_back(&m, &name, &out, "check", "writable by uid", exe, &pids);
+    }
 
     if cfg!(debug_assertions) {
         // A new image that panics, crashes or finds a state format it does not know while
@@ -809,5 +835,158 @@ fn systemd_hears_reloading_then_ready_from_the_same_main_pid() {
     assert!(ready.contains("STATUS=2/2 workers ready"), "{ready:?}");
     m.signal(libc::SIGTERM);
     notified(&sock, "STOPPING=1");
+    assert_eq!(m.wait_exit().code(), Some(0), "{}", m.output());
+}
+
+/// `PROXY TCP4 ...` and a GET in one write, on a new connection; the response.
+fn proxied_get(addr: SocketAddr, client: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(DEADLINE))?;
+    let req = format!(
+        "PROXY TCP4 {client} 127.0.0.1 4000 80\r\nGET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, resp))
+}
+
+/// The `--metrics` address of `m`.
+fn addr_of_metrics(m: &Multinode) -> SocketAddr {
+    m.wait_event("metrics", |_| true)
+        .str("addr")
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Route mode holds connections itself: handed to a worker that is not reading its channel,
+/// and waiting for their PROXY header. Across an upgrade none is dropped: each is answered
+/// once the worker reads again and the header is complete.
+#[test]
+fn connections_route_mode_holds_go_over_and_are_answered() {
+    use std::io::{Read, Write};
+    let inst = Install::new();
+    let name = unique_name();
+    let hello = hello();
+    let mut m = inst.serve(
+        &name,
+        &[
+            "-w",
+            "1",
+            "-l",
+            "127.0.0.1:0",
+            "--route",
+            "ip-hash",
+            "--proxy-protocol",
+            "--metrics",
+            "127.0.0.1:0",
+            "--ready",
+            "notify",
+            "--",
+            &hello,
+        ],
+    );
+    let addr = m.tcp_addr("listen0");
+    m.wait_ready(1);
+    assert_eq!(proxied_get(addr, "192.0.2.1").unwrap().0, 200);
+    let worker = worker_pids(&name)[0].1 as i32;
+    // The worker stops reading its channel; clients keep coming.
+    kill(worker, libc::SIGSTOP);
+    let held: Vec<_> = (0..6)
+        .map(|i| std::thread::spawn(move || proxied_get(addr, &format!("192.0.2.{}", 10 + i))))
+        .collect();
+    // A connection that has sent half its PROXY header.
+    let mut half = std::net::TcpStream::connect(addr).unwrap();
+    half.write_all(b"PROXY TCP4 198.51.").unwrap();
+    assert!(
+        eventually(DEADLINE, || {
+            let (_, text) = http_get(addr_of_metrics(&m), "/metrics").unwrap_or_default();
+            text.contains("multinode_route_proxy_pending 1")
+        }),
+        "the half header is pending"
+    );
+    let out = upgrade(&name, None);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stderr(&out),
+        m.output()
+    );
+    half.write_all(
+        b"100.7 127.0.0.1 4000 80\r\nGET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    kill(worker, libc::SIGCONT);
+    half.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut resp = String::new();
+    half.read_to_string(&mut resp).unwrap();
+    assert!(
+        resp.starts_with("HTTP/1.1 200"),
+        "the PROXY-pending connection: {resp:?}"
+    );
+    for h in held {
+        let (status, resp) = h.join().unwrap().expect("a held connection answered");
+        assert_eq!(status, 200, "{resp}");
+    }
+    assert_eq!(worker_pids(&name)[0].1 as i32, worker);
+    m.signal(libc::SIGTERM);
+    assert_eq!(m.wait_exit().code(), Some(0), "{}", m.output());
+}
+
+/// A reload under way goes over: its new worker (still starting) is adopted, the roll goes
+/// on in the new image, and the `multinode reload` that was waiting is answered by it.
+#[test]
+fn a_reload_under_way_goes_on_and_its_caller_is_answered_by_the_new_image() {
+    let inst = Install::new();
+    let slow = inst.script(
+        "slow-hello",
+        &format!("#!/bin/sh\nsleep 2\nexec {}\n", hello()),
+    );
+    let name = unique_name();
+    let slow = slow.display().to_string();
+    let mut m = inst.serve(
+        &name,
+        &[
+            "-w",
+            "2",
+            "-l",
+            "127.0.0.1:0",
+            "--ready",
+            "notify",
+            "--",
+            &slow,
+        ],
+    );
+    m.wait_ready(2);
+    let first = worker_pids(&name);
+    let reload = {
+        let name = name.clone();
+        std::thread::spawn(move || mn(&["reload", "--name", &name]))
+    };
+    m.wait_event("started", |e| e.generation() == Some(2));
+    let out = upgrade(&name, None);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let upgraded = m.wait_event("upgraded", |_| true);
+    let reloaded = m.wait_event("reloaded", |e| e.generation() == Some(2));
+    assert!(
+        upgraded.seq < reloaded.seq,
+        "the roll ended after the upgrade:\n{}",
+        m.output()
+    );
+    let out = reload.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("generation 2"), "{}", stdout(&out));
+    for (_, pid) in first {
+        assert_eq!(m.wait_exited(pid as i32).code(), Some(0));
+    }
+    m.signal(libc::SIGTERM);
     assert_eq!(m.wait_exit().code(), Some(0), "{}", m.output());
 }
