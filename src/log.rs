@@ -299,6 +299,25 @@ impl Output {
         self.dropped_total
     }
 
+    /// Waits until everything queued is written, at most `d`; false if the writer is still
+    /// stuck in a write then (a stalled terminal or pipe), which it then finishes on its own.
+    /// The writer is stopped either way; [`Output::start_writer`] starts another.
+    pub fn flush_within(&mut self, d: std::time::Duration) -> bool {
+        self.tx = None;
+        let Some(w) = self.writer.take() else {
+            return true;
+        };
+        let until = std::time::Instant::now() + d;
+        while !w.is_finished() {
+            if std::time::Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let _ = w.join();
+        true
+    }
+
     /// Waits until everything queued is written. Called once, at exit.
     pub fn finish(&mut self) {
         self.tx = None;

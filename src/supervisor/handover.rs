@@ -39,6 +39,9 @@ use crate::upgrade::format::{
 use crate::upgrade::restore::Restorer;
 use crate::upgrade::state::{self, FdTable, rel, runtime_state, value_name};
 
+/// How long the hand-over waits for the log writer to write what it holds.
+const LOG_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Shell {
     /// An upgrade's check of the new binary: once it has answered (or not in time), the core
     /// hears how it went.
@@ -68,9 +71,16 @@ impl Shell {
             return; // called off (a stop) since it was asked for
         }
         self.flush_guard();
-        // Every line so far is written before the exec; none is lost.
-        self.p.out.finish();
-        let err = self.exec(&binary);
+        // Every line so far is written before the exec; none is lost. A terminal or pipe
+        // that takes none calls the upgrade off rather than lose them or wait forever.
+        let err = if self.p.out.flush_within(LOG_FLUSH) {
+            self.exec(&binary)
+        } else {
+            format!(
+                "the log output took nothing for {}s (a stalled terminal or pipe); not executing it, so that no line is lost",
+                LOG_FLUSH.as_secs()
+            )
+        };
         self.p.out.start_writer();
         let running = crate::upgrade::running();
         self.dispatch(Event::UpgradeFailed {
