@@ -369,11 +369,9 @@ fn assert_rolled_back(
             "workers untouched",
         ],
     );
-    let n = m.events("upgrade-failed").len();
-    let e = m.wait_event("upgrade-failed", |e| {
+    m.wait_event("upgrade-failed", |e| {
         e.str("stage") == Some(stage) && e.str("reason").is_some_and(|r| r.contains(needle))
     });
-    assert!(n >= 1, "{e}");
     assert!(alive(m.pid));
     assert_eq!(exe_ino(m.pid), exe, "the old executable runs");
     assert_eq!(worker_pids(name), pids, "every worker kept its pid");
