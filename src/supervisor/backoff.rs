@@ -22,6 +22,15 @@ impl Backoff {
         self.failures = 0;
     }
 
+    /// Consecutive quick crashes so far (the state an upgrade hands over).
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    pub fn with_failures(failures: u32) -> Backoff {
+        Backoff { failures }
+    }
+
     /// The wait before the next start: none after a first crash, then base × 2^(failures-1),
     /// capped, times a jitter factor in [0.75, 1.25) so that slots crashing together do not
     /// restart in lockstep.
@@ -52,6 +61,22 @@ impl Budget {
         }
     }
 
+    /// The restarts counted, when each was (the state an upgrade hands over).
+    pub fn times(&self) -> impl Iterator<Item = Instant> + '_ {
+        self.times.iter().copied()
+    }
+
+    /// A budget that counted restarts at `times` already.
+    pub fn with_times(
+        limit: Option<(u32, Duration)>,
+        times: impl Iterator<Item = Instant>,
+    ) -> Self {
+        Budget {
+            limit,
+            times: times.collect(),
+        }
+    }
+
     /// Records a restart at `now`; false when it exceeds the budget.
     pub fn record(&mut self, now: Instant) -> bool {
         let Some((max, window)) = self.limit else {
@@ -78,6 +103,16 @@ impl Jitter {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         Jitter(t ^ (u64::from(std::process::id()) << 32) | 1)
+    }
+
+    /// Its state, to carry the sequence over an upgrade.
+    pub fn state(&self) -> u64 {
+        self.0
+    }
+
+    /// A generator that goes on from `state` (never 0: xorshift would stay there).
+    pub fn from_state(state: u64) -> Self {
+        Jitter(state | 1)
     }
 
     /// A generator with a fixed seed, so a test sees the same jitter every run.

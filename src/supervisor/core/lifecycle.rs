@@ -304,6 +304,7 @@ impl Core {
             return self.stop(why, now);
         }
         self.end_reload("multinode is stopping");
+        self.end_upgrade();
         self.watch_at = None;
         self.stop_why = why.to_string();
         self.phase = Phase::LameDuck(later(now, self.rt.stop_delay));
@@ -358,6 +359,7 @@ impl Core {
             s.start_at = None;
         }
         self.end_reload("multinode is stopping");
+        self.end_upgrade();
         self.watch_at = None;
         let deadline = later(now, self.rt.grace);
         self.phase = Phase::Stopping(deadline);
@@ -399,6 +401,7 @@ impl Core {
             s.start_at = None;
         }
         self.end_reload("multinode is stopping");
+        self.end_upgrade();
         self.phase = Phase::Killing;
         if !self.workers.is_empty() {
             self.exit = self.exit.worst(Exit::Unclean);

@@ -59,6 +59,9 @@ struct Sim {
     rolled_out: Vec<u64>,
     opened: Vec<u32>,
     closed: Vec<u32>,
+    /// Upgrades asked of the shell (the binary), and hand-overs.
+    upgrades: Vec<Option<String>>,
+    handed_over: Vec<String>,
 }
 
 impl Sim {
@@ -92,6 +95,8 @@ impl Sim {
             rolled_out: Vec::new(),
             opened: Vec::new(),
             closed: Vec::new(),
+            upgrades: Vec::new(),
+            handed_over: Vec::new(),
         }
     }
 
@@ -154,6 +159,8 @@ impl Sim {
                     }
                     Action::CloseSlot { slot } => self.closed.push(slot),
                     Action::Inspect { .. } => {}
+                    Action::Upgrade { binary } => self.upgrades.push(binary),
+                    Action::HandOver { binary } => self.handed_over.push(binary),
                 }
             }
         }
@@ -1357,4 +1364,223 @@ fn multinode_pings_systemds_watchdog_at_half_its_interval() {
     s.advance(11 * SEC);
     let pings = s.systemd.iter().filter(|n| **n == SdNote::Watchdog).count();
     assert_eq!(pings, 2, "at 5 s and 10 s");
+}
+
+// ---- in-place upgrade: the core's state across the exec -------------------------------------
+
+/// A core with a worker in every state, a reload under way, restarts counted, waiters waiting.
+fn core_in_every_state() -> Sim {
+    let mut rt = runtime(6);
+    rt.max_restarts = Some((100, Duration::from_secs(60)));
+    rt.watchdog = Some(60 * SEC);
+    rt.ready = ReadyMode::Delay(2 * SEC);
+    let mut s = Sim::with(rt, Mode::Route(RoutePolicy::LeastConn), true);
+    s.feed(Event::Start);
+    s.ready_all();
+    // A crash: a restart counted, its replacement starting (after backoff).
+    s.exit(s.pid_of(0), 3);
+    s.advance(SEC);
+    // A leader that exited leaving its group: Exited with a kill deadline.
+    s.feed(Event::Exited {
+        pid: s.pid_of(2),
+        status: ExitStatus::Signal {
+            signal: Signal::SIGSEGV,
+            core_dumped: true,
+        },
+        group_alive: true,
+    });
+    // Scaled down: slot 5 drains; after its grace it is killed.
+    s.feed(Event::Signal(Sig::Ttou));
+    s.advance(11 * SEC);
+    // Recycling: still serving while its replacement starts.
+    let recycled = s.pid_of(1);
+    s.feed(Event::Recycle {
+        pid: recycled,
+        cause: crate::supervisor::worker::Recycle::Requests(7),
+    });
+    // Slot 4 drains now, with its deadline ahead (scaled away with a longer grace).
+    s.feed(Event::Signal(Sig::Ttou));
+    // A reload under way, its first new worker starting, and a waiter for it.
+    s.reread = Some(Ok(None));
+    s.control(7, Request::Reload);
+    s.control(8, Request::Scale { workers: 4 });
+    s.feed(Event::Notify {
+        pid: s.pid_of(3),
+        fields: vec![("STATUS".into(), "busy".into())],
+    });
+    s
+}
+
+#[test]
+fn a_snapshot_restores_to_the_same_core_deadlines_and_all() {
+    let s = core_in_every_state();
+    let labels: std::collections::BTreeSet<&str> =
+        s.core.workers.iter().map(|w| w.label()).collect();
+    for l in ["starting", "ready", "recycling", "draining", "exiting"] {
+        assert!(labels.contains(l), "no worker {l}: {labels:?}");
+    }
+    assert!(
+        s.core
+            .workers
+            .iter()
+            .any(|w| matches!(w.state, State::Killed { .. })),
+        "a killed worker"
+    );
+    assert!(s.core.reload.is_some(), "a reload under way");
+    let before = s.core.snapshot(s.now);
+    let text = serde_json::to_string(&before).unwrap();
+    let back: crate::upgrade::format::CoreState = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, before, "the JSON round trip loses nothing");
+    // Restored in another image, 7 s later on the clock: everything is where it was,
+    // relative to the hand-over.
+    let later = s.now + 7 * SEC;
+    let restored = Core::restore(back, s.core.fixed.clone(), later).unwrap();
+    assert_eq!(restored.snapshot(later), before);
+    assert_eq!(
+        restored.next_deadline(),
+        s.core.next_deadline().map(|t| t + 7 * SEC)
+    );
+    let mut a = s.core.status(s.now);
+    let mut b = restored.status(later);
+    a.pid = 0;
+    b.pid = 0;
+    assert_eq!(a, b, "status reads the same");
+    let restarts: u32 = a.slots.iter().map(|r| r.restarts).sum();
+    assert!(
+        restarts >= 2,
+        "the crash and the recycle are counted: {restarts}"
+    );
+}
+
+#[test]
+fn a_restored_core_goes_on_exactly_as_the_original() {
+    let mut a = core_in_every_state();
+    let mut b = core_in_every_state();
+    let later = b.now + 3 * SEC;
+    let snap = b.core.snapshot(b.now);
+    b.core = Core::restore(snap, b.core.fixed.clone(), later).unwrap();
+    b.now = later;
+    // The same 40 s of life (ticks, readiness, the reload's progress, kills) on both.
+    a.logs.clear();
+    b.logs.clear();
+    for _ in 0..4 {
+        a.advance(10 * SEC);
+        b.advance(10 * SEC);
+        a.ready_all();
+        b.ready_all();
+    }
+    let kinds = |s: &Sim| {
+        s.logs
+            .iter()
+            .map(|l| (l.kind, l.msg.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(kinds(&a), kinds(&b));
+    assert_eq!(a.core.snapshot(a.now), b.core.snapshot(b.now));
+}
+
+#[test]
+fn an_upgrade_checks_then_hands_over_and_the_new_core_answers() {
+    let mut s = Sim::with(runtime(2), Mode::Shared, true);
+    s.feed(Event::Start);
+    s.ready_all();
+    s.systemd.clear();
+    s.control(
+        4,
+        Request::Upgrade {
+            binary: Some("/opt/mn".into()),
+        },
+    );
+    assert_eq!(s.upgrades, [Some("/opt/mn".into())]);
+    // The same upgrade asked again joins it; another binary is refused meanwhile.
+    s.control(5, Request::Upgrade { binary: None });
+    s.control(
+        6,
+        Request::Upgrade {
+            binary: Some("/other".into()),
+        },
+    );
+    assert_eq!(s.upgrades.len(), 1);
+    assert!(matches!(s.reply_to(6), Some(Reply::Failed { error }) if error.contains("under way")));
+    s.feed(Event::UpgradeChecked {
+        binary: "/opt/mn".into(),
+        version: "9.9.9".into(),
+    });
+    let up = s.events("upgrade");
+    assert_eq!(up.len(), 1);
+    assert_eq!(Sim::field(up[0], "to"), "9.9.9");
+    assert_eq!(s.systemd, [SdNote::Reloading]);
+    assert_eq!(s.handed_over, ["/opt/mn"]);
+    // The new image restores the core and hears it worked.
+    let snap = s.core.snapshot(s.now);
+    s.core = Core::restore(snap, s.core.fixed.clone(), s.now).unwrap();
+    s.feed(Event::Upgraded {
+        from: "0.0.1".into(),
+        binary: "/opt/mn".into(),
+        took_ms: 12,
+        at: "2026-01-01T00:00:00.000Z".into(),
+    });
+    for client in [4, 5] {
+        assert!(
+            matches!(s.reply_to(client), Some(Reply::Upgraded { from, took_ms: 12, .. }) if from == "0.0.1"),
+            "{:?}",
+            s.reply_to(client)
+        );
+    }
+    assert!(matches!(s.systemd.last(), Some(SdNote::Ready(_))));
+    let st = s.core.status(s.now);
+    assert_eq!(st.upgrades, 1);
+    assert_eq!(st.last_upgrade.unwrap().from, "0.0.1");
+    assert!(!st.upgrading);
+    assert_eq!(s.events("upgraded").len(), 1);
+}
+
+#[test]
+fn a_failed_upgrade_is_told_and_a_stop_calls_one_off() {
+    let mut s = Sim::with(runtime(1), Mode::Shared, true);
+    s.feed(Event::Start);
+    s.ready_all();
+    s.systemd.clear();
+    s.feed(Event::Signal(Sig::Usr2));
+    s.control(3, Request::Upgrade { binary: None });
+    assert_eq!(s.upgrades, [None]);
+    s.feed(Event::UpgradeFailed {
+        stage: "check",
+        reason: "it exited with code 1".into(),
+        running: "multinode 0.1.0 (/usr/bin/multinode)".into(),
+    });
+    let failed = s.events("upgrade-failed");
+    assert_eq!(Sim::field(failed[0], "stage"), "check");
+    assert!(
+        matches!(s.reply_to(3), Some(Reply::Failed { error }) if error.contains("code 1") && error.contains("keeps running"))
+    );
+    assert!(
+        s.systemd.is_empty(),
+        "nothing was said to systemd for a check"
+    );
+    // Restore failures come with RELOADING=1 behind them: READY=1 again.
+    s.feed(Event::Signal(Sig::Usr2));
+    s.feed(Event::UpgradeChecked {
+        binary: "/usr/bin/multinode".into(),
+        version: "0.1.0".into(),
+    });
+    s.feed(Event::UpgradeFailed {
+        stage: "restore",
+        reason: "it panicked".into(),
+        running: "multinode 0.1.0".into(),
+    });
+    assert!(matches!(s.systemd.last(), Some(SdNote::Ready(_))));
+    assert_eq!(s.core.status(s.now).upgrades, 0);
+    // A stop calls off an upgrade still being checked; its answer is then ignored.
+    s.control(9, Request::Upgrade { binary: None });
+    s.feed(Event::Signal(Sig::Term));
+    assert!(matches!(s.reply_to(9), Some(Reply::Failed { error }) if error.contains("stopping")));
+    let handed = s.handed_over.len();
+    s.feed(Event::UpgradeChecked {
+        binary: "/usr/bin/multinode".into(),
+        version: "0.1.0".into(),
+    });
+    assert_eq!(s.handed_over.len(), handed, "no hand-over once stopping");
+    s.control(10, Request::Upgrade { binary: None });
+    assert!(matches!(s.reply_to(10), Some(Reply::Failed { error }) if error.contains("stopping")));
 }
