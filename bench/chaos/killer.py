@@ -3,13 +3,15 @@
 
 `killer.py SUPERVISOR_PID COMM SECS OUT [PERIOD_MS [BASE_SOCKETS]]`: every PERIOD_MS (200) for
 SECS seconds, picks one of the supervisor's children running COMM at random and SIGKILLs it,
-writing `EPOCH_MS PID HELD` to OUT for each kill: the time read right before the kill, and the
-sockets the victim had open beyond BASE_SOCKETS (an idle worker's), i.e. the connections it
-held. One process reading /proc directly, so the beat holds on a loaded machine (the script runs
+writing `EPOCH_MS PID HELD GONE_MS` to OUT for each kill: the time read right before the kill,
+the sockets the victim had open beyond BASE_SOCKETS (an idle worker's), i.e. the connections it
+held, and when it was gone (its pidfd readable: it has exited and the kernel has closed its fds,
+so nothing handed to it before then can be answered; 0 if not seen within a second). One process reading /proc directly, so the beat holds on a loaded machine (the script runs
 it at a higher priority than the load). Prints `kills=N skipped=M` (M: beats when no worker ran).
 """
 import os
 import random
+import select
 import signal
 import sys
 import time
@@ -65,13 +67,26 @@ def main():
             if ws:
                 v = random.choice(ws)
                 held = max(sockets(v) - base, 0)
-                t = int(time.time() * 1000)
                 try:
-                    os.kill(v, signal.SIGKILL)
-                    log.write(f"{t} {v} {held}\n")
-                    kills += 1
+                    pidfd = os.pidfd_open(v)
                 except ProcessLookupError:
                     skipped += 1
+                    pidfd = None
+                if pidfd is not None:
+                    t = int(time.time() * 1000)
+                    try:
+                        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                        gone = 0
+                        p = select.poll()
+                        p.register(pidfd, select.POLLIN)
+                        if p.poll(1000):
+                            gone = int(time.time() * 1000)
+                        log.write(f"{t} {v} {held} {gone}\n")
+                        kills += 1
+                    except ProcessLookupError:
+                        skipped += 1
+                    finally:
+                        os.close(pidfd)
             else:
                 skipped += 1
             beat += period
