@@ -83,6 +83,7 @@ def phases(path, a, b, end):
         r, f = rate(lo, hi)
         print(f"{name}_rps={r:.0f}")
         print(f"{name}_failed={f}")
+    print(f"during_min={min((per.get(s, (0, 0))[0] for s in range(a, b)), default=0)}")
     print("per_second=" + " ".join(str(per.get(s, (0, 0))[0]) for s in range(0, end)))
 
 
