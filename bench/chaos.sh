@@ -340,7 +340,7 @@ scenario_stop() {
         pids1=$(status | field '" ".join(str(x["pid"]) for x in s["slots"])')
         stop
         unlock
-        ev=$(analyze events "$d/log" "$t_stop" $((t_cont + 5000)))
+        ev=$(analyze events "$d/log" "$t_stop" $((t_cont + (post - 1) * 1000)))
         ph=$(analyze phases "$d/timeline" "$pre" $((pre + STOP_SECS)) "$total")
         load=$(cat "$d/load")
         get() { sed -n "s/^$1=//p" <<<"$ph"; }
@@ -350,7 +350,7 @@ scenario_stop() {
         say "$mode: $load"
         say "$mode: $(tr '\n' ' ' <<<"$ph")"
         say "$mode: status answered ${answer_ms} ms after SIGCONT, all ready after ${ready_ms} ms; restarts $r0 → $r1; same workers: $same"
-        say "$mode: events from the stop to 5 s after SIGCONT: $(sed -n 's/^events=//p' <<<"$ev")"
+        say "$mode: events from the stop to $((post - 1)) s after SIGCONT (the load ends at $post s): $(sed -n 's/^events=//p' <<<"$ev")"
         check "stop $mode: no failed request ($(lget failed))" "$(lget failed)" = 0
         check "stop $mode: the same workers after ($same)" "$same" = yes
         check "stop $mode: requests answered after SIGCONT" "$(get after_rps)" -gt 0
@@ -378,7 +378,7 @@ scenario_stop() {
         echo "in route mode multinode accepts every connection, so the clients wait in the listen backlog"
         echo "until SIGCONT (none may fail)."
         echo
-        echo "| mode | answered/s before | answered/s while stopped (fewest in a second) | answered/s after | failed | slowest (ms) | back | restarts | same workers after | supervisor events from the stop to 5 s after |"
+        echo "| mode | answered/s before | answered/s while stopped (fewest in a second) | answered/s after | failed | slowest (ms) | back | restarts | same workers after | supervisor events from the stop to $((post - 1)) s after SIGCONT |"
         echo "|---|---:|---:|---:|---:|---:|---|---|---|---|"
         printf '%s\n' "${rows[@]}"
     } >"$body"
