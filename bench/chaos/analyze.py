@@ -21,10 +21,10 @@ import os
 import sys
 
 # A request counts as in flight at a kill when it ended after the kill and started before the
-# victim was gone (a SIGKILLed process takes a few milliseconds to exit; until its fds are
-# closed, the kernel still queues connections for it: on a shared or reuseport socket's accept
-# queue when it was its last holder, on its route channel when the supervisor handed it one);
-# this much slack covers the clocks being read by different processes.
+# victim was gone: a SIGKILLed process takes milliseconds to exit, and until its fds are closed
+# it still holds what it accepted, and in route mode multinode (which learns of the death only
+# when the process is gone) still hands it connections over its channel. This much slack
+# covers the clocks being read by different processes.
 SLACK_MS = 5
 
 
