@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Chaos and soak for multinode (issue 15). Each scenario starts its own multinode (release
 # build, loopback only), does its damage for a bounded time, checks how multinode came out of
-# it, prints a summary and records it in bench/RESULTS.md (its own "## Chaos: ..." section,
-# replaced on every run, with the command).
+# it, prints a summary and records it in bench/RESULTS.md (a "### ..." subsection of "## Chaos
+# and soak (bench/chaos.sh)", replaced on every run, with the command).
 #
 #   kill      kill -9 of a random worker every 200 ms for 60 s under load, in each mode
 #             (shared, reuseport, route round-robin, route ip-hash)
@@ -15,7 +15,7 @@
 #   churn     10,000 crash-restarts, then 500 rolling reloads: fds, RSS, zombies
 #   idle      10,000 concurrent idle connections in route mode
 #
-# Usage: bench/chaos.sh SCENARIO...|all     (as root: workers run as nobody, limits are raised)
+# Usage: bench/chaos.sh SCENARIO...|all     (as root: workers run as nobody, limits are changed)
 # QUICK=1 runs a few seconds of each and records nothing (tests/chaos.rs runs `QUICK=1 all`).
 # Each scenario checks what must hold (every slot ready again, supervisor fds back to where they
 # were and RSS flat, no zombie, no failed request but those in flight on a killed worker, ...);
@@ -53,7 +53,7 @@ if [ "$(id -u)" != 0 ]; then
     echo "bench/chaos.sh: run me as root (limits are raised, workers run as nobody)" >&2
     exit 2
 fi
-[ $# -gt 0 ] || { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 scenarios=("$@")
 [ "${scenarios[*]}" = all ] && scenarios=(kill stop logstall emfile churn idle)
 for s in "${scenarios[@]}"; do

@@ -6,7 +6,8 @@
 //! check. The long runs and their figures are in bench/RESULTS.md.
 //!
 //! As root only (the workers run as nobody, the supervisor's limits are changed); it needs
-//! python3, rustc (the load generator is built from bench/chaos/load.rs), setpriv and prlimit.
+//! /usr/bin/python3, rustc (the load generator is built from bench/chaos/load.rs), setpriv and
+//! prlimit (.ci/run installs them).
 
 mod common;
 
@@ -51,7 +52,14 @@ fn quick_chaos_and_soak_scenarios_hold() {
     if !require(is_root(), "bench/chaos.sh runs as root") {
         return;
     }
-    for tool in ["python3", "rustc", "setpriv", "prlimit"] {
+    // The system's python3: the script's python workers run as nobody.
+    if !require(
+        std::path::Path::new("/usr/bin/python3").exists(),
+        "bench/chaos.sh needs /usr/bin/python3",
+    ) {
+        return;
+    }
+    for tool in ["rustc", "setpriv", "prlimit"] {
         if !require(have(tool), &format!("bench/chaos.sh needs {tool}")) {
             return;
         }
