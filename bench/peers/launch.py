@@ -55,10 +55,13 @@ def main():
         sock = socks[i] if reuseport else socks[0]
         pid = os.fork()
         if pid == 0:
-            # The child: the socket at fd 3 (dup2 makes it inheritable; every other socket is
-            # close-on-exec), the activation variables, then the program.
+            # The child: the socket at fd 3, inheritable (dup2 makes it so, but does nothing
+            # when the socket is fd 3 already; every other fd of ours is close-on-exec), the
+            # activation variables, then the program.
             try:
-                os.dup2(sock.fileno(), 3)
+                if sock.fileno() != 3:
+                    os.dup2(sock.fileno(), 3)
+                os.set_inheritable(3, True)
                 env = dict(os.environ)
                 env.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES="listen0")
                 os.execvpe(program[0], program, env)
