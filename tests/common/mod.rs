@@ -753,10 +753,17 @@ impl KeepAlive {
     }
 }
 
+/// The value of `key=` in a response body of `key=value` fields joined by `; ` (what hello,
+/// affinity and the test workers answer).
+pub fn body_field<'a>(body: &'a str, key: &str) -> Option<&'a str> {
+    body.split(';')
+        .find_map(|p| p.trim().strip_prefix(key)?.strip_prefix('='))
+        .map(str::trim)
+}
+
 /// `process=<pid>` in a hello response body.
 pub fn body_pid(body: &str) -> Option<i32> {
-    body.split(';')
-        .find_map(|p| p.trim().strip_prefix("process=")?.trim().parse().ok())
+    body_field(body, "process")?.parse().ok()
 }
 
 /// Polls `cond` until true or the deadline; returns whether it became true.
