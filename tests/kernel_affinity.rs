@@ -23,6 +23,24 @@ fn connect_from(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
         IpAddr::V6(_) => AddressFamily::Inet6,
     };
     let fd: OwnedFd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    if from.is_ipv6() {
+        // Any address of a prefix routed to loopback (see the IPv6 test), not only those
+        // configured on an interface.
+        let on: libc::c_int = 1;
+        // SAFETY: `on` is a live c_int and the length passed is its size.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                libc::IPV6_FREEBIND,
+                (&raw const on).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
     socket::bind(
         fd.as_raw_fd(),
         &SockaddrStorage::from(SocketAddr::new(from, 0)),
@@ -199,6 +217,50 @@ fn scaling_remaps_by_the_new_count_and_a_slot_that_returns_gets_its_socket_back(
 }
 
 #[test]
+fn a_new_slot_takes_its_clients_once_its_worker_is_ready() {
+    let gates = Scratch::new("kaffinity-gates");
+    let (gate, hello) = (worker_bin("mn-gate").display().to_string(), hello());
+    let dir = gates.0.display().to_string();
+    let m = Multinode::serve(
+        &[
+            &KERNEL[..],
+            &[
+                "-w",
+                "2",
+                "-l",
+                "127.0.0.1:0",
+                "--ready",
+                "notify",
+                "--",
+                &gate,
+                &dir,
+                &hello,
+            ],
+        ]
+        .concat(),
+    );
+    let addr = m.tcp_addr("listen0");
+    m.wait_ready(2);
+    let from = sources(40);
+
+    // Slot 2's worker starts but is held before it is ready: its would-be clients are still
+    // served by slots 0 and 1, without waiting for it.
+    write(&gates.path("hold.2"), "");
+    m.signal(libc::SIGTTIN);
+    let third = m.wait_started_in_slot(2, &[]);
+    assert_placed(&who_answers(&from, addr), 2, &m.slot_pids());
+    assert!(
+        m.events("ready").iter().all(|e| e.pid != Some(third)),
+        "slot 2 was ready too soon"
+    );
+
+    // Ready: the kernel counts it.
+    std::fs::remove_file(gates.path("hold.2")).unwrap();
+    m.wait_event("ip-hash", |e| e.u64("slots") == Some(3));
+    assert_placed(&who_answers(&from, addr), 3, &m.slot_pids());
+}
+
+#[test]
 fn connections_left_on_a_removed_slot_are_closed_once_its_worker_is_gone() {
     let m = Multinode::serve_hello("3", &[&KERNEL[..], &["--grace", "1s"]].concat());
     let addr = m.tcp_addr("listen0");
@@ -268,6 +330,61 @@ fn a_dual_stack_socket_places_ipv4_and_ipv6_clients_and_unix_sockets_stay_shared
     // The Unix socket has no client address: every worker accepts on it.
     let (status, body) = http_get_unix(&unix, "/").unwrap();
     assert_eq!(status, 200, "{body}");
+}
+
+/// Runs `ip ARGS`, which must succeed.
+fn ip(args: &[&str]) {
+    let st = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
+    assert!(st.success(), "ip {args:?}: {st}");
+}
+
+#[test]
+fn ipv6_client_addresses_stick_to_their_slots() {
+    // Loopback has only ::1 for IPv6. In a network namespace of its own, 2001:db8::/64 (the
+    // documentation prefix) is made local on its loopback, and the clients bind addresses of
+    // it: the namespace, and all in it, ends with the test's processes.
+    if !require(is_root(), "needs root (a network namespace)")
+        || !require(
+            std::process::Command::new("ip").arg("-V").output().is_ok(),
+            "ip (iproute2) is not installed",
+        )
+    {
+        return;
+    }
+    let hello = hello(); // built out here: the namespace has no network
+    let inside = std::thread::spawn(move || {
+        // SAFETY: unshare takes no pointers; CLONE_NEWNET moves this thread alone (and what it
+        // starts) into a new network namespace, whatever the other threads do.
+        let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "unshare: {}", std::io::Error::last_os_error());
+        ip(&["link", "set", "lo", "up"]);
+        ip(&["-6", "route", "add", "local", "2001:db8::/64", "dev", "lo"]);
+        let m =
+            Multinode::serve(&[&KERNEL[..], &["-w", "3", "-l", "[::1]:0", "--", &hello]].concat());
+        let addr = m.tcp_addr("listen0");
+        m.wait_ready(3);
+        let from: Vec<IpAddr> = (1..=40u16)
+            .map(|i| IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0x7, i]))
+            .collect();
+        let before = who_answers(&from, addr);
+        assert_placed(&before, 3, &m.slot_pids());
+        // And after a kill, in the same slots.
+        let victim = m.slot_pids()[&0];
+        kill(victim, libc::SIGKILL);
+        let replacement = m.wait_started_in_slot(0, &[victim]);
+        m.wait_event("ready", |e| e.pid == Some(replacement));
+        let after = who_answers(&from, addr);
+        assert_placed(&after, 3, &m.slot_pids());
+        for (ip, (slot, _)) in &after {
+            assert_eq!(*slot, before[ip].0, "{ip} moved");
+        }
+    });
+    if let Err(panic) = inside.join() {
+        std::panic::resume_unwind(panic);
+    }
 }
 
 #[test]

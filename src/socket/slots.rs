@@ -16,7 +16,8 @@
 //!   the slot's worker is told to stop — never picks them;
 //! - scaling up takes the lowest retired set back, or binds a new socket, which joins at the
 //!   end, i.e. at index N, since every socket ever bound is still there; the program for N+1
-//!   slots is attached after it joined.
+//!   slots is attached once the new slot's worker is ready (so that the clients it takes over
+//!   never wait for a worker that is still starting).
 //!
 //! Closing a removed slot's sockets instead (what plain `reuseport` does) would let the last
 //! socket move into the hole; a slot added while a removed one still drained would then sit at
@@ -50,6 +51,8 @@ pub struct Slots {
     retired: Vec<Vec<OwnedFd>>,
     /// Whether the kernel applies ip-hash (the affinity program is attached).
     ip_hash: bool,
+    /// ip-hash: how many slots the program divides by (the live ones whose worker was ready).
+    counted: usize,
     /// Per listen socket: whether it is TCP (a reuseport group of its own).
     tcp: Vec<bool>,
 }
@@ -86,15 +89,13 @@ impl Slots {
             slots.live.push(set);
         }
         if ip_hash {
-            for b in sockets.iter().filter(|b| b.tcp.is_some()) {
-                affinity::attach(b.fd.as_fd(), workers).map_err(|e| {
-                    Error::socket(format!(
-                        "--listen {}: cannot attach the ip-hash program to its SO_REUSEPORT group: {}",
-                        b.local,
-                        crate::config::io_reason(&e)
-                    ))
-                })?;
-            }
+            // Every slot counts from the start: its worker is on its way, and its clients
+            // wait in its queue meanwhile, as they do at every restart.
+            slots.count(workers as usize, sockets).map_err(|e| {
+                Error::socket(format!(
+                    "--balance reuseport --route ip-hash: {e}; the socket must be a listening SO_REUSEPORT socket"
+                ))
+            })?;
         }
         Ok(slots)
     }
@@ -102,11 +103,6 @@ impl Slots {
     /// The sockets of `slot`, if it is live.
     pub fn get(&self, slot: u32) -> Option<&[OwnedFd]> {
         self.live.get(slot as usize).map(Vec::as_slice)
-    }
-
-    /// How many slots are live.
-    pub fn live(&self) -> usize {
-        self.live.len()
     }
 
     /// Every socket held, live or retired (to tell them from a worker's own).
@@ -118,12 +114,19 @@ impl Slots {
             .map(|f| f.as_fd())
     }
 
-    /// Gives `slot` its sockets: a retired set back, or new ones bound beside `sockets`; with
-    /// ip-hash, the program then counts it. Slots above it are removed first (as
-    /// [`Slots::close`] does), so the live sets are always 0..=slot.
+    /// How many slots the ip-hash program divides by now.
+    pub fn counted(&self) -> usize {
+        self.counted
+    }
+
+    /// Gives `slot` its sockets: a retired set back, or new ones bound beside `sockets`.
+    /// Slots above it are removed first (as [`Slots::close`] does), so the live sets are
+    /// always 0..=slot. The ip-hash program counts the slot once its worker is ready
+    /// ([`Slots::ready`]): until then its clients stay where they are, rather than wait for
+    /// a worker that is still starting, or never starts.
     pub fn open(&mut self, slot: u32, sockets: &[Bound]) -> std::result::Result<(), String> {
         let slot = slot as usize;
-        self.retire_from(slot);
+        self.close(slot as u32, sockets)?;
         while self.live.len() <= slot {
             let set = match self.ip_hash && !self.retired.is_empty() {
                 true => {
@@ -141,13 +144,22 @@ impl Slots {
             };
             self.live.push(set);
         }
-        if let Err(e) = self.attach(sockets) {
-            // Its socket is in the group, but the program does not count it: give it back.
-            self.retire_from(slot);
-            let _ = self.attach(sockets);
-            return Err(e);
-        }
         Ok(())
+    }
+
+    /// A worker of `slot` is ready: with ip-hash, the program now counts every slot up to it,
+    /// if it did not. `Some` when the program changed (the slots it counts, or why it could
+    /// not be changed).
+    pub fn ready(
+        &mut self,
+        slot: u32,
+        sockets: &[Bound],
+    ) -> Option<std::result::Result<usize, String>> {
+        let n = slot as usize + 1;
+        if !self.ip_hash || n <= self.counted || n > self.live.len() {
+            return None;
+        }
+        Some(self.count(n, sockets))
     }
 
     /// Removes `slot` and every slot above it. With ip-hash, the program stops counting them
@@ -160,36 +172,24 @@ impl Slots {
         if slot >= self.live.len() {
             return Ok(());
         }
-        let live = std::mem::take(&mut self.live);
-        let (keep, gone) = split_at(live, slot);
-        self.live = keep;
-        let attached = self.attach(sockets);
+        let counted = if self.ip_hash && self.counted > slot {
+            self.count(slot.max(1), sockets).map(drop)
+        } else {
+            Ok(())
+        };
+        let gone = self.live.split_off(slot);
         if self.ip_hash {
             for set in gone.into_iter().rev() {
                 self.retired.insert(0, set);
             }
         }
-        attached
+        counted
     }
 
-    /// Retires every live set from `slot` up, without changing the program.
-    fn retire_from(&mut self, slot: usize) {
-        while self.live.len() > slot {
-            let Some(set) = self.live.pop() else { break };
-            if self.ip_hash {
-                self.retired.insert(0, set);
-            }
-        }
-    }
-
-    /// With ip-hash: the program for the live slots, on every TCP group.
-    fn attach(&self, sockets: &[Bound]) -> std::result::Result<(), String> {
-        if !self.ip_hash {
-            return Ok(());
-        }
-        let n = self.live.len().max(1) as u32;
+    /// Attaches the ip-hash program for `n` slots on every TCP group; returns `n`.
+    fn count(&mut self, n: usize, sockets: &[Bound]) -> std::result::Result<usize, String> {
         for b in sockets.iter().filter(|b| b.tcp.is_some()) {
-            affinity::attach(b.fd.as_fd(), n).map_err(|e| {
+            affinity::attach(b.fd.as_fd(), n as u32).map_err(|e| {
                 format!(
                     "cannot attach the ip-hash program for {n} slot(s) to {}: {}",
                     b.local,
@@ -197,7 +197,8 @@ impl Slots {
                 )
             })?;
         }
-        Ok(())
+        self.counted = n;
+        Ok(n)
     }
 
     /// A retired set going back into service: blocking again, as a worker expects (it was
@@ -260,9 +261,4 @@ impl Slots {
         }
         closed
     }
-}
-
-fn split_at<T>(mut v: Vec<T>, at: usize) -> (Vec<T>, Vec<T>) {
-    let tail = v.split_off(at.min(v.len()));
-    (v, tail)
 }

@@ -83,12 +83,15 @@ impl Shell {
             }
             Action::OpenSlot { slot } => {
                 let result = self.p.slots.open(slot, &self.p.sockets);
-                if result.is_ok() {
-                    self.said_ip_hash(None);
-                }
                 Some(Event::SlotOpened { slot, result })
             }
             Action::Inspect { pid } => {
+                // A worker just became ready: a new slot's first one lets the kernel's ip-hash
+                // count the slot.
+                let slot = self.procs.iter().find(|w| w.pid == pid).map(|w| w.slot);
+                if let Some(changed) = slot.and_then(|s| self.p.slots.ready(s, &self.p.sockets)) {
+                    self.said_ip_hash(changed.err());
+                }
                 self.inspect(pid);
                 None
             }
@@ -103,13 +106,13 @@ impl Shell {
         }
     }
 
-    /// `--route ip-hash` in the kernel: says how many slots its program now counts, or why it
-    /// could not be changed.
+    /// `--route ip-hash` in the kernel: says how many slots its program now divides by, or why
+    /// it could not be changed.
     fn said_ip_hash(&mut self, error: Option<String>) {
         if self.cfg.mode != (Mode::ReusePort { ip_hash: true }) {
             return;
         }
-        let slots = self.p.slots.live();
+        let slots = self.p.slots.counted();
         let ev = match error {
             None => Log::info(
                 "ip-hash",
