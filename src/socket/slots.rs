@@ -38,6 +38,8 @@ use nix::unistd::Uid;
 
 use super::{Bound, affinity, bind_sibling};
 use crate::error::{Error, Result};
+use crate::upgrade::restore::Restorer;
+use crate::upgrade::state::FdTable;
 
 /// The most connections [`Slots::shed`] closes per call, so one wake-up stays short.
 const SHED_BATCH: usize = 64;
@@ -98,6 +100,68 @@ impl Slots {
             })?;
         }
         Ok(slots)
+    }
+
+    /// The sets as an upgrade hands them over: the live ones, the retired ones, and how many
+    /// slots the ip-hash program divides by. The program is not handed over: it stays attached
+    /// to the groups, and the groups stay as they are, since every socket stays open across
+    /// the exec — so each slot's socket keeps its index.
+    pub fn save(&self, t: &mut FdTable) -> (Vec<Vec<i32>>, Vec<Vec<i32>>, u32) {
+        let mut sets = |sets: &[Vec<OwnedFd>], first: usize, what: &str| -> Vec<Vec<i32>> {
+            sets.iter()
+                .enumerate()
+                .map(|(i, set)| {
+                    set.iter()
+                        .enumerate()
+                        .map(|(n, fd)| {
+                            let slot = first + i;
+                            t.add(fd.as_fd(), format!("{what} socket {n} of slot {slot}"))
+                        })
+                        .collect()
+                })
+                .collect()
+        };
+        let live = sets(&self.live, 0, "reuseport");
+        let retired = sets(&self.retired, self.live.len(), "retired reuseport");
+        (live, retired, self.counted as u32)
+    }
+
+    /// The sets an upgrade handed over (see [`Slots::save`]); a state that does not fit the
+    /// configuration (a set of another size, retired sets or a program without ip-hash, a
+    /// program counting slots that are not there) goes back to the old image.
+    pub fn load(
+        live: Vec<Vec<i32>>,
+        retired: Vec<Vec<i32>>,
+        counted: u32,
+        sockets: &[Bound],
+        ip_hash: bool,
+        r: &mut Restorer,
+    ) -> Slots {
+        let fits = live.iter().chain(&retired).all(|s| s.len() == sockets.len());
+        if !fits {
+            r.fail("the state's reuseport slots do not have a socket per listen address");
+        }
+        if !ip_hash && (!retired.is_empty() || counted > 0) {
+            r.fail("the state has kernel ip-hash slots but the configuration has no --route ip-hash");
+        }
+        if counted as usize > live.len() {
+            r.fail(format!(
+                "the state's ip-hash program counts {counted} slot(s) of {}",
+                live.len()
+            ));
+        }
+        let mut take = |sets: Vec<Vec<i32>>| -> Vec<Vec<OwnedFd>> {
+            sets.into_iter()
+                .map(|set| set.into_iter().map(|fd| r.take(fd)).collect())
+                .collect()
+        };
+        Slots {
+            live: take(live),
+            retired: take(retired),
+            ip_hash,
+            counted: counted as usize,
+            tcp: sockets.iter().map(|b| b.tcp.is_some()).collect(),
+        }
     }
 
     /// The sockets of `slot`, if it is live.
