@@ -11,7 +11,7 @@
 # Usage: flock /work/bench.lock bench/kaffinity.sh     (as root or not)
 # Knobs: ROUNDS=5 DURATION=5 WORKERS=2 CONNS=64 THREADS=2 SOURCES=1000
 # Appends the figures and the command to bench/RESULTS.md under
-# "## Kernel ip-hash vs reuseport".
+# "## Client-IP affinity in the kernel".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -131,8 +131,8 @@ block=$(
 echo "$table"
 
 results=bench/RESULTS.md
-if ! grep -qx '## Kernel ip-hash vs reuseport' "$results"; then
-    printf '\n## Kernel ip-hash vs reuseport\n' >>"$results"
+if ! grep -qx '## Client-IP affinity in the kernel' "$results"; then
+    printf '\n## Client-IP affinity in the kernel\n' >>"$results"
 fi
 # Insert at the end of that section (before the next "## " heading, if any).
 tmp=$(mktemp)
@@ -140,7 +140,7 @@ BLOCK=$block awk '
     BEGIN { block = ENVIRON["BLOCK"] }
     /^## / && inside { print block; print ""; done = 1; inside = 0 }
     { print }
-    $0 == "## Kernel ip-hash vs reuseport" && !done { inside = 1 }
+    $0 == "## Client-IP affinity in the kernel" && !done { inside = 1 }
     END { if (inside) print block }
 ' "$results" >"$tmp"
 mv "$tmp" "$results"

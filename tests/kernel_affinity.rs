@@ -135,6 +135,19 @@ fn assert_placed(seen: &BTreeMap<IpAddr, (u32, i32)>, slots: u32, pids: &BTreeMa
     );
 }
 
+/// Whether every thread of `pid` is stopped (`T` in /proc/PID/task/*/stat).
+fn stopped(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ")?.1.chars().next())
+            == Some('T')
+    })
+}
+
 /// The socket inode behind fd 3 of `pid` (`socket:[12345]`).
 fn fd3_socket(pid: i32) -> String {
     std::fs::read_link(format!("/proc/{pid}/fd/3"))
@@ -272,6 +285,11 @@ fn connections_left_on_a_removed_slot_are_closed_once_its_worker_is_gone() {
     // Slot 2's worker accepts nothing more; a connection waits in its queue.
     let third = m.slot_pids()[&2];
     kill(third, libc::SIGSTOP);
+    // Stopped for real, every thread: one still in accept(2) would take the connection.
+    assert!(
+        eventually(DEADLINE, || stopped(third)),
+        "{third} did not stop"
+    );
     let mut waiting = connect_from(client, addr).unwrap();
     waiting
         .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
@@ -423,4 +441,90 @@ fn what_the_kernel_cannot_do_is_refused_and_route_mode_named() {
     let file = file.display().to_string();
     let out = mn(&["check", "--config", &file, "--", &hello]);
     assert_error(&out, 2, &["least-conn", "route mode"]);
+}
+
+/// A copy of multinode in a directory of its own that only root may write to (an upgrade
+/// refuses a binary the workers' user could replace); removed on drop.
+struct Installed(std::path::PathBuf);
+
+impl Installed {
+    fn new() -> Installed {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("mn-kaffinity-{}", unique_name()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = dir.join("multinode");
+        std::fs::copy(multinode_bin(), &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Installed(dir)
+    }
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn an_upgrade_keeps_the_program_and_every_slot_at_its_index() {
+    let inst = Installed::new();
+    let name = unique_name();
+    let hello = hello();
+    let mut cmd = std::process::Command::new(inst.0.join("multinode"));
+    cmd.args(serve_args(
+        &[
+            &["--name", &name],
+            &KERNEL[..],
+            &["-w", "3", "-l", "127.0.0.1:0", "--", &hello],
+        ]
+        .concat(),
+    ));
+    let m = Multinode::spawn(cmd);
+    let addr = m.tcp_addr("listen0");
+    m.wait_ready(3);
+    // Down to 2 and back to 3 before the upgrade, so that slot 2's socket is retired and
+    // taken back: a retired set must go over too.
+    let third = m.slot_pids()[&2];
+    let socket = fd3_socket(third);
+    assert!(socket.starts_with("socket:["), "{socket}");
+    m.signal(libc::SIGTTOU);
+    m.wait_event("ip-hash", |e| e.u64("slots") == Some(2));
+    m.wait_exited(third);
+    let from = sources(40);
+    let two = who_answers(&from, addr);
+    assert_placed(&two, 2, &m.slot_pids());
+
+    let out = mn(&["upgrade", "--name", &name]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stderr(&out),
+        m.output()
+    );
+    m.wait_event("upgraded", |_| true);
+    assert!(alive(m.pid));
+    // The same program, over the same group: every address in the same worker.
+    assert_eq!(who_answers(&from, addr), two, "moved across the upgrade");
+
+    // The retired socket went over: slot 2 gets it back, at index 2 of its group.
+    m.signal(libc::SIGTTIN);
+    m.wait_events("ip-hash", 2, |e| e.u64("slots") == Some(3));
+    let back = m.wait_started_in_slot(2, &[third]);
+    m.wait_event("ready", |e| e.pid == Some(back));
+    assert_eq!(fd3_socket(back), socket, "slot 2 got another socket");
+    let three = who_answers(&from, addr);
+    assert_placed(&three, 3, &m.slot_pids());
+
+    // And a slot's clients still come back to it after its worker is killed.
+    let victim = m.slot_pids()[&0];
+    kill(victim, libc::SIGKILL);
+    let replacement = m.wait_started_in_slot(0, &[victim]);
+    m.wait_event("ready", |e| e.pid == Some(replacement));
+    let after = who_answers(&from, addr);
+    assert_placed(&after, 3, &m.slot_pids());
+    for (ip, (slot, _)) in &after {
+        assert_eq!(*slot, three[ip].0, "{ip} moved");
+    }
 }

@@ -137,12 +137,17 @@ impl Slots {
         ip_hash: bool,
         r: &mut Restorer,
     ) -> Slots {
-        let fits = live.iter().chain(&retired).all(|s| s.len() == sockets.len());
+        let fits = live
+            .iter()
+            .chain(&retired)
+            .all(|s| s.len() == sockets.len());
         if !fits {
             r.fail("the state's reuseport slots do not have a socket per listen address");
         }
         if !ip_hash && (!retired.is_empty() || counted > 0) {
-            r.fail("the state has kernel ip-hash slots but the configuration has no --route ip-hash");
+            r.fail(
+                "the state has kernel ip-hash slots but the configuration has no --route ip-hash",
+            );
         }
         if counted as usize > live.len() {
             r.fail(format!(
