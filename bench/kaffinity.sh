@@ -21,7 +21,7 @@ WORKERS=${WORKERS:-2}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
 SOURCES=${SOURCES:-1000}
-CMDLINE="ROUNDS=$ROUNDS DURATION=$DURATION WORKERS=$WORKERS CONNS=$CONNS THREADS=$THREADS SOURCES=$SOURCES bench/kaffinity.sh"
+CMDLINE="ROUNDS=$ROUNDS DURATION=$DURATION WORKERS=$WORKERS CONNS=$CONNS THREADS=$THREADS SOURCES=$SOURCES flock /work/bench.lock bench/kaffinity.sh"
 
 echo "building (release)..." >&2
 cargo build --release --locked --quiet -p multinode -p multinode-test-workers -p mn-load
@@ -49,7 +49,8 @@ start() {
         -l 127.0.0.1:0 --ready notify "$@" -- "$dir/mn-http" >"$log" 2>&1 &
     pids+=($!)
     local tries=0
-    until [ "$(grep -c '\] ready' "$log" || true)" -ge "$WORKERS" ]; do
+    # (the log may not exist yet: no count is 0)
+    until n=$(grep -c '\] ready' "$log" 2>/dev/null); [ "${n:-0}" -ge "$WORKERS" ]; do
         tries=$((tries + 1))
         if [ "$tries" -gt 300 ] || ! kill -0 "${pids[-1]}" 2>/dev/null; then
             echo "bench/kaffinity.sh: $name did not get ready:" >&2
@@ -81,6 +82,7 @@ for a in "$addr_a" "$addr_b"; do
     DURATION=1 load "$a" --keepalive >/dev/null
 done
 
+loadavg=$(cut -d' ' -f1-3 /proc/loadavg)
 declare -A rps errs split
 for round in $(seq 1 "$ROUNDS"); do
     if [ $((round % 2)) = 1 ]; then order="a b"; else order="b a"; fi
@@ -120,10 +122,10 @@ table=$(
 )
 block=$(
     echo
-    echo "$(date -u +%Y-%m-%d) · commit $commit · $(nproc) CPUs (shared VM) · Linux $(uname -r) · mn-load $CONNS connections, $THREADS threads, ${DURATION}s × $ROUNDS rounds per cell, $SOURCES client addresses · $WORKERS mn-http workers"
+    echo "$(date -u +%Y-%m-%d) · commit $commit · $(nproc) CPUs (shared VM) · Linux $(uname -r) · mn-load $CONNS connections, $THREADS threads, ${DURATION}s × $ROUNDS rounds per cell, $SOURCES client addresses · $WORKERS mn-http workers · load average at the start $loadavg"
     echo
     echo '```'
-    echo "flock /work/bench.lock $CMDLINE"
+    echo "$CMDLINE"
     echo '```'
     echo
     echo "$table"
