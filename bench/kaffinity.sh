@@ -111,13 +111,17 @@ for kind in close keepalive; do
     ma=$(median "${rps[a.$kind]}")
     mb=$(median "${rps[b.$kind]}")
     ratio=$(awk -v a="$(sum "${rps[a.$kind]}")" -v b="$(sum "${rps[b.$kind]}")" 'BEGIN {printf "%.3f", b / a}')
-    rows+=("| $label | ${rps[a.$kind]% } | $ma | ${errs[a.$kind]} | ${split[a.$kind]} | ${rps[b.$kind]% } | $mb | ${errs[b.$kind]} | ${split[b.$kind]} | $ratio |")
+    # B/A of each round (A and B run back to back in it), then their median: what drifts in
+    # the machine's background load over the run cancels out within a round.
+    paired=$(paste -d' ' <(tr ' ' '\n' <<<"${rps[a.$kind]}" | grep .) <(tr ' ' '\n' <<<"${rps[b.$kind]}" | grep .) |
+        awk '{printf "%.3f ", $2 / $1}')
+    rows+=("| $label | ${rps[a.$kind]% } | $ma | ${errs[a.$kind]} | ${split[a.$kind]} | ${rps[b.$kind]% } | $mb | ${errs[b.$kind]} | ${split[b.$kind]} | $ratio | $(median "$paired") |")
 done
 
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo "?")
 table=$(
-    echo "| load | A: reuseport, req/s per round | A median | A errors | A split | B: reuseport + ip-hash, req/s per round | B median | B errors | B split | B/A (sums) |"
-    echo "|---|---|---:|---:|---:|---|---:|---:|---:|---:|"
+    echo "| load | A: reuseport, req/s per round | A median | A errors | A split | B: reuseport + ip-hash, req/s per round | B median | B errors | B split | B/A (sums) | B/A (median of rounds) |"
+    echo "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"
     printf '%s\n' "${rows[@]}"
 )
 block=$(
