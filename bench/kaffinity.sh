@@ -10,6 +10,8 @@
 #
 # Usage: flock /work/bench.lock bench/kaffinity.sh     (as root or not)
 # Knobs: ROUNDS=5 DURATION=5 WORKERS=2 CONNS=64 THREADS=2 SOURCES=1000
+# CONTROL=1: B is plain reuseport too (A/A'), to show how far B/A strays on this machine when
+# nothing differs.
 # Appends the figures and the command to bench/RESULTS.md under
 # "## Client-IP affinity in the kernel".
 set -euo pipefail
@@ -21,7 +23,10 @@ WORKERS=${WORKERS:-2}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
 SOURCES=${SOURCES:-1000}
-CMDLINE="ROUNDS=$ROUNDS DURATION=$DURATION WORKERS=$WORKERS CONNS=$CONNS THREADS=$THREADS SOURCES=$SOURCES flock /work/bench.lock bench/kaffinity.sh"
+CONTROL=${CONTROL:-0}
+CMDLINE="ROUNDS=$ROUNDS DURATION=$DURATION WORKERS=$WORKERS CONNS=$CONNS THREADS=$THREADS SOURCES=$SOURCES"
+[ "$CONTROL" = 1 ] && CMDLINE+=" CONTROL=1"
+CMDLINE+=" flock /work/bench.lock bench/kaffinity.sh"
 
 echo "building (release)..." >&2
 cargo build --release --locked --quiet -p multinode -p multinode-test-workers -p mn-load
@@ -64,7 +69,13 @@ start() {
 
 start plain --balance reuseport
 addr_a=$addr
-start iphash --balance reuseport --route ip-hash
+b_label="B: reuseport + ip-hash"
+if [ "$CONTROL" = 1 ]; then
+    b_label="B: reuseport again (control)"
+    start control --balance reuseport
+else
+    start iphash --balance reuseport --route ip-hash
+fi
 addr_b=$addr
 
 # load ADDR [--keepalive]: prints mn-load's key=value line.
@@ -120,7 +131,7 @@ done
 
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo "?")
 table=$(
-    echo "| load | A: reuseport, req/s per round | A median | A errors | A split | B: reuseport + ip-hash, req/s per round | B median | B errors | B split | B/A (sums) | B/A (median of rounds) |"
+    echo "| load | A: reuseport, req/s per round | A median | A errors | A split | $b_label, req/s per round | B median | B errors | B split | B/A (sums) | B/A (median of rounds) |"
     echo "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"
     printf '%s\n' "${rows[@]}"
 )
