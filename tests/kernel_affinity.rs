@@ -443,44 +443,15 @@ fn what_the_kernel_cannot_do_is_refused_and_route_mode_named() {
     assert_error(&out, 2, &["least-conn", "route mode"]);
 }
 
-/// A copy of multinode in a directory of its own that only root may write to (an upgrade
-/// refuses a binary the workers' user could replace); removed on drop.
-struct Installed(std::path::PathBuf);
-
-impl Installed {
-    fn new() -> Installed {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("mn-kaffinity-{}", unique_name()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let bin = dir.join("multinode");
-        std::fs::copy(multinode_bin(), &bin).unwrap();
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Installed(dir)
-    }
-}
-
-impl Drop for Installed {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn an_upgrade_keeps_the_program_and_every_slot_at_its_index() {
-    let inst = Installed::new();
+    let inst = Install::new();
     let name = unique_name();
     let hello = hello();
-    let mut cmd = std::process::Command::new(inst.0.join("multinode"));
-    cmd.args(serve_args(
-        &[
-            &["--name", &name],
-            &KERNEL[..],
-            &["-w", "3", "-l", "127.0.0.1:0", "--", &hello],
-        ]
-        .concat(),
-    ));
-    let m = Multinode::spawn(cmd);
+    let m = inst.serve(
+        &name,
+        &[&KERNEL[..], &["-w", "3", "-l", "127.0.0.1:0", "--", &hello]].concat(),
+    );
     let addr = m.tcp_addr("listen0");
     m.wait_ready(3);
     // Down to 2 and back to 3 before the upgrade, so that slot 2's socket is retired and
