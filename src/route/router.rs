@@ -15,18 +15,17 @@ use nix::unistd::Pid;
 use super::channel::{self, Channel};
 use super::pending::{MAX_PENDING, Pending, Progress, Source};
 use super::policy::{Candidate, choose};
-use super::{Conn, MAX_BACKLOG, RateLimit, peer_of};
+use super::{Conn, MAX_BACKLOG, peer_of};
 use crate::cli::RoutePolicy;
 use crate::config::Config;
 use crate::log::{Event, Output};
 use crate::proxy::Cidr;
 use crate::supervisor::human;
+use crate::throttle::{AcceptPause, RateLimit, held_note};
 
 /// Connections accepted from one listening socket per wake-up, so one busy socket cannot
 /// starve the rest of the loop.
 const ACCEPT_BURST: usize = 256;
-/// How long accepting pauses when the supervisor is out of fds.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// A worker with route channels.
 pub(super) struct Target {
@@ -109,11 +108,11 @@ pub struct Router {
     pub(super) pending: Vec<Pending>,
     /// Connections no worker could take yet.
     pub(super) backlog: VecDeque<Conn>,
-    /// One limiter per kind of warning (`proxy`, `accept`, `route`), so one cannot hide another.
+    /// One limiter per kind of warning (`proxy`, `route`), so one cannot hide another.
     pub(super) logs: Vec<(&'static str, RateLimit)>,
-    /// Out of fds: listening sockets are not polled until then (they would stay readable and
-    /// spin the loop); connections wait in the kernel's accept queue meanwhile.
-    pub(super) paused_until: Option<Instant>,
+    /// Out of fds: listening sockets rest (they would stay readable and spin the loop);
+    /// connections wait in the kernel's accept queue meanwhile.
+    pub(super) pause: AcceptPause,
     pub(super) targets: Vec<Target>,
     /// Workers that reached their `--max-requests`, for the core.
     pub(super) reached: Vec<(Pid, u64)>,
@@ -147,7 +146,7 @@ impl Router {
             pending: Vec::new(),
             backlog: VecDeque::new(),
             logs: Vec::new(),
-            paused_until: None,
+            pause: AcceptPause::new(),
             targets: Vec::new(),
             reached: Vec::new(),
         }
@@ -212,10 +211,8 @@ impl Router {
 
     /// Whether the listening sockets should be polled now.
     pub fn accepting(&mut self, now: Instant) -> bool {
-        if self.paused_until.is_some_and(|t| t <= now) {
-            self.paused_until = None;
-        }
-        self.paused_until.is_none()
+        self.pause.expire(now);
+        self.pause.accepting(now)
     }
 
     /// The fds to poll besides the listening sockets: connections awaiting a PROXY header,
@@ -242,7 +239,7 @@ impl Router {
             .targets
             .iter()
             .flat_map(|t| t.channels.iter().filter_map(|c| c.retry_at));
-        pending.chain(retries).chain(self.paused_until).min()
+        pending.chain(retries).chain(self.pause.deadline()).min()
     }
 
     /// A listening socket is readable: accept what is queued (up to a burst).
@@ -253,14 +250,9 @@ impl Router {
                 Ok(fd) => fd,
                 Err(Errno::EINTR) | Err(Errno::ECONNABORTED) => continue,
                 Err(Errno::EMFILE) | Err(Errno::ENFILE) => {
-                    self.paused_until = Some(now + ACCEPT_PAUSE);
-                    self.warn(
-                        Event::warn(
-                            "accept",
-                            "out of file descriptors; connections wait in the accept queue",
-                        ),
-                        out,
-                    );
+                    if let Some(ev) = self.pause.out_of_fds(now, "listening") {
+                        out.event(ev);
+                    }
                     break;
                 }
                 Err(_) => break,
@@ -580,12 +572,7 @@ impl Router {
             }
         };
         if let Some(held) = self.logs[i].1.allow(Instant::now()) {
-            let more = if held > 0 {
-                format!(" ({held} more like it not shown)")
-            } else {
-                String::new()
-            };
-            let msg = format!("{}{more}", ev.msg);
+            let msg = format!("{}{}", ev.msg, held_note(held));
             out.event(Event { msg, ..ev }.with("held", held));
         }
     }
