@@ -256,6 +256,85 @@ fn watchdog_trigger_hangs_a_worker_at_once() {
     assert_eq!(m.wait_exit().code(), Some(0), "output:\n{}", m.output());
 }
 
+/// SIGSTOP/SIGCONT as a guard: whatever it stopped is continued when it goes, also when the
+/// test fails (the Multinode guard then kills them).
+struct Stopped(Vec<i32>);
+
+impl Stopped {
+    fn stop(&mut self, pid: i32) {
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        self.0.push(pid);
+    }
+
+    fn cont(&mut self, pid: i32) {
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        self.0.retain(|&p| p != pid);
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        for pid in std::mem::take(&mut self.0) {
+            self.cont(pid);
+        }
+    }
+}
+
+#[test]
+fn workers_are_not_hung_for_pings_held_up_while_multinode_itself_was_stopped() {
+    // bench/chaos.sh stop found every worker killed as hung right after a SIGSTOP of the
+    // supervisor under load: their pings had not reached it (the notify socket queues 10
+    // datagrams; the rest wait in their senders, who had not run again yet when it looked).
+    // Here worker 0 is stopped along with multinode, so that its pings come only after it.
+    let dir = Scratch::new("watchdog-stalled");
+    let prog = mn_watchdog();
+    let d = dir.0.display().to_string();
+    let mut m = Multinode::serve(&[
+        "-w",
+        "2",
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "notify",
+        "--watchdog",
+        "4s",
+        "--",
+        &prog,
+        &d,
+    ]);
+    m.wait_ready(2);
+    let first = m.slot_pids();
+    for pid in first.values() {
+        wait_pings(&m, *pid, 1);
+    }
+    let mut stopped = Stopped(Vec::new());
+    stopped.stop(m.pid);
+    stopped.stop(first[&0]);
+    // Past worker 0's deadline (at most 4 s after its last ping) by more than a second.
+    std::thread::sleep(Duration::from_secs(7));
+    let pings_before = pings(&m, first[&0]);
+    stopped.cont(m.pid);
+    let stalled = m.wait_event("stalled", |_| true);
+    assert!(
+        stalled.u64("behind_ms").is_some_and(|ms| ms > 1000),
+        "{stalled}"
+    );
+    stopped.cont(first[&0]);
+    // Both ping on: worker 0 at once, and nobody is hung over two more intervals of pings.
+    wait_pings(&m, first[&0], pings_before + 3);
+    wait_pings(&m, first[&1], pings(&m, first[&1]) + 2);
+    assert!(
+        m.events("hung").is_empty(),
+        "nobody hung; output:\n{}",
+        m.output()
+    );
+    assert_eq!(m.slot_pids(), first, "the same workers");
+    m.signal(libc::SIGTERM);
+    assert_eq!(m.wait_exit().code(), Some(0), "output:\n{}", m.output());
+}
+
 #[test]
 fn a_hung_new_worker_aborts_the_reload() {
     let dir = Scratch::new("watchdog-reload");

@@ -843,3 +843,68 @@ fn sigquit_and_a_second_sigterm_stop_at_once() {
         );
     }
 }
+
+/// Bytes the process has read with read(2) and friends (`rchar` of /proc/PID/io).
+fn bytes_read(pid: i32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("read /proc/PID/io");
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("rchar in /proc/PID/io")
+}
+
+/// A restarted worker is still checked for a port of its own (the `foreign-socket` warning),
+/// and that check costs the supervisor the same however many connections the host has: it
+/// asks the kernel for listening sockets only (sock_diag), never reads /proc/net/tcp, which
+/// lists every connection. bench/chaos.sh kill found that read at 2 MB and half a second per
+/// worker start on a loaded host: the loop stalled (route mode accepted nothing meanwhile)
+/// and the heap grew with every restart.
+#[test]
+fn restarts_do_not_read_the_hosts_connection_table() {
+    if !require(
+        is_root(),
+        "needs root to read the supervisor's /proc/PID/io (it is not dumpable)",
+    ) {
+        return;
+    }
+    // 2,000 loopback connections held open: 4,000 rows of /proc/net/tcp.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut held = Vec::new();
+    for _ in 0..2000 {
+        let c = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (s, _) = listener.accept().unwrap();
+        held.push((c, s));
+    }
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap().len() as u64;
+
+    let m = Multinode::serve(&[
+        "-w",
+        "1",
+        "-l",
+        "127.0.0.1:0",
+        "--ready",
+        "delay:100ms",
+        "--backoff-max",
+        "100ms",
+        "--",
+        worker_bin("mn-selfbind").to_str().unwrap(),
+    ]);
+    let mut pid = m.wait_started_in_slot(0, &[]);
+    m.wait_event("foreign-socket", |e| e.pid == Some(pid));
+    let before = bytes_read(m.pid);
+    let restarts = 5;
+    let mut old = vec![pid];
+    for _ in 0..restarts {
+        kill(pid, libc::SIGKILL);
+        pid = m.wait_started_in_slot(0, &old);
+        old.push(pid);
+        // The check ran for the new worker, and still finds its port.
+        m.wait_event("foreign-socket", |e| e.pid == Some(pid));
+    }
+    let per_restart = (bytes_read(m.pid) - before) / restarts;
+    assert!(
+        per_restart < table / 4,
+        "the supervisor read {per_restart} bytes per restart; /proc/net/tcp is {table} bytes"
+    );
+    drop(held);
+}

@@ -4,7 +4,9 @@
 //! /proc (its fds, and the kernel's tables of listening sockets) and says what to do.
 
 use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
 use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 
 use nix::unistd::Pid;
 
@@ -41,6 +43,14 @@ impl Shell {
 }
 
 /// The addresses of the listening sockets `pid` holds whose inodes are not in `ours`.
+///
+/// TCP listeners come from the kernel's sock_diag interface (what `ss -lt` uses), asked for
+/// sockets in LISTEN state only, so the kernel walks just its table of listening sockets:
+/// /proc/net/tcp lists every connection of the host, TIME_WAIT ones too, and with 44,000 of
+/// them it took half a second to read and 7 MB to hold, on every worker start (bench/chaos.sh
+/// kill found the loop stalling and the heap growing with each restart). The query runs in
+/// multinode's network namespace: a worker in a namespace of its own is not looked at for TCP.
+/// Unix listeners are read from /proc/PID/net/unix a line at a time.
 fn foreign_listeners(pid: Pid, ours: &HashSet<u64>) -> Vec<String> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return Vec::new();
@@ -58,24 +68,17 @@ fn foreign_listeners(pid: Pid, ours: &HashSet<u64>) -> Vec<String> {
         return Vec::new();
     }
     let mut found = Vec::new();
-    for (table, v6) in [("tcp", false), ("tcp6", true)] {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode; state 0A is LISTEN.
-            if f.len() > 9 && f[3] == "0A" {
-                if let Ok(ino) = f[9].parse::<u64>() {
-                    if held.contains(&ino) {
-                        found.extend(hex_address(f[1], v6));
-                    }
+    if same_netns(pid) {
+        for v6 in [false, true] {
+            let _ = diag::tcp_listeners(v6, |ino, addr| {
+                if held.contains(&ino) {
+                    found.push(addr);
                 }
-            }
+            });
         }
     }
-    if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/unix")) {
-        for line in text.lines().skip(1) {
+    if let Ok(f) = std::fs::File::open(format!("/proc/{pid}/net/unix")) {
+        for line in BufReader::new(f).lines().skip(1).map_while(Result::ok) {
             let f: Vec<&str> = line.split_whitespace().collect();
             // Num RefCount Protocol Flags Type St Inode Path; flag 00010000 is __SO_ACCEPTCON.
             if f.len() > 7 && f[3] == "00010000" {
@@ -90,40 +93,164 @@ fn foreign_listeners(pid: Pid, ours: &HashSet<u64>) -> Vec<String> {
     found
 }
 
-/// `0100007F:1F90` → `127.0.0.1:8080` (and the IPv6 form, 32 hex digits).
-fn hex_address(s: &str, v6: bool) -> Option<String> {
-    let (ip, port) = s.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    if !v6 {
-        let n = u32::from_str_radix(ip, 16).ok()?;
-        return Some(format!(
-            "{}:{port}",
-            std::net::Ipv4Addr::from(n.to_le_bytes())
-        ));
+/// Whether `pid` is in multinode's network namespace.
+fn same_netns(pid: Pid) -> bool {
+    let ino = |p: String| std::fs::metadata(p).ok().map(|m| m.ino());
+    matches!(
+        (ino("/proc/self/ns/net".into()), ino(format!("/proc/{pid}/ns/net"))),
+        (Some(a), Some(b)) if a == b
+    )
+}
+
+/// The sock_diag netlink query for listening TCP sockets (netlink(7), sock_diag(7)).
+mod diag {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+    use std::os::fd::AsRawFd;
+
+    use nix::errno::Errno;
+    use nix::sys::socket::{
+        AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto,
+        setsockopt, socket, sockopt,
+    };
+    use nix::sys::time::TimeVal;
+
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const NLM_F_REQUEST: u16 = 0x1;
+    const NLM_F_DUMP: u16 = 0x300;
+    const NLMSG_ERROR: u16 = 0x2;
+    const NLMSG_DONE: u16 = 0x3;
+    const TCP_LISTEN: u32 = 10;
+    /// struct nlmsghdr
+    const HEADER: usize = 16;
+    /// struct inet_diag_req_v2
+    const REQUEST: usize = 56;
+    /// struct inet_diag_msg
+    const MSG: usize = 72;
+    /// Datagrams read per query at most (a dump sends a few sockets per datagram).
+    const MAX_READS: usize = 4096;
+
+    /// Calls `each(inode, address)` for every TCP socket in LISTEN state of one family in
+    /// this network namespace.
+    pub fn tcp_listeners(v6: bool, mut each: impl FnMut(u64, String)) -> nix::Result<()> {
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkSockDiag,
+        )?;
+        // The kernel answers a dump at once; this only bounds a wait that should not happen.
+        setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(1, 0))?;
+        let family = if v6 { libc::AF_INET6 } else { libc::AF_INET } as u8;
+        let mut req = [0u8; HEADER + REQUEST];
+        req[0..4].copy_from_slice(&((HEADER + REQUEST) as u32).to_ne_bytes());
+        req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+        req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+        req[HEADER] = family;
+        req[HEADER + 1] = libc::IPPROTO_TCP as u8;
+        req[HEADER + 4..HEADER + 8].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+        sendto(
+            fd.as_raw_fd(),
+            &req,
+            &NetlinkAddr::new(0, 0),
+            MsgFlags::empty(),
+        )?;
+        let mut buf = vec![0u8; 32 * 1024];
+        for _ in 0..MAX_READS {
+            let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+            let mut off = 0;
+            while off + HEADER <= n {
+                let word = |at: usize| {
+                    u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
+                };
+                let len = word(off) as usize;
+                let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+                if len < HEADER || off + len > n {
+                    return Err(Errno::EBADMSG);
+                }
+                match kind {
+                    NLMSG_DONE => return Ok(()),
+                    NLMSG_ERROR => return Err(Errno::EIO),
+                    _ => {
+                        if let Some((ino, addr)) = parse(&buf[off + HEADER..off + len], v6) {
+                            each(ino, addr);
+                        }
+                    }
+                }
+                off += (len + 3) & !3;
+            }
+            if n == 0 {
+                return Ok(());
+            }
+        }
+        Ok(())
     }
-    // Four 32-bit words, each in host (little-endian) order.
-    let mut bytes = [0u8; 16];
-    for (i, chunk) in ip.as_bytes().chunks(8).enumerate() {
-        let word = u32::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
-        bytes[i * 4..i * 4 + 4].copy_from_slice(&word.to_le_bytes());
+
+    /// An inet_diag_msg: the socket's inode and local address.
+    fn parse(m: &[u8], v6: bool) -> Option<(u64, String)> {
+        if m.len() < MSG {
+            return None;
+        }
+        let port = u16::from_be_bytes([m[4], m[5]]);
+        let ip = if v6 {
+            let b: [u8; 16] = m[8..24].try_into().ok()?;
+            Ipv6Addr::from(b).into()
+        } else {
+            Ipv4Addr::new(m[8], m[9], m[10], m[11]).into()
+        };
+        let ino = u32::from_ne_bytes(m[68..72].try_into().ok()?);
+        Some((u64::from(ino), SocketAddr::new(ip, port).to_string()))
     }
-    Some(format!("[{}]:{port}", std::net::Ipv6Addr::from(bytes)))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::hex_address;
+    use std::collections::HashSet;
+    use std::net::TcpListener;
+    use std::os::unix::fs::MetadataExt;
+
+    use super::diag;
+
+    /// The inode of a socket of ours, as /proc/self/fd shows it.
+    fn inode(l: &TcpListener) -> u64 {
+        use std::os::fd::AsRawFd;
+        std::fs::metadata(format!("/proc/self/fd/{}", l.as_raw_fd()))
+            .unwrap()
+            .ino()
+    }
 
     #[test]
-    fn proc_net_addresses() {
-        assert_eq!(
-            hex_address("0100007F:1F90", false).as_deref(),
-            Some("127.0.0.1:8080")
-        );
-        assert_eq!(
-            hex_address("00000000000000000000000001000000:0050", true).as_deref(),
-            Some("[::1]:80")
-        );
-        assert_eq!(hex_address("zz:1", false), None);
+    fn sock_diag_finds_listening_sockets_and_their_addresses() {
+        let v4 = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut found = Vec::new();
+        diag::tcp_listeners(false, |ino, addr| found.push((ino, addr))).unwrap();
+        let want = (inode(&v4), v4.local_addr().unwrap().to_string());
+        assert!(found.contains(&want), "{want:?} not in {found:?}");
+        // A connected socket is not listed: only LISTEN state is asked for.
+        let c = std::net::TcpStream::connect(v4.local_addr().unwrap()).unwrap();
+        let (a, _) = v4.accept().unwrap();
+        let mut again = HashSet::new();
+        diag::tcp_listeners(false, |ino, _| {
+            again.insert(ino);
+        })
+        .unwrap();
+        for s in [&c, &a] {
+            use std::os::fd::AsRawFd;
+            let ino = std::fs::metadata(format!("/proc/self/fd/{}", s.as_raw_fd()))
+                .unwrap()
+                .ino();
+            assert!(
+                !again.contains(&ino),
+                "a connection was listed as listening"
+            );
+        }
+
+        // IPv6, where the host has it.
+        if let Ok(v6) = TcpListener::bind("[::1]:0") {
+            let mut found = Vec::new();
+            diag::tcp_listeners(true, |ino, addr| found.push((ino, addr))).unwrap();
+            let want = (inode(&v6), v6.local_addr().unwrap().to_string());
+            assert!(found.contains(&want), "{want:?} not in {found:?}");
+        }
     }
 }

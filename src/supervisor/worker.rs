@@ -255,6 +255,12 @@ impl Worker {
         }
     }
 
+    /// Its watchdog counts a whole interval from `now`, as if it had pinged (after multinode
+    /// itself was stopped: see [`LOOP_STALL`](super::core::LOOP_STALL)).
+    pub fn restart_watchdog(&mut self, now: Instant) {
+        self.watchdog_at = self.watchdog.map(|d| later(now, d));
+    }
+
     /// WATCHDOG_USEC=: the worker sets its own watchdog interval (0 turns it off).
     pub fn set_watchdog(&mut self, interval: Option<Duration>, now: Instant) {
         self.watchdog = interval;

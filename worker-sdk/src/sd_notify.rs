@@ -132,8 +132,21 @@ pub fn address(value: &OsStr) -> io::Result<SocketAddr> {
 /// `address` names (a `NOTIFY_SOCKET` value, see [`address`]). An error
 /// when the address is malformed, or the send fails or is cut short.
 pub fn send_to(address: &OsStr, state: &str) -> io::Result<()> {
+    send(address, state, false)
+}
+
+/// As [`send_to`], but never waits: when the receiver's queue is full (it is
+/// not reading: stopped, or stalled), an error of kind
+/// [`WouldBlock`](io::ErrorKind::WouldBlock) instead of blocking until it
+/// reads. For messages that are repeated anyway, such as watchdog pings.
+pub(crate) fn send_to_now(address: &OsStr, state: &str) -> io::Result<()> {
+    send(address, state, true)
+}
+
+fn send(address: &OsStr, state: &str, now: bool) -> io::Result<()> {
     let to = self::address(address)?;
     let socket = UnixDatagram::unbound()?;
+    socket.set_nonblocking(now)?;
     let sent = socket.send_to_addr(state.as_bytes(), &to)?;
     if sent != state.len() {
         return Err(io::Error::new(

@@ -205,18 +205,27 @@ impl Watchdog {
     /// ping: `Ok(true)` when it sent one, `Ok(false)` when none was due
     /// (or `NOTIFY_SOCKET` is unset: nothing to ping). Call it from the
     /// serving loop on every round; it costs a clock read when nothing is due.
+    ///
+    /// A ping never waits for the supervisor: when its notify queue is full
+    /// (it is not reading: stopped, suspended), the ping is dropped and
+    /// `Ok(false)` returned, so that the serving loop goes on serving.
+    /// (A blocking send would stop every worker's loop a few seconds into a
+    /// SIGSTOP of multinode: the queue holds `net.unix.max_dgram_qlen`
+    /// datagrams, 10 by default.) multinode starts a worker's watchdog over
+    /// when it comes back late, so the dropped pings are not held against it.
     pub fn ping_if_due(&self) -> io::Result<bool> {
         if !self.take_due(Instant::now()) {
             return Ok(false);
         }
-        self.send("WATCHDOG=1")
+        self.send_ping()
     }
 
     /// Sends `WATCHDOG=1` now (and the next is due half an interval later).
-    /// `Ok(false)` when `NOTIFY_SOCKET` is unset.
+    /// `Ok(false)` when `NOTIFY_SOCKET` is unset, or when the supervisor's
+    /// queue is full (see [`ping_if_due`](Self::ping_if_due)).
     pub fn ping(&self) -> io::Result<bool> {
         self.lock().last = Instant::now();
-        self.send("WATCHDOG=1")
+        self.send_ping()
     }
 
     /// Changes the interval: sends `WATCHDOG_USEC=<µs>`, which the
@@ -267,6 +276,23 @@ impl Watchdog {
         }
         s.last = now;
         true
+    }
+
+    /// `WATCHDOG=1` without waiting: a full queue drops it (`Ok(false)`).
+    fn send_ping(&self) -> io::Result<bool> {
+        const PING: &str = "WATCHDOG=1";
+        let sent = match &self.socket {
+            Some(addr) => sd_notify::send_to_now(addr, PING),
+            None => match std::env::var_os("NOTIFY_SOCKET") {
+                Some(addr) if !addr.is_empty() => sd_notify::send_to_now(&addr, PING),
+                _ => return Ok(false),
+            },
+        };
+        match sent {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     fn send(&self, state: &str) -> io::Result<bool> {
@@ -402,5 +428,27 @@ mod tests {
         let e = w.set_interval(Duration::from_nanos(999)).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
         assert_eq!(recv(), None);
+    }
+
+    #[test]
+    fn a_ping_to_a_supervisor_that_does_not_read_is_dropped_not_waited_for() {
+        let dir = crate::test_util::TempDir::new("watchdog-full");
+        let path = dir.0.join("notify");
+        // Nobody reads: the queue fills (net.unix.max_dgram_qlen, 10 by default).
+        let server = UnixDatagram::bind(&path).unwrap();
+        let mut w = Watchdog::new(Duration::from_secs(3600));
+        w.socket = Some(path.into_os_string());
+        let mut sent = 0;
+        for _ in 0..10_000 {
+            if !w.ping().unwrap() {
+                break;
+            }
+            sent += 1;
+        }
+        assert!(sent < 10_000, "a full queue drops the ping ({sent} sent)");
+        // The next ping after a read goes through again.
+        let mut buf = [0; 64];
+        server.recv(&mut buf).unwrap();
+        assert!(w.ping().unwrap());
     }
 }

@@ -57,6 +57,14 @@ pub struct Target {
 /// How long a hung worker gets after `--watchdog-signal` before SIGKILL.
 pub const HUNG_GRACE: Duration = Duration::from_secs(5);
 
+/// A watchdog deadline the loop reaches this late means multinode itself was not running
+/// (SIGSTOP, a suspended machine, starved of CPU): it cannot tell a silent worker from pings
+/// that could not reach it (the notify socket queues 10 datagrams, `net.unix.max_dgram_qlen`;
+/// further senders wait until it reads, and may not have run yet when it looks), so the
+/// watchdog starts over from now instead of counting the worker hung. The poll timeout wakes the
+/// loop at the deadline itself, so a running loop is never this late.
+pub const LOOP_STALL: Duration = Duration::from_secs(1);
+
 /// The most workers multinode runs (`--workers`, `scale`, TTIN).
 pub const MAX_WORKERS: u32 = 4096;
 
@@ -459,6 +467,7 @@ impl Core {
         let running = self.live();
         let mut late = Vec::new();
         let mut hung = Vec::new();
+        let mut stalled: Option<(Duration, usize)> = None;
         for i in 0..self.workers.len() {
             let (slot, pid, state) = {
                 let w = &self.workers[i];
@@ -481,7 +490,16 @@ impl Core {
                 State::Ready | State::Recycling(_)
                     if running && self.workers[i].watchdog_at.is_some_and(|t| t <= now) =>
                 {
-                    hung.push(pid);
+                    let behind =
+                        now.saturating_duration_since(self.workers[i].watchdog_at.unwrap_or(now));
+                    if behind > LOOP_STALL {
+                        // Multinode was away, not the worker's pings: count from now.
+                        self.workers[i].restart_watchdog(now);
+                        let (most, n) = stalled.unwrap_or_default();
+                        stalled = Some((most.max(behind), n + 1));
+                    } else {
+                        hung.push(pid);
+                    }
                 }
                 // While the service stops, its own deadline rules.
                 State::Draining { why, kill_at } if running && kill_at <= now => {
@@ -498,6 +516,21 @@ impl Core {
                 }
                 _ => {}
             }
+        }
+        if let Some((behind, workers)) = stalled {
+            self.log(
+                Log::warn(
+                    "stalled",
+                    format!(
+                        "multinode was not running for {} past {workers} worker watchdog \
+                         deadline(s) (stopped, suspended or starved); their watchdogs start over \
+                         from now instead of counting them hung",
+                        human(behind)
+                    ),
+                )
+                .with("behind_ms", behind.as_millis() as u64)
+                .with("workers", workers),
+            );
         }
         for pid in late {
             self.not_ready_in_time(pid, now);

@@ -1206,6 +1206,34 @@ fn the_watchdog_counts_only_once_ready_and_follows_watchdog_usec() {
 }
 
 #[test]
+fn a_watchdog_deadline_reached_long_after_it_passed_starts_over_instead_of_hanging() {
+    // multinode was stopped (SIGSTOP) for 10 s: the pings sent meanwhile may still be on the
+    // way, so nobody is hung at the first tick after; one who stays silent is, an interval on.
+    let mut s = Sim::started(watchdog_runtime(2));
+    let (quiet, pinging) = (s.pid_of(0), s.pid_of(1));
+    s.now += 10 * SEC;
+    s.feed(Event::Tick);
+    assert!(s.events("hung").is_empty(), "none hung at the wake-up");
+    let stalled = s.events("stalled");
+    assert_eq!(stalled.len(), 1, "one event for both");
+    assert_eq!(Sim::field(stalled[0], "workers"), 2u64);
+    assert!(Sim::field(stalled[0], "behind_ms").as_u64().unwrap() >= 7000);
+    // The pings that were held up arrive; the quiet one sends none.
+    s.ping(pinging, "1");
+    s.advance(SEC);
+    s.ping(pinging, "1");
+    s.advance(SEC + SEC / 2);
+    let hung = s.events("hung");
+    assert_eq!(
+        hung.len(),
+        1,
+        "the silent one, one interval after the wake-up"
+    );
+    assert_eq!(hung[0].pid, Some(quiet.as_raw()));
+    assert_eq!(s.events("stalled").len(), 1, "a running loop is never late");
+}
+
+#[test]
 fn watchdog_trigger_is_hung_at_once() {
     let mut s = Sim::started(watchdog_runtime(1));
     let pid = s.pid_of(0);
