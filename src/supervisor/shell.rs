@@ -331,11 +331,7 @@ impl Shell {
             }
         }
         if let Some(r) = &self.router {
-            for (key, fd, write) in r.polled() {
-                let mut ev = PollFlags::POLLIN;
-                if write {
-                    ev |= PollFlags::POLLOUT;
-                }
+            for (key, fd, ev) in r.polled() {
                 keys.push(Wake::Route(key));
                 fds.push(PollFd::new(fd, ev));
             }
