@@ -124,8 +124,7 @@ impl Channel {
                         }
                         // A malformed notice is ignored: it only skews least-conn.
                         if let Ok(notice) = wire::decode_notice(m) {
-                            self.outstanding =
-                                self.outstanding.saturating_sub(notice.len() as u64);
+                            self.outstanding = self.outstanding.saturating_sub(notice.len() as u64);
                         }
                     }
                     // Fewer than asked for: the socket had no more.

@@ -21,6 +21,16 @@
 //! only when every worker is full is the connection closed. Connections that arrive while no
 //! worker runs at all wait in a bounded backlog ([`MAX_BACKLOG`]) until one starts.
 //!
+//! # Cost per connection
+//! The hand-over is on the path of every connection, so it is kept to the system calls it
+//! needs: `accept4` returns the client's address itself (no `getpeername`); the connections
+//! one wake-up accepted go to each worker as one `sendmsg` (a batch, buffers reused); and the
+//! close notices do not wake the loop while connections arrive: a busy router (one that
+//! accepted within the last [`router::BUSY`]) leaves them out of `poll` and reads them with
+//! `recvmmsg`, several per call, on the listeners' wake-ups at least that often (every
+//! wake-up for `least-conn`) and before `/metrics` answers; an idle one polls them again.
+//! bench/RESULTS.md, "Route mode at the ceiling", has the profile behind this.
+//!
 //! Every connection fd is an `OwnedFd` from accept to hand-over: sent, it is closed once after
 //! `sendmsg` succeeded; not sent, it is closed once when dropped. Nothing else closes it.
 

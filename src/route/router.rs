@@ -33,7 +33,7 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// itself, as often as connections do); they are read on the listeners' wake-ups instead, at
 /// least this often, and before every least-conn placement. An idle router polls them, so
 /// every notice is read within this time after the last connection.
-const BUSY: Duration = Duration::from_millis(10);
+pub const BUSY: Duration = Duration::from_millis(10);
 
 /// A worker with route channels.
 pub(super) struct Target {
