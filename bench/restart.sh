@@ -8,13 +8,15 @@
 # supervisor's `started` and `ready` JSON events arrive on its stdout pipe.
 #
 # Usage: bench/restart.sh        Knobs: CRASHES=50 WORKERS=2 UPTIME=0.3 (seconds a worker is
-# up before it is killed; --min-uptime is set just below it)
+# up before it is killed; --min-uptime is set just below it) EXTRA="" (more serve options,
+# e.g. EXTRA="--cgroup off")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CRASHES=${CRASHES:-50}
 WORKERS=${WORKERS:-2}
 UPTIME=${UPTIME:-0.3}
+EXTRA=${EXTRA:-}
 PYTHON=${PYTHON:-/usr/bin/python3}
 
 echo "building (release)..." >&2
@@ -25,14 +27,15 @@ chmod 755 "$dir"
 cp target/release/multinode target/release/hello "$dir/"
 trap 'rm -rf "$dir"' EXIT
 
-CRASHES=$CRASHES WORKERS=$WORKERS UPTIME=$UPTIME DIR=$dir "$PYTHON" - <<'EOF'
-import json, os, signal, statistics, subprocess, sys, time
+CRASHES=$CRASHES WORKERS=$WORKERS UPTIME=$UPTIME EXTRA=$EXTRA DIR=$dir "$PYTHON" - <<'EOF'
+import json, os, shlex, signal, statistics, subprocess, sys, time
 
 crashes, workers, uptime = int(os.environ["CRASHES"]), int(os.environ["WORKERS"]), float(os.environ["UPTIME"])
 d = os.environ["DIR"]
 min_uptime = f"{int(uptime * 1000 * 0.8)}ms"
 cmd = [f"{d}/multinode", "serve", "-w", str(workers), "-l", "127.0.0.1:0", "--ready", "notify",
-       "--min-uptime", min_uptime, "--log-format", "json", "--", f"{d}/hello"]
+       "--min-uptime", min_uptime, "--log-format", "json", *shlex.split(os.environ["EXTRA"]),
+       "--", f"{d}/hello"]
 mn = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                       start_new_session=True)
 
@@ -88,8 +91,8 @@ def row(name, xs):
     q = lambda p: xs[min(len(xs) - 1, int(p * len(xs)))]
     return f"| {name} | {statistics.median(xs):.2f} | {xs[0]:.2f} | {q(0.9):.2f} | {xs[-1]:.2f} |"
 
-print(f"{crashes} crashes of hello (--ready notify), {workers} workers; restart_in_ms announced: "
-      f"{sorted(set(delays))}")
+print(f"{crashes} crashes of hello (--ready notify {os.environ['EXTRA']}), {workers} workers; "
+      f"restart_in_ms announced: {sorted(set(delays))}")
 print()
 print("| SIGKILL → replacement | median ms | min | p90 | max |")
 print("|---|---:|---:|---:|---:|")

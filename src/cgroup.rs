@@ -22,8 +22,9 @@
 //! (all of them its user's), never out of the service group: that needs write access to the
 //! parent's `cgroup.procs`.
 //!
-//! A worker's leaf is made before the fork; the child writes `0` to the leaf's `cgroup.procs`
-//! (opened before the fork) before exec (spawn.rs). When the worker's leader has been reaped,
+//! A worker's leaf is made before the fork, and the child is born in it (`clone3` with
+//! `CLONE_INTO_CGROUP`; where clone3 is missing, it writes `0` to the leaf's `cgroup.procs`,
+//! opened before the fork, before exec: spawn.rs). When the worker's leader has been reaped,
 //! its process group is stopped as before; once the group is gone, what is left in the leaf is
 //! killed with `cgroup.kill` (Linux 5.14), and the worker has ended when `cgroup.events` says
 //! `populated 0` (the shell polls it for POLLPRI, which the kernel raises when it changes).
@@ -159,25 +160,38 @@ fn delegate(path: &Path, uid: Uid, gid: Gid) -> io::Result<()> {
     Ok(())
 }
 
+/// How a worker's child gets into its leaf: born in it (`clone3` with `CLONE_INTO_CGROUP`
+/// on `dir`) or, where clone3 is missing, by writing `0` to its `cgroup.procs` (spawn.rs).
+pub struct Join {
+    pub dir: File,
+    pub procs: File,
+}
+
 impl Service {
-    /// A new leaf for a worker of `slot`, and its `cgroup.procs` open for writing: the child
-    /// joins the group by writing `0` to it.
-    pub fn leaf(&mut self, slot: u32) -> io::Result<(Leaf, File)> {
+    /// A new leaf for a worker of `slot`, and how its child gets in (see [`Join`]).
+    pub fn leaf(&mut self, slot: u32) -> io::Result<(Leaf, Join)> {
         self.next += 1;
         let path = self.path.join(format!("worker.{slot}.{}", self.next));
         std::fs::DirBuilder::new().mode(0o755).create(&path)?;
-        let opened = std::fs::OpenOptions::new()
-            .write(true)
-            .open(path.join("cgroup.procs"))
-            .and_then(|procs| Ok((File::open(path.join("cgroup.events"))?, procs)));
+        let opened = (|| {
+            let dir = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY)
+                .open(&path)?;
+            let procs = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path.join("cgroup.procs"))?;
+            let events = File::open(path.join("cgroup.events"))?;
+            Ok::<_, io::Error>((events, Join { dir, procs }))
+        })();
         match opened {
-            Ok((events, procs)) => Ok((
+            Ok((events, join)) => Ok((
                 Leaf {
                     path,
                     events: Some(events),
                     killed: false,
                 },
-                procs,
+                join,
             )),
             Err(e) => {
                 let _ = std::fs::remove_dir(&path);

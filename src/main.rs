@@ -23,6 +23,7 @@ mod socket;
 mod spawn;
 mod supervisor;
 mod systemd;
+mod throttle;
 mod upgrade;
 mod usage;
 mod watch;

@@ -1,21 +1,28 @@
-//! Starting one worker: its fd layout, its environment, LISTEN_PID, its session, its
-//! parent-death signal, and the exec. The only place in multinode that forks.
+//! Starting one worker: its fd layout, its environment, LISTEN_PID, its cgroup, its session,
+//! its parent-death signal, and the exec. The only place that starts workers (the guard forks
+//! itself at start, guard/mod.rs; an upgrade runs its check with std's Command, preflight.rs).
 //!
-//! std's `Command` forks and sets up stdio and the process group; command-fds places the
-//! sockets at fds 3..; the last `pre_exec` closure then finishes the job itself and calls
-//! `execve`, because std builds the child's environment before the fork and so cannot carry
-//! LISTEN_PID, which must be the worker's own pid. Everything that closure touches was built
-//! before the fork: it allocates nothing and takes no lock.
+//! The child is made with `clone3(2)`: with cgroups, `CLONE_INTO_CGROUP` has it born in its
+//! own leaf. Moving a process into a cgroup afterwards (writing `cgroup.procs`) takes the
+//! kernel's global threadgroup lock for writing, which waits for an RCU grace period: 5–20 ms
+//! on a busy 2-core machine, added to every start and restart. Where clone3 is missing (Linux
+//! before 5.7 for the flag, or a seccomp filter that hides it) the child is forked and joins
+//! its leaf by writing `0` to its `cgroup.procs`, as before. std's `Command` cannot do either
+//! (it forks itself, and builds the environment before the fork, so it could not carry
+//! LISTEN_PID, which must be the worker's own pid), and so command-fds, which places fds for a
+//! `Command`, is not used either: placing the sockets is a `dup2` per socket here.
+//!
+//! Everything the child touches was built before the clone ([`ExecImage`]): it allocates
+//! nothing and takes no lock, and makes only async-signal-safe system calls. An exec failure
+//! comes back to the parent as an errno over a close-on-exec pipe (end of file: the exec
+//! succeeded).
 
 use std::ffi::{CString, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::raw::{c_char, c_int};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 
-use command_fds::{CommandFdExt, FdMapping};
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::unistd::Pid;
 
@@ -81,11 +88,13 @@ const PID_SLOT_LEN: usize = 32;
 
 /// What stays the same for every worker: the program, and the environment less per-worker values.
 pub struct Spawner {
-    workdir: Option<std::path::PathBuf>,
+    workdir: Option<CString>,
     path: CString,
     argv: Vec<CString>,
     base_env: Vec<CString>,
     supervisor: Pid,
+    /// Whether to try clone3 (debug builds' failpoint `no-clone3` says no, for tests).
+    clone3: bool,
 }
 
 /// A started worker: its pid (also its process group id) and the read ends of its output.
@@ -93,7 +102,12 @@ pub struct Spawned {
     pub pid: Pid,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    /// The first time a worker had to be forked because clone3 is not there: why (to log).
+    pub forked: Option<String>,
 }
+
+/// Whether a spawn has fallen back to fork already (said once per process).
+static FORKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 impl Spawner {
     /// `overrides` replace inherited variables (USER, HOME, ... after a privilege drop; then
@@ -131,12 +145,19 @@ impl Spawner {
                 base_env.push(env_entry(k.as_bytes(), v.as_bytes()));
             }
         }
+        let workdir = workdir
+            .map(|w| {
+                CString::new(w.as_os_str().as_bytes())
+                    .map_err(|_| io::Error::other("NUL byte in the working directory"))
+            })
+            .transpose()?;
         Ok(Spawner {
-            workdir: workdir.map(|w| w.to_path_buf()),
+            workdir,
             path,
             argv,
             base_env,
             supervisor: Pid::this(),
+            clone3: crate::upgrade::rollback::failpoint("no-clone3").is_none(),
         })
     }
 
@@ -145,9 +166,9 @@ impl Spawner {
         String::from_utf8_lossy(self.path.as_bytes()).into_owned()
     }
 
-    /// Forks and execs one worker for `slot` with `fds` (name, socket) at fds 3.. . An exec
-    /// failure in the child comes back here as the error, through std's CLOEXEC status pipe.
-    /// `cgroup`: the `cgroup.procs` of the worker's own cgroup, which the child joins first.
+    /// Starts one worker for `slot` with `fds` (name, socket) at fds 3.. and returns once it
+    /// has executed its program (or with the reason it could not). `cgroup`: the worker's own
+    /// leaf, to be born in (see the module doc).
     /// `watchdog`: the worker gets `WATCHDOG_USEC` and `WATCHDOG_PID` (its own pid), as
     /// sd_watchdog_enabled(3) reads them.
     pub fn spawn(
@@ -156,16 +177,39 @@ impl Spawner {
         slot: u32,
         workers: u32,
         generation: u64,
-        cgroup: Option<BorrowedFd<'_>>,
+        cgroup: Option<&crate::cgroup::Join>,
         watchdog: Option<std::time::Duration>,
     ) -> io::Result<Spawned> {
         let n = fds.len();
-        // Above the fds the sockets are placed at (3..3+n), so placing them cannot close it.
-        let cgroup = cgroup
-            .map(|fd| fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(3 + n as c_int)))
-            .transpose()?
+        let first_unused = 3 + n as c_int;
+        // Every fd the child reads from is copied above the fds it places (0..3+n), so that
+        // placing one can never overwrite another it has yet to place. Close-on-exec: the
+        // copies never reach the program.
+        let high = |fd: BorrowedFd<'_>| -> io::Result<OwnedFd> {
+            let raw = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(first_unused))?;
             // SAFETY: F_DUPFD_CLOEXEC just returned this new fd, owned by nobody else.
-            .map(|raw| unsafe { OwnedFd::from_raw_fd(raw) });
+            Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+        };
+        let null = std::fs::File::open("/dev/null")?;
+        let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let (status_r, status_low) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let status_w = high(status_low.as_fd())?;
+        drop(status_low);
+        let mut sources = vec![
+            (high(null.as_fd())?, 0),
+            (high(out_w.as_fd())?, 1),
+            (high(err_w.as_fd())?, 2),
+        ];
+        for (i, (_, fd)) in fds.iter().enumerate() {
+            sources.push((high(*fd)?, 3 + i as c_int));
+        }
+        drop((null, out_w, err_w));
+        let (cgroup_dir, cgroup_procs) = match cgroup {
+            Some(j) => (Some(high(j.dir.as_fd())?), Some(high(j.procs.as_fd())?)),
+            None => (None, None),
+        };
+
         let mut env = self.base_env.clone();
         env.push(env_entry(b"LISTEN_FDS", n.to_string().as_bytes()));
         let names: Vec<&str> = fds.iter().map(|(name, _)| *name).collect();
@@ -190,59 +234,136 @@ impl Spawner {
             ));
             pids.push(b"WATCHDOG_PID=");
         }
-        let image = ExecImage::new(
+        let mut image = ExecImage::new(
             self.path.clone(),
             self.argv.clone(),
             env,
             &pids,
-            3 + n as c_int,
+            first_unused,
             self.supervisor,
-            cgroup.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
         );
-
-        let mappings = fds
+        image.placements = sources
             .iter()
-            .enumerate()
-            .map(|(i, (_, fd))| {
-                Ok(FdMapping {
-                    parent_fd: fd.try_clone_to_owned()?,
-                    child_fd: 3 + i as c_int,
-                })
-            })
-            .collect::<io::Result<Vec<_>>>()?;
+            .map(|(fd, to)| (fd.as_raw_fd(), *to))
+            .collect();
+        image.workdir = self.workdir.as_ref().map(|w| w.as_ptr());
+        image.status = status_w.as_raw_fd();
 
-        let mut cmd = Command::new(std::ffi::OsStr::from_bytes(self.path.as_bytes()));
-        if let Some(dir) = &self.workdir {
-            cmd.current_dir(dir);
+        let (pid, forked) = clone_child(
+            cgroup_dir.as_ref(),
+            cgroup_procs.as_ref(),
+            self.clone3,
+            &mut image,
+        )?;
+        let forked = forked
+            .filter(|_| !FORKED.swap(true, std::sync::atomic::Ordering::Relaxed))
+            .map(|why| format!("workers are forked, then moved into their cgroup: {why}"));
+        // The parent's copies: the child has its own.
+        drop((sources, status_w, cgroup_dir, cgroup_procs));
+        // End of file: the exec closed the child's end. Four bytes: the errno it failed with
+        // (the child has exited 127; the loop reaps it like any other child).
+        let mut errno = [0u8; 4];
+        let mut got = 0;
+        while got < errno.len() {
+            match nix::unistd::read(&status_r, &mut errno[got..]) {
+                Ok(0) => break,
+                Ok(k) => got += k,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .fd_mappings(mappings)
-            .map_err(|_| io::Error::other("two sockets mapped to one fd"))?;
-        let mut image = image;
-        // SAFETY: the closure runs in the forked child before exec. `ExecImage::exec` only
-        // makes async-signal-safe system calls on memory prepared before the fork; it neither
-        // allocates nor locks. It runs after command-fds' closure, which placed the sockets.
-        unsafe {
-            cmd.pre_exec(move || image.exec());
+        if got == errno.len() {
+            return Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno)));
         }
-        let mut child = cmd.spawn()?;
-        let pid = Pid::from_raw(child.id() as i32);
-        let stdout: OwnedFd = child.stdout.take().expect("stdout was piped").into();
-        let stderr: OwnedFd = child.stderr.take().expect("stderr was piped").into();
-        for fd in [&stdout, &stderr] {
+        for fd in [&out_r, &err_r] {
             let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
             fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
         }
-        // Dropping `child` neither waits nor kills; the supervisor reaps with waitpid(-1).
-        drop(child);
-        drop(cgroup);
         Ok(Spawned {
             pid,
-            stdout,
-            stderr,
+            stdout: out_r,
+            stderr: err_r,
+            forked,
         })
+    }
+}
+
+/// linux/sched.h (libc's constant is a c_int, too narrow for it).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `clone3`'s argument, as the kernel lays it out (`struct clone_args`, up to `cgroup`:
+/// CLONE_ARGS_SIZE_VER2); the libc crate has no such struct for glibc targets.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Makes the child, which runs `image.exec()` and never returns; returns its pid, and why it
+/// was forked if it was. Born in the cgroup `dir` when given (clone3 with CLONE_INTO_CGROUP);
+/// where clone3 is not there (ENOSYS: an old kernel or a seccomp filter; E2BIG or EINVAL: one
+/// that does not know the flag; EPERM: a filter that refuses it) or not to be used (`clone3`
+/// false: a test's failpoint), forked, the child then joining through `procs`.
+fn clone_child(
+    dir: Option<&OwnedFd>,
+    procs: Option<&OwnedFd>,
+    clone3: bool,
+    image: &mut ExecImage,
+) -> io::Result<(Pid, Option<String>)> {
+    let mut args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    if let Some(d) = dir {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = d.as_raw_fd() as u64;
+    }
+    let why = if clone3 {
+        // SAFETY: clone3 without CLONE_VM is a fork: the child gets a copy of this address
+        // space and continues here with a return value of 0, running only `image.exec()`,
+        // which makes async-signal-safe system calls on memory prepared before the clone and
+        // never returns.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        if r == 0 {
+            image.exec();
+        }
+        if r > 0 {
+            return Ok((Pid::from_raw(r as libc::pid_t), None));
+        }
+        let e = io::Error::last_os_error();
+        if !matches!(
+            e.raw_os_error(),
+            Some(libc::ENOSYS | libc::E2BIG | libc::EINVAL | libc::EPERM)
+        ) {
+            return Err(e);
+        }
+        format!("clone3 failed: {e}")
+    } else {
+        "clone3 is not to be used (failpoint no-clone3)".to_string()
+    };
+    image.procs = procs.map_or(-1, |p| p.as_raw_fd());
+    // SAFETY: as above; fork(2) is what std's Command used. The child runs `image.exec()`
+    // only.
+    match unsafe { libc::fork() } {
+        0 => image.exec(),
+        -1 => Err(io::Error::last_os_error()),
+        pid => Ok((Pid::from_raw(pid), dir.map(|_| why))),
     }
 }
 
@@ -255,7 +376,7 @@ fn env_entry(k: &[u8], v: &[u8]) -> CString {
     CString::new(e).unwrap_or_default()
 }
 
-/// Everything the child needs after the fork, laid out in memory before it.
+/// Everything the child needs after the clone, laid out in memory before it.
 struct ExecImage {
     path: CString,
     _argv: Vec<CString>,
@@ -265,16 +386,24 @@ struct ExecImage {
     /// `LISTEN_PID=` (and `WATCHDOG_PID=`), each followed by room for the pid, with the length
     /// of its prefix; owned, freed in Drop.
     pid_slots: Vec<(*mut u8, usize)>,
+    /// (from, to): stdin, stdout, stderr and the sockets, each from an fd at or above
+    /// `first_unused_fd` to its place below it.
+    placements: Vec<(c_int, c_int)>,
     first_unused_fd: c_int,
+    /// The working directory (the Spawner's), if one is set.
+    workdir: Option<*const c_char>,
+    /// Where an exec failure's errno goes (close-on-exec).
+    status: c_int,
     supervisor: Pid,
     /// The open-files limit to give back to the worker, if the supervisor raised its own.
     nofile: Option<libc::rlimit>,
-    /// The worker's cgroup's `cgroup.procs`, or -1.
-    cgroup_procs: c_int,
+    /// Forked rather than born in its cgroup: the leaf's `cgroup.procs` to join; else -1.
+    procs: c_int,
 }
 
-// SAFETY: the raw pointers point into buffers the image owns (CString heaps and the boxed pid
-// slot); they are only dereferenced in the forked child, which has a single thread.
+// SAFETY: the raw pointers point into buffers the image (or the Spawner, which outlives the
+// spawn) owns: CString heaps and the boxed pid slots; they are only dereferenced in the child,
+// which has a single thread.
 unsafe impl Send for ExecImage {}
 // SAFETY: as above; no method shares the pointers with another thread.
 unsafe impl Sync for ExecImage {}
@@ -287,7 +416,6 @@ impl ExecImage {
         pid_vars: &[&[u8]],
         first_unused_fd: c_int,
         supervisor: Pid,
-        cgroup_procs: c_int,
     ) -> Self {
         let pid_slots: Vec<(*mut u8, usize)> = pid_vars
             .iter()
@@ -309,34 +437,53 @@ impl ExecImage {
             _env: env,
             env_ptrs,
             pid_slots,
+            placements: Vec::new(),
             first_unused_fd,
+            workdir: None,
+            status: -1,
             supervisor,
             nofile: WORKER_NOFILE.get().copied(),
-            cgroup_procs,
+            procs: -1,
         }
     }
 
-    /// Runs in the child between fork and exec. Returns only on failure.
-    fn exec(&mut self) -> io::Result<()> {
+    /// Runs in the child between clone and exec; never returns. A failure is reported as its
+    /// errno on the status pipe, then the child exits 127.
+    fn exec(&mut self) -> ! {
         // SAFETY: every call below is async-signal-safe and takes only stack values or
-        // pointers to buffers built before the fork (see `ExecImage`).
+        // pointers to buffers built before the clone (see `ExecImage`).
         unsafe {
-            // Into the worker's own cgroup first (`0`: the writing process), so that all it
-            // ever starts is in it (see cgroup.rs).
-            if self.cgroup_procs >= 0
-                && libc::write(self.cgroup_procs, c"0".as_ptr().cast(), 1) != 1
-            {
-                return Err(io::Error::last_os_error());
+            let fail = |status: c_int| -> ! {
+                let e = *libc::__errno_location();
+                libc::write(status, (&e as *const c_int).cast(), 4);
+                libc::_exit(127)
+            };
+            // Forked (no clone3): into the worker's own cgroup first (`0`: the writing
+            // process), so that all it ever starts is in it (see cgroup.rs).
+            if self.procs >= 0 && libc::write(self.procs, c"0".as_ptr().cast(), 1) != 1 {
+                fail(self.status);
+            }
+            // stdin, stdout, stderr and the sockets in their places. Every source is above
+            // every place (see `spawn`); dup2 leaves the new fd without close-on-exec.
+            for &(from, to) in &self.placements {
+                if libc::dup2(from, to) < 0 {
+                    fail(self.status);
+                }
+            }
+            if let Some(dir) = self.workdir {
+                if libc::chdir(dir) != 0 {
+                    fail(self.status);
+                }
             }
             // A session of its own: no controlling terminal (so it can never reach the
             // operator's terminal, e.g. with TIOCSTI), and it leads its own process group, which
             // the supervisor signals as a whole. Another worker's group is out of its reach:
             // setpgid only joins groups of the same session.
             if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
+                fail(self.status);
             }
             // No fd of the supervisor beyond the sockets may reach the worker. Marking them
-            // CLOEXEC rather than closing keeps std's status pipe working until the exec.
+            // CLOEXEC rather than closing keeps the status pipe working until the exec.
             let r = libc::syscall(
                 libc::SYS_close_range,
                 self.first_unused_fd as libc::c_uint,
@@ -387,8 +534,8 @@ impl ExecImage {
                 self.argv_ptrs.as_ptr(),
                 self.env_ptrs.as_ptr(),
             );
+            fail(self.status)
         }
-        Err(io::Error::last_os_error())
     }
 }
 

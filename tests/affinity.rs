@@ -41,11 +41,7 @@ struct Answer {
 }
 
 fn parse_answer(body: &str) -> Option<Answer> {
-    let field = |k: &str| {
-        body.trim()
-            .split("; ")
-            .find_map(|p| p.strip_prefix(k)?.strip_prefix('='))
-    };
+    let field = |k: &str| body_field(body, k);
     Some(Answer {
         pid: field("process")?.parse().ok()?,
         reqno: field("reqno")?.parse().ok()?,

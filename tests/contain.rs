@@ -135,7 +135,32 @@ fn a_slot_restart_takes_its_detached_helpers_with_it() {
 
 #[test]
 fn each_worker_runs_in_a_cgroup_of_its_own_and_the_service_group_goes_at_exit() {
-    let mut m = Multinode::serve_hello("2", &[]);
+    let m = Multinode::serve_hello("2", &[]);
+    workers_in_cgroups_of_their_own(m);
+}
+
+/// The same where clone3 cannot be used (a seccomp filter, an old kernel; here the debug
+/// builds' failpoint): each worker is forked, then joins its cgroup itself, and multinode says
+/// so once.
+#[test]
+fn without_clone3_workers_still_run_in_cgroups_of_their_own() {
+    if !cfg!(debug_assertions) {
+        skip("failpoints are compiled into debug builds only");
+        return;
+    }
+    let mut cmd = hello_command("2", &[]);
+    cmd.env("MULTINODE_FAILPOINT", "no-clone3");
+    let m = Multinode::spawn(cmd);
+    if cgroup_mode(&m) == "cgroup" {
+        let said = m.wait_event("spawn", |_| true);
+        assert!(said.msg.contains("forked"), "{said}");
+    }
+    workers_in_cgroups_of_their_own(m);
+}
+
+/// Checks `m`'s two workers run each in a cgroup of its own, multinode in its `supervisor`
+/// group and the guard outside, and that the service group goes at exit.
+fn workers_in_cgroups_of_their_own(mut m: Multinode) {
     if !require(
         cgroup_mode(&m) == "cgroup",
         "no writable cgroup v2 hierarchy here (run as root)",

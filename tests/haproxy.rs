@@ -227,6 +227,8 @@ struct Lab {
     _scratch: Scratch,
     client_ns: PathBuf,
     namespaces: Vec<Netns>,
+    /// The multinode every host runs, a copy a package upgrade can replace (dropped last).
+    install: Install,
 }
 
 impl Lab {
@@ -284,6 +286,7 @@ impl Lab {
             client_ns: namespaces[1].path(),
             _scratch: scratch,
             namespaces,
+            install: Install::new(),
         }
     }
 
@@ -298,25 +301,26 @@ impl Lab {
         let from = lb_addr_towards(h).to_string();
         let affinity = self.affinity.display().to_string();
         let name = self.hosts[h].name.clone();
-        let cmd = serve_command(&[
-            "--name",
+        let cmd = self.install.serve_command(
             &name,
-            "--workers",
-            WORKERS,
-            "--route",
-            "ip-hash",
-            "--proxy-protocol",
-            "--proxy-from",
-            &from,
-            "--listen",
-            &listen,
-            "--metrics",
-            &metrics,
-            "--stop-delay",
-            STOP_DELAY,
-            "--",
-            &affinity,
-        ]);
+            &[
+                "--workers",
+                WORKERS,
+                "--route",
+                "ip-hash",
+                "--proxy-protocol",
+                "--proxy-from",
+                &from,
+                "--listen",
+                &listen,
+                "--metrics",
+                &metrics,
+                "--stop-delay",
+                STOP_DELAY,
+                "--",
+                &affinity,
+            ],
+        );
         let m = Multinode::spawn(self.ns_of(h).command(cmd));
         m.wait_ready(WORKERS.parse().unwrap());
         self.hosts[h].runs.push(m);
@@ -853,10 +857,45 @@ fn hosts_behind_haproxy_keep_affinity_and_lose_no_request() {
     }
     end(&mut phases, reload, &lab);
 
-    // 3. `multinode upgrade` on each host in turn.
-    // TODO(upgrade): run `multinode upgrade --name NAME` on each host here, in turn, under the
-    // same load, as a phase that may fail no request (add it to the no-failure list below),
-    // once the `upgrade` command exists: another branch builds it.
+    // 3. `multinode upgrade` on each host in turn: a new copy moved over the path every
+    // host started from (a new inode, as a package upgrade leaves it), then each supervisor
+    // executes it in place: the same pid, the same workers, the new file behind /proc/PID/exe.
+    let upgrade = begin(
+        &mut phases,
+        &load,
+        &lab,
+        "multinode upgrade, each host in turn".into(),
+    );
+    let new_ino = lab.install.replace();
+    for h in 0..HOSTS {
+        let pid = lab.current(h).pid;
+        let before = status_pids(&lab.hosts[h].name);
+        let t = Instant::now();
+        let out = mn(&["upgrade", "--name", &lab.hosts[h].name]);
+        assert!(
+            out.status.success(),
+            "upgrade h{}: {}{}",
+            h + 1,
+            stdout(&out),
+            stderr(&out)
+        );
+        assert_eq!(exe_ino(pid), new_ino, "h{}: runs the new file", h + 1);
+        assert_eq!(
+            status_pids(&lab.hosts[h].name),
+            before,
+            "h{}: every worker kept its slot and pid",
+            h + 1
+        );
+        phases[upgrade].notes.push(format!(
+            "h{}: {} (the command {} ms; pid {pid} and its {} workers kept)",
+            h + 1,
+            stdout(&out).trim(),
+            t.elapsed().as_millis(),
+            before.len()
+        ));
+        load.hold(upgrade, short, 3);
+    }
+    end(&mut phases, upgrade, &lab);
 
     // 4. A host out with SIGTERM and --stop-delay, then back.
     let name = format!(
@@ -996,10 +1035,6 @@ fn hosts_behind_haproxy_keep_affinity_and_lose_no_request() {
         }
         figs.push(f);
     }
-    text += &format!(
-        "{:<44} not run: the command does not exist yet\n",
-        "multinode upgrade, each host in turn"
-    );
     text += &format!("total {:.1}s\n\n", t_all.elapsed().as_secs_f64());
     report(&text);
 
@@ -1011,7 +1046,7 @@ fn hosts_behind_haproxy_keep_affinity_and_lose_no_request() {
             phases[p].name
         );
     }
-    for p in [steady, reload, out_back, after] {
+    for p in [steady, reload, upgrade, out_back, after] {
         assert_eq!(
             figs[p].failed, 0,
             "{}: no request may fail\n{text}",

@@ -479,9 +479,7 @@ fn max_requests_recycles_one_slot_three_times_with_no_failed_request() {
         match http_get(addr, "/") {
             Ok((200, body)) => {
                 let pid = body_pid(&body).unwrap();
-                let slot: u32 = body
-                    .split("; ")
-                    .find_map(|f| f.strip_prefix("worker="))
+                let slot: u32 = body_field(&body, "worker")
                     .and_then(|w| w.parse().ok())
                     .unwrap_or_else(|| panic!("no worker= in {body:?}"));
                 by_slot.entry(slot).or_default().insert(pid);

@@ -101,11 +101,7 @@ struct Reply {
 }
 
 fn parse_reply(body: &str) -> Option<Reply> {
-    let field = |k: &str| {
-        body.trim()
-            .split("; ")
-            .find_map(|p| p.strip_prefix(k)?.strip_prefix('='))
-    };
+    let field = |k: &str| body_field(body, k);
     Some(Reply {
         pid: field("process")?.parse().ok()?,
         worker: field("worker")?.parse().ok()?,

@@ -11,7 +11,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,36 +19,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A copy of multinode in a directory of its own, writable by root only (as an installed
-/// binary is: an upgrade refuses one the workers' user could have replaced). Removed on drop.
-struct Install {
-    dir: PathBuf,
-    bin: PathBuf,
-}
-
+/// Scripts and failing wrappers beside the installed copy (see [`Install`] in common).
 impl Install {
-    fn new() -> Install {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("mn-upgrade-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        set_mode(&dir, 0o755);
-        let bin = dir.join("multinode");
-        std::fs::copy(multinode_bin(), &bin).unwrap();
-        set_mode(&bin, 0o755);
-        Install { dir, bin }
-    }
-
-    /// A new copy moved over the start path, as a package upgrade does; its inode.
-    fn replace(&self) -> u64 {
-        let tmp = self.dir.join("multinode.new");
-        std::fs::copy(multinode_bin(), &tmp).unwrap();
-        set_mode(&tmp, 0o755);
-        std::fs::rename(&tmp, &self.bin).unwrap();
-        ino(&self.bin)
-    }
-
     /// An executable script in the directory.
     fn script(&self, name: &str, text: &str) -> PathBuf {
         let p = self.dir.join(name);
@@ -70,35 +41,6 @@ impl Install {
         }
         self.script(&format!("fp-{}", fp.replace('=', "-")), &text)
     }
-
-    /// `multinode serve ARGS` started from the installed copy, under `name`.
-    fn serve(&self, name: &str, args: &[&str]) -> Multinode {
-        let mut all = vec!["--name", name];
-        all.extend_from_slice(args);
-        let mut cmd = Command::new(&self.bin);
-        cmd.args(serve_args(&all));
-        Multinode::spawn(cmd)
-    }
-}
-
-impl Drop for Install {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn set_mode(p: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-fn ino(p: &Path) -> u64 {
-    std::fs::metadata(p).unwrap().ino()
-}
-
-/// The inode of the executable process `pid` runs.
-fn exe_ino(pid: i32) -> u64 {
-    ino(Path::new(&format!("/proc/{pid}/exe")))
 }
 
 /// `multinode upgrade --name NAME [--binary B]`.
@@ -110,19 +52,6 @@ fn upgrade(name: &str, binary: Option<&Path>) -> std::process::Output {
         args.extend(["--binary", &b]);
     }
     mn(&args)
-}
-
-/// slot → pid of every worker, from `status --json`.
-fn worker_pids(name: &str) -> Vec<(u64, i64)> {
-    let st = status_json(name);
-    let mut v: Vec<(u64, i64)> = st["slots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|s| Some((s["slot"].as_u64()?, s["pid"].as_i64()?)))
-        .collect();
-    v.sort();
-    v
 }
 
 fn have_wrk() -> bool {
@@ -277,7 +206,7 @@ fn upgrade_under_load(mode: &[&str]) {
     let mut m = inst.serve(&name, &args);
     let addr = m.tcp_addr("listen0");
     m.wait_ready(3);
-    let before = worker_pids(&name);
+    let before = status_pids(&name);
     assert_eq!(before.len(), 3, "{}", m.output());
     let old_exe = exe_ino(m.pid);
     let load = Load::start(addr, 5);
@@ -300,7 +229,7 @@ fn upgrade_under_load(mode: &[&str]) {
     let done = m.wait_event("upgraded", |_| true);
     assert_eq!(exe_ino(m.pid), new_ino, "/proc/PID/exe is the new file");
     assert!(alive(m.pid));
-    assert_eq!(worker_pids(&name), before, "every worker kept its pid");
+    assert_eq!(status_pids(&name), before, "every worker kept its pid");
     let seen = load.finish();
     eprintln!(
         "upgrade under load {mode:?}: {} requests, {} failed; the upgrade took {} ms",
@@ -374,7 +303,7 @@ fn assert_rolled_back(
     });
     assert!(alive(m.pid));
     assert_eq!(exe_ino(m.pid), exe, "the old executable runs");
-    assert_eq!(worker_pids(name), pids, "every worker kept its pid");
+    assert_eq!(status_pids(name), pids, "every worker kept its pid");
 }
 
 #[test]
@@ -397,7 +326,7 @@ fn failed_upgrades_leave_the_old_image_serving() {
     );
     let addr = m.tcp_addr("listen0");
     m.wait_ready(2);
-    let pids = worker_pids(&name);
+    let pids = status_pids(&name);
     let exe = exe_ino(m.pid);
     let load = Load::start(addr, 8);
 
@@ -465,7 +394,7 @@ fn failed_upgrades_leave_the_old_image_serving() {
     // It still upgrades, and still stops cleanly.
     let out = upgrade(&name, None);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(worker_pids(&name), pids);
+    assert_eq!(status_pids(&name), pids);
     m.signal(libc::SIGTERM);
     assert_eq!(m.wait_exit().code(), Some(0), "{}", m.output());
 }
@@ -494,7 +423,7 @@ fn a_state_format_the_new_binary_does_not_read_is_refused_before_the_exec() {
     let mut m = Multinode::spawn(cmd);
     let addr = m.tcp_addr("listen0");
     m.wait_ready(1);
-    let pids = worker_pids(&name);
+    let pids = status_pids(&name);
     let exe = exe_ino(m.pid);
     inst.replace();
     let out = upgrade(&name, None);
@@ -543,7 +472,7 @@ fn counters_go_on_across_an_upgrade() {
         .unwrap();
     m.wait_ready(2);
     // A crash (restart cause `crash`), a reload, some routed connections.
-    let victim = worker_pids(&name)[0].1 as i32;
+    let victim = status_pids(&name)[0].1 as i32;
     kill(victim, libc::SIGKILL);
     m.wait_exited(victim);
     m.wait_started_in_slot(0, &[victim]);
@@ -581,7 +510,7 @@ fn counters_go_on_across_an_upgrade() {
         + sample(&after, "multinode_route_connections_total{slot=\"1\"}");
     assert!(handed_after >= handed, "{handed} then {handed_after}");
     // And they go on counting.
-    let victim = worker_pids(&name)[0].1 as i32;
+    let victim = status_pids(&name)[0].1 as i32;
     kill(victim, libc::SIGKILL);
     m.wait_exited(victim);
     assert!(eventually(
@@ -894,7 +823,7 @@ fn connections_route_mode_holds_go_over_and_are_answered() {
     let addr = m.tcp_addr("listen0");
     m.wait_ready(1);
     assert_eq!(proxied_get(addr, "192.0.2.1").unwrap().0, 200);
-    let worker = worker_pids(&name)[0].1 as i32;
+    let worker = status_pids(&name)[0].1 as i32;
     // The worker stops reading its channel; clients keep coming.
     kill(worker, libc::SIGSTOP);
     let held: Vec<_> = (0..6)
@@ -934,7 +863,7 @@ fn connections_route_mode_holds_go_over_and_are_answered() {
         let (status, resp) = h.join().unwrap().expect("a held connection answered");
         assert_eq!(status, 200, "{resp}");
     }
-    assert_eq!(worker_pids(&name)[0].1 as i32, worker);
+    assert_eq!(status_pids(&name)[0].1 as i32, worker);
     m.signal(libc::SIGTERM);
     assert_eq!(m.wait_exit().code(), Some(0), "{}", m.output());
 }
@@ -964,7 +893,7 @@ fn a_reload_under_way_goes_on_and_its_caller_is_answered_by_the_new_image() {
         ],
     );
     m.wait_ready(2);
-    let first = worker_pids(&name);
+    let first = status_pids(&name);
     let reload = {
         let name = name.clone();
         std::thread::spawn(move || mn(&["reload", "--name", &name]))

@@ -9,6 +9,7 @@ use nix::unistd::Uid;
 
 use super::server::{Client, ControlServer, Phase};
 use crate::socket::file::SocketFile;
+use crate::throttle::AcceptPause;
 use crate::upgrade::format::{Bytes, ClientPhase, ControlClientState, ControlState};
 use crate::upgrade::restore::Restorer;
 use crate::upgrade::state::{FdTable, rel};
@@ -24,7 +25,7 @@ impl ControlServer {
             file: self.file.save(t),
             next_id: self.next_id,
             starter: self.starter.as_raw(),
-            paused_until: self.paused_until.map(|p| rel(p, now)),
+            paused_until: self.pause.until().map(|p| rel(p, now)),
             clients: self
                 .clients
                 .iter()
@@ -80,8 +81,7 @@ impl ControlServer {
             file,
             clients,
             next_id: s.next_id,
-            paused_until: s.paused_until.map(|p| r.at(p)),
-            warnings: crate::route::RateLimit::new(),
+            pause: AcceptPause::resumed(s.paused_until.map(|p| r.at(p))),
             starter: Uid::from_raw(s.starter),
         }
     }

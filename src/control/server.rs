@@ -8,7 +8,7 @@
 //! once. A reply larger than [`MAX_REPLY`] is replaced by an error. A client that stops
 //! reading its reply for [`WRITE_TIMEOUT`] is dropped. `multinode stop` callers are held open
 //! after their reply until the supervisor exits. Out of file descriptors, the listening
-//! socket is not polled for [`ACCEPT_PAUSE`] (it would stay readable and spin the loop);
+//! socket rests for [`crate::throttle::ACCEPT_PAUSE`] (it would stay readable and spin the loop);
 //! connections wait in its queue meanwhile.
 //!
 //! Who may ask what: each accepted connection's `SO_PEERCRED` uid is read once. Root and the
@@ -31,6 +31,7 @@ use nix::unistd::Uid;
 use super::protocol::{MAX_REQUEST, Reply, Request};
 use crate::error::{Error, Result};
 use crate::socket::file::{Failure, SocketFile, bind_in};
+use crate::throttle::AcceptPause;
 
 /// Connections served at once.
 pub const MAX_CLIENTS: usize = 64;
@@ -45,9 +46,6 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_GUESTS: usize = MAX_CLIENTS / 2;
 /// Connections accepted per wake-up.
 const ACCEPT_BURST: usize = 16;
-/// How long accepting pauses when the supervisor is out of fds.
-pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
-
 pub type ClientId = u64;
 
 pub(super) enum Phase {
@@ -91,10 +89,8 @@ pub struct ControlServer {
     pub(super) file: SocketFile,
     pub(super) clients: Vec<Client>,
     pub(super) next_id: ClientId,
-    /// Out of fds: the listening socket is not polled until then.
-    pub(super) paused_until: Option<Instant>,
-    /// Out-of-fds warnings: one a second at most.
-    pub(super) warnings: crate::route::RateLimit,
+    /// Out of fds: the listening socket rests, and says so once a second at most.
+    pub(super) pause: AcceptPause,
     /// The real uid at start: the user who started multinode.
     pub(super) starter: Uid,
 }
@@ -164,8 +160,7 @@ impl ControlServer {
             file,
             clients: Vec::new(),
             next_id: 0,
-            paused_until: None,
-            warnings: crate::route::RateLimit::new(),
+            pause: AcceptPause::new(),
             starter: Uid::current(),
         })
     }
@@ -182,35 +177,19 @@ impl ControlServer {
 
     /// Whether the listening socket should be polled now (not while out of fds).
     pub fn accepting(&self, now: Instant) -> bool {
-        self.paused_until.is_none_or(|t| t <= now)
+        self.pause.accepting(now)
     }
 
     /// Accepts waiting connections (a burst); over [`MAX_CLIENTS`] (or [`MAX_GUESTS`] for
     /// those who may only ask for `status`) they are closed at once. Out of fds, pauses
     /// accepting and returns a warning to log (one a second at most).
     pub fn accept(&mut self, now: Instant) -> Option<crate::log::Event> {
-        self.paused_until = None;
         for _ in 0..ACCEPT_BURST {
             let stream = match self.listener.accept() {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                    self.paused_until = Some(now + ACCEPT_PAUSE);
-                    let held = self.warnings.allow(now)?;
-                    let more = match held {
-                        0 => String::new(),
-                        n => format!(" ({n} more like it not shown)"),
-                    };
-                    return Some(
-                        crate::log::Event::warn(
-                            "accept",
-                            format!(
-                                "control socket: out of file descriptors; connections wait in its queue{more}"
-                            ),
-                        )
-                        .with("socket", "control")
-                        .with("held", held),
-                    );
+                    return self.pause.out_of_fds(now, "control");
                 }
                 Err(_) => return None,
             };
@@ -355,9 +334,7 @@ impl ControlServer {
 
     /// Drops clients past their deadline; ends an accept pause that is over.
     pub fn expire(&mut self, now: Instant) {
-        if self.paused_until.is_some_and(|t| t <= now) {
-            self.paused_until = None;
-        }
+        self.pause.expire(now);
         self.clients.retain(|c| match c.phase {
             Phase::Reading(until) | Phase::Writing(until) => until > now,
             Phase::Waiting | Phase::Held => true,
@@ -372,7 +349,7 @@ impl ControlServer {
                 Phase::Reading(until) | Phase::Writing(until) => Some(until),
                 Phase::Waiting | Phase::Held => None,
             })
-            .chain(self.paused_until)
+            .chain(self.pause.deadline())
             .min()
     }
 

@@ -4,6 +4,7 @@ use std::os::fd::AsFd;
 
 use super::{Client, MetricsServer, Phase};
 use crate::socket::Bound;
+use crate::throttle::AcceptPause;
 use crate::upgrade::format::{Bytes, ClientPhase, MetricsClientState, MetricsState};
 use crate::upgrade::restore::Restorer;
 use crate::upgrade::state::{FdTable, rel};
@@ -13,7 +14,7 @@ impl MetricsServer {
         MetricsState {
             listener: self.bound.save(t, "the metrics socket"),
             next_id: self.next_id,
-            paused_until: self.paused_until.map(|p| rel(p, now)),
+            paused_until: self.pause.until().map(|p| rel(p, now)),
             clients: self
                 .clients
                 .iter()
@@ -56,8 +57,7 @@ impl MetricsServer {
             bound,
             clients,
             next_id: s.next_id,
-            paused_until: s.paused_until.map(|p| r.at(p)),
-            warnings: crate::route::RateLimit::new(),
+            pause: AcceptPause::resumed(s.paused_until.map(|p| r.at(p))),
         }
     }
 }

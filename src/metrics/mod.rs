@@ -8,7 +8,7 @@
 //!
 //! Every bound is explicit, so a client can hold nothing but its own connection:
 //! - accepting is a burst of [`ACCEPT_BURST`] per wake-up; out of fds, the socket is not
-//!   polled for [`ACCEPT_PAUSE`] (connections wait in its queue) instead of spinning the loop;
+//!   polled for [`crate::throttle::ACCEPT_PAUSE`] (connections wait in its queue) instead of spinning the loop;
 //! - at most [`MAX_CLIENTS`] connections at once; another one closes the oldest connection
 //!   that has not finished sending its request (so idle connections cannot lock scrapes out),
 //!   or, when every one is being answered, is closed itself;
@@ -36,6 +36,7 @@ use crate::error::{Error, Result};
 use crate::listen::ListenSpec;
 use crate::socket::Bound;
 use crate::socket::file::SocketFile;
+use crate::throttle::AcceptPause;
 
 /// Connections served at once.
 pub const MAX_CLIENTS: usize = 32;
@@ -47,8 +48,6 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections accepted per wake-up.
 const ACCEPT_BURST: usize = 16;
-/// How long accepting pauses when the supervisor is out of fds.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// The accept queue of the socket.
 const BACKLOG: u32 = 64;
 
@@ -107,10 +106,8 @@ pub struct MetricsServer {
     bound: Bound,
     clients: Vec<Client>,
     next_id: ClientId,
-    /// Out of fds: the listening socket is not polled until then.
-    paused_until: Option<Instant>,
-    /// Out-of-fds warnings: one a second at most.
-    warnings: crate::route::RateLimit,
+    /// Out of fds: the listening socket rests, and says so once a second at most.
+    pause: AcceptPause,
 }
 
 impl MetricsServer {
@@ -130,8 +127,7 @@ impl MetricsServer {
             bound,
             clients: Vec::new(),
             next_id: 0,
-            paused_until: None,
-            warnings: crate::route::RateLimit::new(),
+            pause: AcceptPause::new(),
         })
     }
 
@@ -154,35 +150,19 @@ impl MetricsServer {
 
     /// Whether the listening socket should be polled now (not while out of fds).
     pub fn accepting(&self, now: Instant) -> bool {
-        self.paused_until.is_none_or(|t| t <= now)
+        self.pause.accepting(now)
     }
 
     /// Accepts waiting connections (a burst). Out of fds, pauses accepting and returns a
     /// warning to log (one a second at most).
     pub fn accept(&mut self, now: Instant) -> Option<crate::log::Event> {
-        self.paused_until = None;
         for _ in 0..ACCEPT_BURST {
             let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
             let raw = match socket::accept4(self.bound.fd.as_raw_fd(), flags) {
                 Ok(fd) => fd,
                 Err(Errno::EINTR) | Err(Errno::ECONNABORTED) => continue,
                 Err(Errno::EMFILE) | Err(Errno::ENFILE) => {
-                    self.paused_until = Some(now + ACCEPT_PAUSE);
-                    let held = self.warnings.allow(now)?;
-                    let more = match held {
-                        0 => String::new(),
-                        n => format!(" ({n} more like it not shown)"),
-                    };
-                    return Some(
-                        crate::log::Event::warn(
-                            "accept",
-                            format!(
-                                "metrics socket: out of file descriptors; connections wait in its queue{more}"
-                            ),
-                        )
-                        .with("socket", "metrics")
-                        .with("held", held),
-                    );
+                    return self.pause.out_of_fds(now, "metrics");
                 }
                 Err(_) => return None,
             };
@@ -290,9 +270,7 @@ impl MetricsServer {
 
     /// Drops connections past their deadline; ends an accept pause that is over.
     pub fn expire(&mut self, now: Instant) {
-        if self.paused_until.is_some_and(|t| t <= now) {
-            self.paused_until = None;
-        }
+        self.pause.expire(now);
         self.clients.retain(|c| match c.phase {
             Phase::Reading(until) | Phase::Writing(until) => until > now,
         });
@@ -305,7 +283,7 @@ impl MetricsServer {
             .map(|c| match c.phase {
                 Phase::Reading(until) | Phase::Writing(until) => until,
             })
-            .chain(self.paused_until)
+            .chain(self.pause.deadline())
             .min()
     }
 

@@ -17,6 +17,7 @@ use super::pending::{Pending, source_of};
 use super::router::{ProxyRules, Refused, Router, Target};
 use crate::cli::RoutePolicy;
 use crate::config::Config;
+use crate::throttle::AcceptPause;
 use crate::upgrade::format::{
     Bytes, ChannelState, ConnState, PendingState, RouterState, TargetState,
 };
@@ -54,7 +55,7 @@ impl Router {
             next_id: self.next_id,
             refused: [f.full, f.untrusted, f.invalid, f.timeout, f.evicted],
             handed_by_slot: self.handed_by_slot.clone(),
-            paused_until: self.paused_until.map(|p| rel(p, now)),
+            paused_until: self.pause.until().map(|p| rel(p, now)),
             pending: self
                 .pending
                 .iter()
@@ -173,7 +174,7 @@ impl Router {
             pending,
             backlog,
             logs: Vec::new(),
-            paused_until: s.paused_until.map(|p| r.at(p)),
+            pause: AcceptPause::resumed(s.paused_until.map(|p| r.at(p))),
             targets,
             reached: s
                 .reached

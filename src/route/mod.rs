@@ -115,31 +115,3 @@ fn std_addr(addr: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<Socke
         _ => None,
     }
 }
-
-/// Prints at most one line a second for a recurring problem, counting what it held back.
-pub struct RateLimit {
-    last: Option<std::time::Instant>,
-    held: u64,
-}
-
-impl RateLimit {
-    pub const fn new() -> Self {
-        RateLimit {
-            last: None,
-            held: 0,
-        }
-    }
-
-    /// `Some(n)`: print now, mentioning `n` earlier occurrences that were not printed.
-    pub fn allow(&mut self, now: std::time::Instant) -> Option<u64> {
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(1))
-        {
-            self.held += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.held))
-    }
-}

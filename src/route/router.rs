@@ -16,18 +16,17 @@ use nix::unistd::Pid;
 use super::channel::{self, Channel, Scratch};
 use super::pending::{MAX_PENDING, Pending, Progress, Source};
 use super::policy::{Candidate, choose};
-use super::{Conn, MAX_BACKLOG, RateLimit, accept};
+use super::{Conn, MAX_BACKLOG, accept};
 use crate::cli::RoutePolicy;
 use crate::config::Config;
 use crate::log::{Event, Output};
 use crate::proxy::Cidr;
 use crate::supervisor::human;
+use crate::throttle::{AcceptPause, RateLimit, held_note};
 
 /// Connections accepted from one listening socket per wake-up, so one busy socket cannot
 /// starve the rest of the loop.
 const ACCEPT_BURST: usize = 256;
-/// How long accepting pauses when the supervisor is out of fds.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// The router counts as busy this long after it last accepted a connection. While busy, the
 /// worker channels are not polled for close notices (each notice would wake the loop by
 /// itself, as often as connections do); they are read on the listeners' wake-ups instead, at
@@ -116,11 +115,11 @@ pub struct Router {
     pub(super) pending: Vec<Pending>,
     /// Connections no worker could take yet.
     pub(super) backlog: VecDeque<Conn>,
-    /// One limiter per kind of warning (`proxy`, `accept`, `route`), so one cannot hide another.
+    /// One limiter per kind of warning (`proxy`, `route`), so one cannot hide another.
     pub(super) logs: Vec<(&'static str, RateLimit)>,
-    /// Out of fds: listening sockets are not polled until then (they would stay readable and
-    /// spin the loop); connections wait in the kernel's accept queue meanwhile.
-    pub(super) paused_until: Option<Instant>,
+    /// Out of fds: listening sockets rest (they would stay readable and spin the loop);
+    /// connections wait in the kernel's accept queue meanwhile.
+    pub(super) pause: AcceptPause,
     pub(super) targets: Vec<Target>,
     /// Workers that reached their `--max-requests`, for the core.
     pub(super) reached: Vec<(Pid, u64)>,
@@ -164,7 +163,7 @@ impl Router {
             pending: Vec::new(),
             backlog: VecDeque::new(),
             logs: Vec::new(),
-            paused_until: None,
+            pause: AcceptPause::new(),
             targets: Vec::new(),
             reached: Vec::new(),
             busy_until: None,
@@ -234,10 +233,8 @@ impl Router {
 
     /// Whether the listening sockets should be polled now.
     pub fn accepting(&mut self, now: Instant) -> bool {
-        if self.paused_until.is_some_and(|t| t <= now) {
-            self.paused_until = None;
-        }
-        self.paused_until.is_none()
+        self.pause.expire(now);
+        self.pause.accepting(now)
     }
 
     /// The fds to poll besides the listening sockets, and for what: connections awaiting a
@@ -275,7 +272,7 @@ impl Router {
             .flat_map(|t| t.channels.iter().filter_map(|c| c.retry_at));
         pending
             .chain(retries)
-            .chain(self.paused_until)
+            .chain(self.pause.deadline())
             .chain(self.busy_until)
             .min()
     }
@@ -315,14 +312,9 @@ impl Router {
                 }
                 Err(Errno::EINTR) | Err(Errno::ECONNABORTED) => continue,
                 Err(Errno::EMFILE) | Err(Errno::ENFILE) => {
-                    self.paused_until = Some(now + ACCEPT_PAUSE);
-                    self.warn(
-                        Event::warn(
-                            "accept",
-                            "out of file descriptors; connections wait in the accept queue",
-                        ),
-                        out,
-                    );
+                    if let Some(ev) = self.pause.out_of_fds(now, "listening") {
+                        out.event(ev);
+                    }
                     break;
                 }
                 Err(_) => break,
@@ -643,12 +635,7 @@ impl Router {
             }
         };
         if let Some(held) = self.logs[i].1.allow(Instant::now()) {
-            let more = if held > 0 {
-                format!(" ({held} more like it not shown)")
-            } else {
-                String::new()
-            };
-            let msg = format!("{}{more}", ev.msg);
+            let msg = format!("{}{}", ev.msg, held_note(held));
             out.event(Event { msg, ..ev }.with("held", held));
         }
     }

@@ -194,7 +194,7 @@ impl Shell {
                 Err(e) => return failed(format!("cannot create a route channel: {e}")),
             },
         };
-        // With cgroups, a group of its own that the child joins before exec.
+        // With cgroups, a group of its own that the child is born in.
         let leaf = match &mut self.p.cgroups {
             Some(cg) => match cg.leaf(slot) {
                 Ok(l) => {
@@ -218,14 +218,17 @@ impl Shell {
             .map(|b| b.name.as_str())
             .zip(fds)
             .collect();
-        let procs = leaf.as_ref().map(|(_, procs)| procs.as_fd());
-        let spawned = spawner.spawn(&named, slot, workers, generation, procs, watchdog);
+        let join = leaf.as_ref().map(|(_, join)| join);
+        let spawned = spawner.spawn(&named, slot, workers, generation, join, watchdog);
         let program = spawner.program();
         drop(named);
         drop(theirs);
         let leaf = leaf.map(|(leaf, _)| leaf);
         match spawned {
             Ok(s) => {
+                if let Some(why) = s.forked {
+                    self.p.out.event(crate::log::Event::warn("spawn", why));
+                }
                 if let Some(g) = &mut self.p.guard {
                     g.track(s.pid);
                 }

@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -752,10 +753,17 @@ impl KeepAlive {
     }
 }
 
+/// The value of `key=` in a response body of `key=value` fields joined by `; ` (what hello,
+/// affinity and the test workers answer).
+pub fn body_field<'a>(body: &'a str, key: &str) -> Option<&'a str> {
+    body.split(';')
+        .find_map(|p| p.trim().strip_prefix(key)?.strip_prefix('='))
+        .map(str::trim)
+}
+
 /// `process=<pid>` in a hello response body.
 pub fn body_pid(body: &str) -> Option<i32> {
-    body.split(';')
-        .find_map(|p| p.trim().strip_prefix("process=")?.trim().parse().ok())
+    body_field(body, "process")?.parse().ok()
 }
 
 /// Polls `cond` until true or the deadline; returns whether it became true.
@@ -1139,4 +1147,81 @@ pub fn read_available(master: &std::os::fd::OwnedFd) -> String {
         out.extend_from_slice(&buf[..n as usize]);
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A copy of multinode in a directory of its own, writable by root only (as an installed
+/// binary is: an upgrade refuses one the workers' user could have replaced). Removed on drop.
+pub struct Install {
+    pub dir: PathBuf,
+    pub bin: PathBuf,
+}
+
+impl Install {
+    pub fn new() -> Install {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("mn-upgrade-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        set_mode(&dir, 0o755);
+        let bin = dir.join("multinode");
+        std::fs::copy(multinode_bin(), &bin).unwrap();
+        set_mode(&bin, 0o755);
+        Install { dir, bin }
+    }
+
+    /// A new copy moved over the start path, as a package upgrade does; its inode.
+    pub fn replace(&self) -> u64 {
+        let tmp = self.dir.join("multinode.new");
+        std::fs::copy(multinode_bin(), &tmp).unwrap();
+        set_mode(&tmp, 0o755);
+        std::fs::rename(&tmp, &self.bin).unwrap();
+        ino(&self.bin)
+    }
+
+    /// `multinode serve ARGS` started from the installed copy, under `name`.
+    pub fn serve(&self, name: &str, args: &[&str]) -> Multinode {
+        Multinode::spawn(self.serve_command(name, args))
+    }
+
+    /// The command [`Install::serve`] runs, to be started otherwise (in a namespace, say).
+    pub fn serve_command(&self, name: &str, args: &[&str]) -> Command {
+        let mut all = vec!["--name", name];
+        all.extend_from_slice(args);
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(serve_args(&all));
+        cmd
+    }
+}
+
+impl Drop for Install {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn set_mode(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+pub fn ino(p: &Path) -> u64 {
+    std::fs::metadata(p).unwrap().ino()
+}
+
+/// The inode of the executable process `pid` runs.
+pub fn exe_ino(pid: i32) -> u64 {
+    ino(Path::new(&format!("/proc/{pid}/exe")))
+}
+
+/// slot → pid of every worker of the service `name`, from `status --json`, by slot.
+pub fn status_pids(name: &str) -> Vec<(u64, i64)> {
+    let st = status_json(name);
+    let mut v: Vec<(u64, i64)> = st["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| Some((s["slot"].as_u64()?, s["pid"].as_i64()?)))
+        .collect();
+    v.sort();
+    v
 }
