@@ -228,15 +228,22 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MODE", default_value = "660", value_parser = parse_mode)]
     pub socket_mode: FileMode,
 
-    /// How connections reach workers when not routed: `shared` (every worker accepts on the
-    /// same sockets; the kernel balances) or `reuseport` (one SO_REUSEPORT socket per worker
-    /// slot, kept by multinode across restarts and reloads of that slot)
-    #[arg(long, value_enum, value_name = "MODE", default_value_t = Balance::Shared, conflicts_with = "route")]
+    /// How connections reach workers: `shared` (every worker accepts on the same sockets; the
+    /// kernel balances) or `reuseport` (one SO_REUSEPORT socket per worker slot, kept by
+    /// multinode across restarts and reloads of that slot)
+    ///
+    /// With `--route ip-hash`, `reuseport` has the kernel apply the ip-hash: a BPF program on
+    /// each TCP port's group picks a slot's socket by the client's source address, and
+    /// multinode touches no connection. A client stays with its slot across restarts and
+    /// reloads (while its worker restarts, its connections wait in the slot's queue); a change
+    /// of the worker count remaps most clients. Unix sockets stay shared
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = Balance::Shared)]
     pub balance: Balance,
 
     /// Accept connections in multinode and hand each to a worker chosen by POLICY, over a Unix
     /// channel (SCM_RIGHTS). Workers read it with the multinode-worker SDK (or the documented
-    /// wire format); the channel replaces each listening socket at its fd, under its name
+    /// wire format); the channel replaces each listening socket at its fd, under its name.
+    /// With --balance reuseport: only ip-hash, applied by the kernel (see --balance)
     #[arg(long, value_enum, value_name = "POLICY")]
     pub route: Option<RoutePolicy>,
 
@@ -397,13 +404,15 @@ pub enum RestartPolicy {
 pub enum Balance {
     /// All workers accept on the same sockets
     Shared,
-    /// One SO_REUSEPORT socket per worker slot
+    /// One SO_REUSEPORT socket per worker slot (with --route ip-hash: the kernel picks it by
+    /// client address)
     Reuseport,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RoutePolicy {
-    /// The same client address always goes to the same slot (rendezvous hashing)
+    /// The same client address always goes to the same slot (rendezvous hashing; with
+    /// --balance reuseport, the kernel's modulo hash)
     IpHash,
     /// Each worker in turn
     RoundRobin,

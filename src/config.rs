@@ -9,6 +9,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::ValueEnum;
 use nix::sys::signal::Signal;
 
 use crate::cli::{Balance, CgroupMode, LogFormat, RestartPolicy, RoutePolicy, ServeArgs};
@@ -112,8 +113,19 @@ pub struct Source {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Shared,
-    ReusePort,
+    /// One SO_REUSEPORT socket per slot; `ip_hash`: the kernel picks the slot by the client's
+    /// address (`--balance reuseport --route ip-hash`, socket/affinity.rs).
+    ReusePort {
+        ip_hash: bool,
+    },
     Route(RoutePolicy),
+}
+
+impl Mode {
+    /// Whether each slot has sockets of its own (`--balance reuseport`).
+    pub fn reuseport(self) -> bool {
+        matches!(self, Mode::ReusePort { .. })
+    }
 }
 
 /// When a new worker counts as ready (`--ready`).
@@ -218,6 +230,12 @@ impl Config {
                 "proxy-from needs proxy-protocol: it says whose PROXY headers to believe",
             ));
         }
+        let mode = mode_of(
+            args.balance,
+            args.route,
+            args.proxy_protocol,
+            args.max_requests.is_some(),
+        )?;
         if args.proxy_timeout.is_zero() {
             return Err(Error::usage(
                 "--proxy-timeout 0: a PROXY header needs some time to arrive (e.g. 5s)",
@@ -263,11 +281,7 @@ impl Config {
             group: args.group,
             socket_mode: args.socket_mode.0,
             program,
-            mode: match (args.route, args.balance) {
-                (Some(policy), _) => Mode::Route(policy),
-                (None, Balance::Reuseport) => Mode::ReusePort,
-                (None, Balance::Shared) => Mode::Shared,
-            },
+            mode,
             proxy_protocol: args.proxy_protocol,
             proxy_from: args.proxy_from,
             proxy_timeout: args.proxy_timeout,
@@ -364,6 +378,44 @@ impl Config {
                 .filter(|(_, changed)| *changed)
                 .map(|(key, _)| key)
                 .collect(),
+        }
+    }
+}
+
+/// How connections reach the workers, from `--balance` and `--route`. The kernel applies
+/// only ip-hash, and only to the address it sees: what needs multinode's own accept (the
+/// other policies, PROXY headers, counting connections) needs route mode, and says so.
+fn mode_of(
+    balance: Balance,
+    route: Option<RoutePolicy>,
+    proxy_protocol: bool,
+    max_requests: bool,
+) -> Result<Mode> {
+    let kernel = "--balance reuseport --route ip-hash";
+    match (route, balance) {
+        (None, Balance::Shared) => Ok(Mode::Shared),
+        (None, Balance::Reuseport) => Ok(Mode::ReusePort { ip_hash: false }),
+        // `shared` is how workers share sockets when nothing routes; with --route, multinode
+        // accepts on them itself.
+        (Some(policy), Balance::Shared) => Ok(Mode::Route(policy)),
+        (Some(RoutePolicy::IpHash), Balance::Reuseport) if proxy_protocol => {
+            Err(Error::usage(format!(
+                "{kernel} --proxy-protocol: the kernel picks the worker from the connection's source address before a PROXY header could be read; the PROXY protocol needs route mode (leave out --balance reuseport)"
+            )))
+        }
+        (Some(RoutePolicy::IpHash), Balance::Reuseport) if max_requests => {
+            Err(Error::usage(format!(
+                "{kernel} --max-requests: multinode counts only the connections it hands over itself, and here the kernel hands them over; --max-requests needs route mode (leave out --balance reuseport), or recycle by --max-memory"
+            )))
+        }
+        (Some(RoutePolicy::IpHash), Balance::Reuseport) => Ok(Mode::ReusePort { ip_hash: true }),
+        (Some(policy), Balance::Reuseport) => {
+            let name = policy
+                .to_possible_value()
+                .map_or_else(String::new, |v| v.get_name().to_string());
+            Err(Error::usage(format!(
+                "--balance reuseport --route {name}: the kernel applies only ip-hash; {name} needs route mode, where multinode accepts every connection and hands it over (leave out --balance reuseport)"
+            )))
         }
     }
 }

@@ -534,6 +534,11 @@ fn examples_of(page: Page, name: &str) -> Vec<(&'static str, &'static str)> {
              address maps to.",
         ),
         (
+            "multinode serve --balance reuseport --route ip-hash -w 3 -l :8080 -- ./app",
+            "The kernel sends each client address to one of three workers' sockets, which \
+             accept themselves: client-IP affinity without multinode on the connection path.",
+        ),
+        (
             "systemctl enable --now multinode@hello.socket",
             "With the Debian package: systemd binds the socket and starts \
              `multinode@hello.service` on the first connection, which runs \
@@ -569,7 +574,7 @@ fn examples_of(page: Page, name: &str) -> Vec<(&'static str, &'static str)> {
         ),
     ];
     match page {
-        Page::Top => vec![serve[0], serve[1], serve[4], control[0], control[2]],
+        Page::Top => vec![serve[0], serve[1], serve[5], control[0], control[2]],
         Page::Serve => serve.to_vec(),
         Page::Check => vec![
             (

@@ -32,6 +32,7 @@ use crate::metrics::MetricsServer;
 use crate::notify::NotifyServer;
 use crate::privilege::{self, Target};
 use crate::socket::file::{FileId, SocketFile};
+use crate::socket::slots::Slots;
 use crate::supervisor::{self, Parts};
 use crate::systemd::{self, Notifier};
 use crate::watch::Watch;
@@ -187,31 +188,23 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
     } else {
         Some(Watch::start(&cfg.watch, &cfg.watch_ignore)?)
     };
-    let reuseport = cfg.mode == Mode::ReusePort;
+    let reuseport = cfg.mode.reuseport();
     let from_systemd = inherited.is_some();
     let sockets = match inherited {
         Some(s) => s,
         None => socket::bind_all(&cfg.listen, cfg.backlog, cfg.socket_mode, owner, reuseport)?,
     };
-    // reuseport: every slot gets its own sockets, bound now while we may still be root. Slot 0
-    // takes the ones bound above: the kernel spreads connections over every socket of the
-    // group, so none may be left without a worker accepting on it.
-    let mut slot_fds = Vec::new();
-    if reuseport {
-        for slot in 0..cfg.runtime.workers {
-            let set = sockets
-                .iter()
-                .map(|b| match slot {
-                    0 => {
-                        b.fd.try_clone()
-                            .map_err(|e| Error::sys("duplicating a socket", e))
-                    }
-                    _ => socket::bind_sibling(b, &b.local, owner.map(|(uid, _)| uid)),
-                })
-                .collect::<Result<Vec<_>>>()?;
-            slot_fds.push(set);
-        }
-    }
+    // reuseport: every slot gets its own sockets, bound now while we may still be root, in
+    // slot order (the kernel's ip-hash counts on it: socket/slots.rs).
+    let slots = match cfg.mode {
+        Mode::ReusePort { ip_hash } => Slots::bind(
+            &sockets,
+            cfg.runtime.workers,
+            owner.map(|(uid, _)| uid),
+            ip_hash,
+        )?,
+        _ => Slots::default(),
+    };
     // Served by the loop itself; bound now, as the listening sockets are (a port below 1024
     // needs root; a socket file is made and owned like theirs).
     let metrics = match &cfg.metrics {
@@ -293,6 +286,22 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
             .with("systemd", from_systemd),
         );
     }
+    if cfg.mode == (Mode::ReusePort { ip_hash: true }) {
+        let slots = cfg.runtime.workers;
+        let mut msg = format!("the kernel sends each client address to one of {slots} slot(s)");
+        let unix: Vec<&str> = sockets
+            .iter()
+            .filter(|s| s.tcp.is_none())
+            .map(|s| s.local.as_str())
+            .collect();
+        if !unix.is_empty() {
+            msg += &format!(
+                "; {} shared by all workers (no client address to hash)",
+                unix.join(", ")
+            );
+        }
+        out.event(Event::info("ip-hash", msg).with("slots", slots));
+    }
     if let Some(t) = &target {
         out.event(
             Event::info(
@@ -364,7 +373,7 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
     );
     let parts = Parts {
         sockets,
-        slot_fds,
+        slots,
         spawner,
         out,
         signals,

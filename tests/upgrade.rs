@@ -606,13 +606,13 @@ fn upgrade_is_for_root_and_the_starter_and_says_its_versions() {
     let out = mn(&["--version"]);
     let v = stdout(&out);
     assert!(
-        v.contains("state format 1;") && v.contains("reads formats 1 to 1"),
+        v.contains("state format 2;") && v.contains("reads formats 1 to 2"),
         "{v}"
     );
     let out = mn(&["__upgrade-check", "--state-format", "1"]);
     assert_eq!(out.status.code(), Some(0));
     let answer: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
-    assert_eq!(answer["state_format"], 1);
+    assert_eq!(answer["state_format"], 2);
     let out = mn(&["__upgrade-check", "--state-format", "99"]);
     assert_error(&out, 1, &["state format 99", "newer"]);
     if !require(

@@ -1,5 +1,6 @@
 //! Binding the listening sockets: TCP v4/v6 and Unix stream sockets, from the `--listen`
-//! specs (listen.rs), plus the per-slot SO_REUSEPORT siblings of `--balance reuseport`.
+//! specs (listen.rs), plus the per-slot SO_REUSEPORT siblings of `--balance reuseport`
+//! (slots.rs) and the kernel's ip-hash over them (affinity.rs).
 //!
 //! The supervisor binds every socket once, before it drops privileges, and keeps them open for
 //! its whole life; workers inherit duplicates. All fds here are CLOEXEC: only the spawn path
@@ -11,7 +12,9 @@
 //! directory still lets the (dropped) user do it; otherwise it stays and the next start
 //! replaces it as stale.
 
+pub mod affinity;
 pub mod file;
+pub mod slots;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};

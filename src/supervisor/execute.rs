@@ -1,7 +1,7 @@
 //! Carrying out the core's actions: the shell's only side effects on workers, clients,
 //! systemd and the log. An action whose outcome the core needs returns the answering event.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Instant;
 
 use nix::sys::signal::{Signal, killpg};
@@ -10,6 +10,7 @@ use super::core::{Action, Event, Reread, SdNote};
 use super::pipes::Pipes;
 use super::shell::Shell;
 use crate::config::{Config, Mode};
+use crate::log::Event as Log;
 use crate::route::router::Router;
 use crate::spawn::Spawner;
 
@@ -81,20 +82,16 @@ impl Shell {
                 None
             }
             Action::OpenSlot { slot } => {
-                let result = self
-                    .p
-                    .sockets
-                    .iter()
-                    .map(|b| crate::socket::bind_sibling(b, &b.local, None))
-                    .collect::<crate::error::Result<Vec<OwnedFd>>>()
-                    .map(|fds| {
-                        self.p.slot_fds.truncate(slot as usize);
-                        self.p.slot_fds.push(fds);
-                    })
-                    .map_err(|e| e.to_string());
+                let result = self.p.slots.open(slot, &self.p.sockets);
                 Some(Event::SlotOpened { slot, result })
             }
             Action::Inspect { pid } => {
+                // A worker just became ready: a new slot's first one lets the kernel's ip-hash
+                // count the slot.
+                let slot = self.procs.iter().find(|w| w.pid == pid).map(|w| w.slot);
+                if let Some(changed) = slot.and_then(|s| self.p.slots.ready(s, &self.p.sockets)) {
+                    self.said_ip_hash(changed.err());
+                }
                 self.inspect(pid);
                 None
             }
@@ -104,11 +101,45 @@ impl Shell {
                 None
             }
             Action::CloseSlot { slot } => {
-                // The sockets close with the slot's last worker, which holds its own copies;
-                // connections still queued on them then are reset by the kernel.
-                self.p.slot_fds.truncate(slot as usize);
+                // Without ip-hash the sockets close with the slot's last worker, which holds its
+                // own copies, and the kernel resets connections still queued on them then; with
+                // it they stay, retired, and what is left on them is shed (socket/slots.rs).
+                let result = self.p.slots.close(slot, &self.p.sockets);
+                self.said_ip_hash(result.err());
                 None
             }
+        }
+    }
+
+    /// `--route ip-hash` in the kernel: says how many slots its program now divides by, or why
+    /// it could not be changed.
+    fn said_ip_hash(&mut self, error: Option<String>) {
+        if self.cfg.mode != (Mode::ReusePort { ip_hash: true }) {
+            return;
+        }
+        let slots = self.p.slots.counted();
+        let ev = match error {
+            None => Log::info(
+                "ip-hash",
+                format!("the kernel sends each client address to one of {slots} slot(s)"),
+            ),
+            Some(reason) => Log::error("ip-hash", reason.clone()).with("reason", reason),
+        };
+        self.p.out.event(ev.with("slots", slots));
+    }
+
+    /// `--route ip-hash` in the kernel: closes the connections left on a removed slot's
+    /// sockets, which no worker serves any more.
+    pub(super) fn shed(&mut self, slot: u32) {
+        let closed = self.p.slots.shed(slot);
+        if closed > 0 {
+            let msg =
+                format!("closed {closed} connection(s) left on the sockets of removed slot {slot}");
+            self.p.out.event(
+                Log::warn("shed", msg)
+                    .with("slot", slot)
+                    .with("connections", closed),
+            );
         }
     }
 
@@ -181,7 +212,7 @@ impl Shell {
         let mut theirs = Vec::new();
         let fds: Vec<BorrowedFd> = match self.cfg.mode {
             Mode::Shared => self.p.sockets.iter().map(|b| b.fd.as_fd()).collect(),
-            Mode::ReusePort => match self.p.slot_fds.get(slot as usize) {
+            Mode::ReusePort { .. } => match self.p.slots.get(slot) {
                 Some(set) => set.iter().map(|f| f.as_fd()).collect(),
                 None => return failed(format!("slot {slot} has no sockets")),
             },

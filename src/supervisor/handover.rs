@@ -31,6 +31,7 @@ use crate::metrics::MetricsServer;
 use crate::notify::NotifyServer;
 use crate::route::router::Router;
 use crate::socket::Bound;
+use crate::socket::slots::Slots;
 use crate::spawn::Spawner;
 use crate::systemd::Notifier;
 use crate::upgrade::format::{
@@ -143,6 +144,7 @@ impl Shell {
         let format = crate::upgrade::rollback::failpoint("state-format")
             .and_then(|v| v.parse().ok())
             .unwrap_or(state::FORMAT);
+        let (slot_sockets, retired_slot_sockets, ip_hash_slots) = p.slots.save(t);
         let mut s = State {
             format,
             multinode: env!("CARGO_PKG_VERSION").into(),
@@ -180,19 +182,9 @@ impl Shell {
                 .iter()
                 .map(|b| b.save(t, "listening socket"))
                 .collect(),
-            slot_sockets: p
-                .slot_fds
-                .iter()
-                .enumerate()
-                .map(|(slot, set)| {
-                    set.iter()
-                        .enumerate()
-                        .map(|(i, fd)| {
-                            t.add(fd.as_fd(), format!("reuseport socket {i} of slot {slot}"))
-                        })
-                        .collect()
-                })
-                .collect(),
+            slot_sockets,
+            retired_slot_sockets,
+            ip_hash_slots,
             notify: p.notify.save(t),
             control: p.control.as_ref().map(|c| c.save(t, now)),
             metrics: p.metrics.as_ref().map(|m| m.save(t, now)),
@@ -240,11 +232,15 @@ pub struct Found {
 pub fn load(cfg: Config, s: State, r: &mut Restorer, found: Found) -> Shell {
     let (format, color) = (cfg.log_format, cfg.color);
     let sockets: Vec<Bound> = s.sockets.into_iter().map(|b| Bound::load(b, r)).collect();
-    let slot_fds: Vec<Vec<OwnedFd>> = s
-        .slot_sockets
-        .into_iter()
-        .map(|set| set.into_iter().map(|fd| r.take(fd)).collect())
-        .collect();
+    let ip_hash = cfg.mode == (Mode::ReusePort { ip_hash: true });
+    let slots = Slots::load(
+        s.slot_sockets,
+        s.retired_slot_sockets,
+        s.ip_hash_slots,
+        &sockets,
+        ip_hash,
+        r,
+    );
     let notify = NotifyServer::load(s.notify, r);
     let control = s.control.map(|c| ControlServer::load(c, r));
     let metrics = s.metrics.map(|m| MetricsServer::load(m, r));
@@ -270,7 +266,7 @@ pub fn load(cfg: Config, s: State, r: &mut Restorer, found: Found) -> Shell {
     let core = r.ok(Core::restore(s.core, fixed, r.now));
     let parts = Parts {
         sockets,
-        slot_fds,
+        slots,
         spawner: found.spawner,
         out,
         signals: found.signals,

@@ -19,7 +19,7 @@ impl Shell {
             .sockets
             .iter()
             .map(|b| b.fd.as_fd())
-            .chain(self.p.slot_fds.iter().flatten().map(|f| f.as_fd()))
+            .chain(self.p.slots.fds())
             .filter_map(|fd| nix::sys::stat::fstat(fd).ok().map(|st| st.st_ino))
             .collect();
         let Some(slot) = self.procs.iter().find(|w| w.pid == pid).map(|w| w.slot) else {

@@ -36,6 +36,7 @@ use crate::metrics::MetricsServer;
 use crate::notify::NotifyServer;
 use crate::route::router::{Router, Wake as RouteWake};
 use crate::socket::Bound;
+use crate::socket::slots::Slots;
 use crate::spawn::Spawner;
 use crate::systemd::Notifier;
 use crate::upgrade::preflight::Preflight;
@@ -52,7 +53,7 @@ const SAMPLE: Duration = Duration::from_secs(1);
 pub struct Parts {
     pub sockets: Vec<Bound>,
     /// `--balance reuseport`: each slot's own sockets, in `sockets` order.
-    pub slot_fds: Vec<Vec<OwnedFd>>,
+    pub slots: Slots,
     pub spawner: Spawner,
     pub out: Output,
     pub signals: SignalFd,
@@ -120,6 +121,8 @@ enum Wake {
     MetricsClient(u64, Interest),
     Pipe(Pid, Stream),
     Listener(usize),
+    /// `--balance reuseport --route ip-hash`: a connection on a removed slot's socket.
+    Retired(u32),
     Route(RouteWake),
     Guard,
     /// A worker's `cgroup.events` changed (checked with every lingering worker).
@@ -342,6 +345,13 @@ impl Shell {
                 }
             }
         }
+        // Removed slots' sockets (ip-hash keeps them in their groups) once no worker of theirs
+        // is left: what still arrives there is closed (socket/slots.rs).
+        let busy = |slot: u32| self.procs.iter().any(|w| w.slot == slot);
+        for (slot, fd) in self.p.slots.idle_retired(busy) {
+            keys.push(Wake::Retired(slot));
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
         if let Some(g) = &self.p.guard {
             let mut ev = PollFlags::POLLIN;
             if g.wants_write() {
@@ -463,6 +473,7 @@ impl Shell {
                     r.on_listener(b.fd.as_fd(), i, &mut self.p.out);
                 }
             }
+            Wake::Retired(slot) => self.shed(slot),
             Wake::Route(RouteWake::Pending(id)) => {
                 if let Some(r) = &mut self.router {
                     r.on_pending(id, &mut self.p.out);

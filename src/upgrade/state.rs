@@ -21,14 +21,16 @@ use super::format::{FdEntry, Rel, RuntimeState, State};
 use crate::cli::RestartPolicy;
 use crate::config::{ReadyMode, Runtime};
 
-/// The state format this multinode writes.
-pub const FORMAT: u32 = 1;
+/// The state format this multinode writes. Format 2 added the kernel ip-hash's slots
+/// (`retired_slot_sockets`, `ip_hash_slots`); a format 1 state, whose writer could not run
+/// it, reads as none retired and no program.
+pub const FORMAT: u32 = 2;
 /// The oldest state format it reads.
 pub const OLDEST: u32 = 1;
 /// `multinode --version`: which images can hand over to which.
 pub const VERSION_LINE: &str = concat!(
     env!("CARGO_PKG_VERSION"),
-    " (state format 1; reads formats 1 to 1)"
+    " (state format 2; reads formats 1 to 2)"
 );
 /// The largest state read.
 pub const MAX_STATE: usize = 256 << 20;

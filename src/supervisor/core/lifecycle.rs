@@ -8,7 +8,6 @@ use nix::unistd::Pid;
 use super::reload::Failure;
 use super::{Action, Core, MAX_WORKERS, Phase, SdNote, Slot};
 use crate::cli::RestartPolicy;
-use crate::config::Mode;
 use crate::error::Exit;
 use crate::log::Event as Log;
 use crate::supervisor::worker::{ExitStatus, Leave, Worker, human, later};
@@ -466,7 +465,7 @@ impl Core {
             return false;
         }
         let slot = self.rt.workers;
-        let open = self.fixed.mode != Mode::ReusePort;
+        let open = !self.fixed.mode.reuseport();
         self.slots.push(Slot {
             open,
             start_at: Some(now),
@@ -516,7 +515,7 @@ impl Core {
         let slot = self.rt.workers;
         // reuseport: the slot's sockets close with its last worker; connections still queued
         // on them then are reset by the kernel.
-        if self.fixed.mode == Mode::ReusePort {
+        if self.fixed.mode.reuseport() {
             self.out.push(Action::CloseSlot { slot });
         }
         let deadline = later(now, self.rt.grace);

@@ -886,7 +886,7 @@ fn ttin_adds_a_slot_and_ttou_drains_the_highest() {
 
 #[test]
 fn reuseport_slots_start_once_their_sockets_are_bound() {
-    let mut s = Sim::with(runtime(1), Mode::ReusePort, false);
+    let mut s = Sim::with(runtime(1), Mode::ReusePort { ip_hash: false }, false);
     s.feed(Event::Start);
     s.feed(Event::Signal(Sig::Ttin));
     assert_eq!(s.opened, [1]);

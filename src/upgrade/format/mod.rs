@@ -51,8 +51,17 @@ pub struct State {
     /// multinode dropped privileges at start: the guard reads the config file for it.
     pub dropped_privileges: bool,
     pub sockets: Vec<BoundState>,
-    /// `--balance reuseport`: each slot's own sockets, in `sockets` order.
+    /// `--balance reuseport`: each live slot's own sockets, in `sockets` order.
     pub slot_sockets: Vec<Vec<i32>>,
+    /// `--route ip-hash` in the kernel: the sockets of removed slots N, N+1, …, still in their
+    /// reuseport groups (`socket/slots.rs`). Format 2; none in format 1.
+    #[serde(default)]
+    pub retired_slot_sockets: Vec<Vec<i32>>,
+    /// `--route ip-hash` in the kernel: how many slots the program attached to each group
+    /// divides by (the program itself stays attached: the groups live on across the exec).
+    /// Format 2; 0 in format 1.
+    #[serde(default)]
+    pub ip_hash_slots: u32,
     pub notify: NotifyState,
     pub control: Option<ControlState>,
     pub metrics: Option<MetricsState>,
