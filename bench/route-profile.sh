@@ -56,7 +56,8 @@ while [ "$quiet" -lt 5 ]; do
     sleep 0.05
 done
 addr=$(grep -o 'listening on listen0 [^ ]*' "$dir/log" | head -1 | awk '{print $4}')
-workers=$(pgrep -P "$mn" | tr '\n' ',' | sed 's/,$//')
+workers=$(pgrep -P "$mn" | tr '\n' ',' | sed 's/,$//') ||
+    { echo "route-profile.sh: no worker processes under $mn" >&2; exit 1; }
 
 wrk -t2 -c64 -d$((SECONDS_STAT + SECONDS_RECORD + 4))s -H 'Connection: close' "http://$addr/" \
     >"$dir/wrk" &
@@ -66,9 +67,18 @@ calls=(accept4 getpeername sendmsg close poll recvfrom recvmmsg recvmsg sendto c
     mprotect munmap)
 ev=raw_syscalls:sys_enter,context-switches
 for c in "${calls[@]}"; do ev+=",syscalls:sys_enter_$c"; done
-perf stat -x, -e "$ev" -p "$workers" -- sleep "$SECONDS_STAT" 2>"$dir/workers.stat" &
+# stat_of PIDS FILE: perf stat of the processes PIDS for SECONDS_STAT, into FILE; a failure is
+# shown, not swallowed.
+stat_of() {
+    if ! perf stat -x, -e "$ev" -p "$1" -- sleep "$SECONDS_STAT" 2>"$2"; then
+        echo "route-profile.sh: perf stat -p $1 failed:" >&2
+        cat "$2" >&2
+        return 1
+    fi
+}
+stat_of "$workers" "$dir/workers.stat" &
 stat_pid=$!
-perf stat -x, -e "$ev" -p "$mn" -- sleep "$SECONDS_STAT" 2>"$dir/sup.stat"
+stat_of "$mn" "$dir/sup.stat"
 wait "$stat_pid"
 perf record -q -F 2999 -g -p "$mn" -o "$dir/sup.data" -- sleep "$SECONDS_RECORD" >/dev/null 2>&1
 wait "$wrk_pid"
