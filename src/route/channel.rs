@@ -1,13 +1,14 @@
 //! The supervisor's end of one worker's route channel: a bounded queue of connections
-//! waiting for room in the socket, sent in batches (the wire codec is the SDK's).
+//! waiting for room in the socket, sent in batches, and the worker's close notices read back
+//! several per system call (the wire codec is the SDK's). The buffers for both are a
+//! [`Scratch`] the router owns: the per-connection path allocates nothing.
 
 use std::collections::VecDeque;
-use std::io::IoSlice;
+use std::mem;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use multinode_worker::wire::{self, Record};
 use nix::errno::Errno;
-use nix::sys::socket::{self, ControlMessage, MsgFlags};
 
 use super::{Conn, MAX_BATCH, MAX_QUEUE};
 
@@ -73,12 +74,11 @@ impl Channel {
     }
 
     /// Sends queued connections in batches until the queue is empty or the socket is full.
-    pub fn flush(&mut self, now: std::time::Instant) -> Result<(), Gone> {
+    pub fn flush(&mut self, now: std::time::Instant, scratch: &mut Scratch) -> Result<(), Gone> {
         if self.retry_at.is_some_and(|t| t > now) {
             return Ok(());
         }
         self.retry_at = None;
-        let mut msg = Vec::new();
         while !self.queue.is_empty() {
             let n = self.queue.len().min(MAX_BATCH);
             let batch = self.queue.iter().take(n);
@@ -87,20 +87,12 @@ impl Channel {
                     seq: c.seq,
                     peer: c.peer,
                 }),
-                &mut msg,
+                &mut scratch.msg,
             );
-            let fds: Vec<RawFd> = batch.map(|c| c.fd.as_raw_fd()).collect();
-            let cmsg = [ControlMessage::ScmRights(&fds)];
-            let r = socket::sendmsg::<()>(
-                self.fd.as_raw_fd(),
-                &[IoSlice::new(&msg)],
-                &cmsg,
-                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-                None,
-            );
-            match r {
+            let fds = batch.map(|c| c.fd.as_raw_fd());
+            match send_batch(self.fd.as_fd(), &scratch.msg, fds, &mut scratch.control) {
                 // The worker holds its own copies now; ours are closed as the Conns drop.
-                Ok(_) => drop(self.queue.drain(..n)),
+                Ok(()) => drop(self.queue.drain(..n)),
                 Err(Errno::EAGAIN) => return Ok(()),
                 Err(Errno::EINTR) => continue,
                 // Too many fds in flight for this user (RLIMIT_NOFILE), or no kernel memory:
@@ -118,19 +110,26 @@ impl Channel {
         Ok(())
     }
 
-    /// Reads the worker's close notices; `Err(Gone)` at end of file.
-    pub fn read_notices(&mut self) -> Result<(), Gone> {
-        let mut buf = [0u8; wire::MAX_NOTICE_LEN];
+    /// Reads the worker's close notices, several per system call; `Err(Gone)` at end of file.
+    pub fn read_notices(&mut self, scratch: &mut Scratch) -> Result<(), Gone> {
         loop {
-            match socket::recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
-                Ok(0) => {
-                    self.closed = true;
-                    return Err(Gone);
-                }
-                Ok(n) => {
-                    // A malformed notice is ignored: it only skews least-conn.
-                    if let Ok(notice) = wire::decode_notice(&buf[..n]) {
-                        self.outstanding = self.outstanding.saturating_sub(notice.len() as u64);
+            match recv_notices(self.fd.as_fd(), scratch) {
+                Ok(got) => {
+                    for i in 0..got.len() {
+                        let m = got.message(i);
+                        // Zero bytes: end of file (a notice is never empty).
+                        if m.is_empty() {
+                            self.closed = true;
+                            return Err(Gone);
+                        }
+                        // A malformed notice is ignored: it only skews least-conn.
+                        if let Ok(notice) = wire::decode_notice(m) {
+                            self.outstanding = self.outstanding.saturating_sub(notice.len() as u64);
+                        }
+                    }
+                    // Fewer than asked for: the socket had no more.
+                    if got.len() < NOTICE_SLOTS {
+                        return Ok(());
                     }
                 }
                 Err(Errno::EAGAIN) => return Ok(()),
@@ -142,6 +141,152 @@ impl Channel {
             }
         }
     }
+}
+
+/// Notices read per `recvmmsg`.
+const NOTICE_SLOTS: usize = 8;
+
+/// The room SCM_RIGHTS needs for a full batch, in u64 words (aligned for `cmsghdr`).
+// SAFETY: CMSG_SPACE is a pure computation.
+const CONTROL_WORDS: usize =
+    unsafe { libc::CMSG_SPACE((MAX_BATCH * mem::size_of::<RawFd>()) as u32) } as usize / 8 + 1;
+
+/// Buffers every channel uses in turn, so that sending a batch and reading notices allocate
+/// nothing once they have grown.
+pub struct Scratch {
+    /// The batch being sent.
+    msg: Vec<u8>,
+    /// Its SCM_RIGHTS control message.
+    control: Vec<u64>,
+    /// [`NOTICE_SLOTS`] notices of up to [`wire::MAX_NOTICE_LEN`] bytes, made on first use.
+    notices: Vec<u8>,
+    /// The length of each notice the last `recvmmsg` read.
+    lens: [usize; NOTICE_SLOTS],
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch {
+            msg: Vec::new(),
+            control: Vec::new(),
+            notices: Vec::new(),
+            lens: [0; NOTICE_SLOTS],
+        }
+    }
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch::new()
+    }
+}
+
+/// What one `recvmmsg` read: notices in `Scratch`.
+struct Got<'a> {
+    scratch: &'a Scratch,
+    n: usize,
+}
+
+impl Got<'_> {
+    fn len(&self) -> usize {
+        self.n
+    }
+
+    fn message(&self, i: usize) -> &[u8] {
+        let at = i * wire::MAX_NOTICE_LEN;
+        &self.scratch.notices[at..at + self.scratch.lens[i]]
+    }
+}
+
+/// Sends one datagram of `msg` with `fds` (at most [`MAX_BATCH`]) as SCM_RIGHTS, without
+/// blocking.
+fn send_batch(
+    fd: BorrowedFd<'_>,
+    msg: &[u8],
+    fds: impl Iterator<Item = RawFd>,
+    control: &mut Vec<u64>,
+) -> Result<(), Errno> {
+    control.clear();
+    control.resize(CONTROL_WORDS, 0);
+    let mut iov = libc::iovec {
+        iov_base: msg.as_ptr().cast_mut().cast(),
+        iov_len: msg.len(),
+    };
+    // SAFETY: all-zero is a valid msghdr.
+    let mut hdr: libc::msghdr = unsafe { mem::zeroed() };
+    hdr.msg_iov = &raw mut iov;
+    hdr.msg_iovlen = 1;
+    hdr.msg_control = control.as_mut_ptr().cast();
+    let mut n = 0usize;
+    // SAFETY: the control buffer has room for a header and MAX_BATCH fds (CONTROL_WORDS);
+    // CMSG_FIRSTHDR points at its start, since msg_controllen is at least a header's length.
+    unsafe {
+        hdr.msg_controllen = (CONTROL_WORDS * 8) as _;
+        let c = libc::CMSG_FIRSTHDR(&raw const hdr);
+        let data = libc::CMSG_DATA(c).cast::<RawFd>();
+        for fd in fds.take(MAX_BATCH) {
+            data.add(n).write_unaligned(fd);
+            n += 1;
+        }
+        let bytes = (n * mem::size_of::<RawFd>()) as u32;
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(bytes) as _;
+        hdr.msg_controllen = libc::CMSG_SPACE(bytes) as _;
+    }
+    // SAFETY: `hdr` points at `iov` (into `msg`) and `control`, valid for the lengths it
+    // states for the duration of the call; sendmsg only reads them.
+    let r = unsafe {
+        libc::sendmsg(
+            fd.as_raw_fd(),
+            &raw const hdr,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if r < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// Reads up to [`NOTICE_SLOTS`] datagrams in one `recvmmsg`, without blocking.
+fn recv_notices<'a>(fd: BorrowedFd<'_>, scratch: &'a mut Scratch) -> Result<Got<'a>, Errno> {
+    if scratch.notices.is_empty() {
+        scratch.notices = vec![0; NOTICE_SLOTS * wire::MAX_NOTICE_LEN];
+    }
+    let base = scratch.notices.as_mut_ptr();
+    let mut iovs: [libc::iovec; NOTICE_SLOTS] = std::array::from_fn(|i| libc::iovec {
+        // SAFETY: slot i lies inside `notices` (NOTICE_SLOTS slots of MAX_NOTICE_LEN bytes).
+        iov_base: unsafe { base.add(i * wire::MAX_NOTICE_LEN) }.cast(),
+        iov_len: wire::MAX_NOTICE_LEN,
+    });
+    // SAFETY: all-zero is a valid mmsghdr.
+    let mut msgs: [libc::mmsghdr; NOTICE_SLOTS] = unsafe { mem::zeroed() };
+    for (m, iov) in msgs.iter_mut().zip(iovs.iter_mut()) {
+        m.msg_hdr.msg_iov = iov;
+        m.msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: each header points at its own iovec, each iovec at its own slot of `notices`,
+    // all valid for the call; no control data is asked for.
+    let r = unsafe {
+        libc::recvmmsg(
+            fd.as_raw_fd(),
+            msgs.as_mut_ptr(),
+            NOTICE_SLOTS as _,
+            libc::MSG_DONTWAIT as _,
+            std::ptr::null_mut(),
+        )
+    };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    let n = r as usize;
+    for (len, m) in scratch.lens.iter_mut().zip(&msgs[..n]) {
+        // A notice longer than its slot was cut (MSG_TRUNC): too long to be valid anyway.
+        *len = if m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+            wire::MAX_NOTICE_LEN
+        } else {
+            m.msg_len as usize
+        };
+    }
+    Ok(Got { scratch, n })
 }
 
 impl AsFd for Channel {
@@ -172,6 +317,7 @@ pub fn set_nonblocking(fd: &impl AsFd) -> nix::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::sys::socket;
     use std::io::{Read, Write};
     use std::net::SocketAddr;
     use std::os::unix::net::UnixStream;
@@ -206,7 +352,8 @@ mod tests {
                 listener: 0,
             });
         }
-        ch.flush(std::time::Instant::now()).unwrap();
+        let mut scratch = Scratch::new();
+        ch.flush(std::time::Instant::now(), &mut scratch).unwrap();
         assert!(!ch.has_queue());
         for (i, k) in kept.iter_mut().enumerate() {
             let mut got = rx.accept().unwrap();
@@ -226,11 +373,14 @@ mod tests {
         assert_eq!(ch.outstanding, total as u64);
         let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while ch.outstanding > 0 && std::time::Instant::now() < end {
-            ch.read_notices().unwrap();
+            ch.read_notices(&mut scratch).unwrap();
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert_eq!(ch.outstanding, 0);
         drop(rx);
-        assert!(ch.read_notices().is_err(), "EOF when the worker leaves");
+        assert!(
+            ch.read_notices(&mut scratch).is_err(),
+            "EOF when the worker leaves"
+        );
     }
 }

@@ -12,7 +12,7 @@ use std::time::Instant;
 use nix::unistd::Pid;
 
 use super::Conn;
-use super::channel::Channel;
+use super::channel::{Channel, Scratch};
 use super::pending::{Pending, source_of};
 use super::router::{ProxyRules, Refused, Router, Target};
 use crate::cli::RoutePolicy;
@@ -181,6 +181,12 @@ impl Router {
                 .into_iter()
                 .map(|(p, n)| (Pid::from_raw(p), n))
                 .collect(),
+            // Idle: the channels are polled for notices until the next connection.
+            busy_until: None,
+            notices_read: None,
+            scratch: Scratch::new(),
+            cands: Vec::new(),
+            cand_idx: Vec::new(),
         }
     }
 }

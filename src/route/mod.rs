@@ -21,6 +21,16 @@
 //! only when every worker is full is the connection closed. Connections that arrive while no
 //! worker runs at all wait in a bounded backlog ([`MAX_BACKLOG`]) until one starts.
 //!
+//! # Cost per connection
+//! The hand-over is on the path of every connection, so it is kept to the system calls it
+//! needs: `accept4` returns the client's address itself (no `getpeername`); the connections
+//! one wake-up accepted go to each worker as one `sendmsg` (a batch, buffers reused); and the
+//! close notices do not wake the loop while connections arrive: a busy router (one that
+//! accepted within the last [`router::BUSY`]) leaves them out of `poll` and reads them with
+//! `recvmmsg`, several per call, on the listeners' wake-ups at least that often (every
+//! wake-up for `least-conn`) and before `/metrics` answers; an idle one polls them again.
+//! bench/RESULTS.md, "Route mode at the ceiling", has the profile behind this.
+//!
 //! Every connection fd is an `OwnedFd` from accept to hand-over: sent, it is closed once after
 //! `sendmsg` succeeded; not sent, it is closed once when dropped. Nothing else closes it.
 
@@ -30,10 +40,11 @@ mod pending;
 mod policy;
 pub mod router;
 
-use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::mem;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-use nix::sys::socket::{self, SockaddrStorage};
+use nix::errno::Errno;
 
 /// The most fds the kernel passes in one message (SCM_MAX_FD).
 pub use multinode_worker::wire::MAX_BATCH;
@@ -53,18 +64,54 @@ pub struct Conn {
     pub listener: usize,
 }
 
-/// The peer of an accepted socket, as a std address.
-pub fn peer_of(fd: &OwnedFd) -> Option<SocketAddr> {
-    let s: SockaddrStorage = socket::getpeername(fd.as_raw_fd()).ok()?;
-    if let Some(v4) = s.as_sockaddr_in() {
-        return Some(SocketAddr::from((v4.ip(), v4.port())));
+/// Accepts one connection from a non-blocking listening socket, close-on-exec, with its
+/// peer's address from `accept4` itself (no `getpeername`): the TCP client, or `None` for a
+/// Unix socket. An IPv4 client of a dual-stack socket is given as the IPv4 address it is, so
+/// it hashes as one.
+pub fn accept(listener: BorrowedFd<'_>) -> Result<(OwnedFd, Option<SocketAddr>), Errno> {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut addr: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `addr` has room for `len` bytes, and accept4 writes at most that many.
+    let raw = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            (&raw mut addr).cast(),
+            &raw mut len,
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    if raw < 0 {
+        return Err(Errno::last());
     }
-    s.as_sockaddr_in6().map(|v6| {
-        let ip = v6.ip();
-        // A v4 client on a dual-stack socket hashes as the v4 address it is.
-        match ip.to_ipv4_mapped() {
-            Some(v4) => SocketAddr::from((v4, v6.port())),
-            None => SocketAddr::from((ip, v6.port())),
+    // SAFETY: accept4 just returned this fd and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    Ok((fd, std_addr(&addr, len)))
+}
+
+/// A TCP address `accept4` filled in, as a std address (`None` for any other family, or one
+/// shorter than its family's).
+fn std_addr(addr: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    let len = len as usize;
+    match i32::from(addr.ss_family) {
+        libc::AF_INET if len >= mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says it is a sockaddr_in, and `len` covers one;
+            // sockaddr_storage is aligned for every sockaddr type.
+            let a = unsafe { &*(&raw const *addr).cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddr::from((ip, u16::from_be(a.sin_port))))
         }
-    })
+        libc::AF_INET6 if len >= mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, for sockaddr_in6.
+            let a = unsafe { &*(&raw const *addr).cast::<libc::sockaddr_in6>() };
+            let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+            let port = u16::from_be(a.sin6_port);
+            // A v4 client on a dual-stack socket hashes as the v4 address it is.
+            Some(match ip.to_ipv4_mapped() {
+                Some(v4) => SocketAddr::from((v4, port)),
+                None => SocketAddr::from((ip, port)),
+            })
+        }
+        _ => None,
+    }
 }

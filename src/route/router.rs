@@ -5,17 +5,18 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::socket::{self, AddressFamily, SockFlag, SockaddrLike, SockaddrStorage};
+use nix::poll::PollFlags;
+use nix::sys::socket::{self, AddressFamily, SockaddrLike, SockaddrStorage};
 use nix::unistd::Pid;
 
-use super::channel::{self, Channel};
+use super::channel::{self, Channel, Scratch};
 use super::pending::{MAX_PENDING, Pending, Progress, Source};
 use super::policy::{Candidate, choose};
-use super::{Conn, MAX_BACKLOG, peer_of};
+use super::{Conn, MAX_BACKLOG, accept};
 use crate::cli::RoutePolicy;
 use crate::config::Config;
 use crate::log::{Event, Output};
@@ -26,6 +27,12 @@ use crate::throttle::{AcceptPause, RateLimit, held_note};
 /// Connections accepted from one listening socket per wake-up, so one busy socket cannot
 /// starve the rest of the loop.
 const ACCEPT_BURST: usize = 256;
+/// The router counts as busy this long after it last accepted a connection. While busy, the
+/// worker channels are not polled for close notices (each notice would wake the loop by
+/// itself, as often as connections do); they are read on the listeners' wake-ups instead, at
+/// least this often, and before every least-conn placement. An idle router polls them, so
+/// every notice is read within this time after the last connection.
+pub const BUSY: Duration = Duration::from_millis(10);
 
 /// A worker with route channels.
 pub(super) struct Target {
@@ -116,6 +123,16 @@ pub struct Router {
     pub(super) targets: Vec<Target>,
     /// Workers that reached their `--max-requests`, for the core.
     pub(super) reached: Vec<(Pid, u64)>,
+    /// Until when the router counts as busy (see [`BUSY`]).
+    pub(super) busy_until: Option<Instant>,
+    /// When every channel's notices were last read while busy.
+    pub(super) notices_read: Option<Instant>,
+    /// The channels' buffers for sending batches and reading notices.
+    pub(super) scratch: Scratch,
+    /// The candidates of the connection being placed, and their indexes in `targets`
+    /// (kept to reuse their memory).
+    pub(super) cands: Vec<Candidate>,
+    pub(super) cand_idx: Vec<usize>,
 }
 
 impl Router {
@@ -149,6 +166,11 @@ impl Router {
             pause: AcceptPause::new(),
             targets: Vec::new(),
             reached: Vec::new(),
+            busy_until: None,
+            notices_read: None,
+            scratch: Scratch::new(),
+            cands: Vec::new(),
+            cand_idx: Vec::new(),
         }
     }
 
@@ -215,39 +237,79 @@ impl Router {
         self.pause.accepting(now)
     }
 
-    /// The fds to poll besides the listening sockets: connections awaiting a PROXY header,
-    /// and worker channels (readable: close notices; writable: room for queued connections).
-    pub fn polled(&self) -> impl Iterator<Item = (Wake, BorrowedFd<'_>, bool)> {
+    /// The fds to poll besides the listening sockets, and for what: connections awaiting a
+    /// PROXY header (readable), and worker channels (readable: close notices, unless the
+    /// router is busy; writable: room for queued connections).
+    pub fn polled(&self) -> impl Iterator<Item = (Wake, BorrowedFd<'_>, PollFlags)> {
         let pending = self
             .pending
             .iter()
-            .map(|p| (Wake::Pending(p.id), p.fd.as_fd(), false));
-        let channels = self.targets.iter().flat_map(|t| {
-            t.channels
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| !c.closed)
-                .map(move |(i, c)| (Wake::Channel(t.pid, i), c.as_fd(), c.wants_write()))
+            .map(|p| (Wake::Pending(p.id), p.fd.as_fd(), PollFlags::POLLIN));
+        let notices = if self.busy_until.is_some() {
+            PollFlags::empty()
+        } else {
+            PollFlags::POLLIN
+        };
+        let channels = self.targets.iter().flat_map(move |t| {
+            t.channels.iter().enumerate().filter_map(move |(i, c)| {
+                let mut ev = notices;
+                if c.wants_write() {
+                    ev |= PollFlags::POLLOUT;
+                }
+                (!c.closed && !ev.is_empty()).then(|| (Wake::Channel(t.pid, i), c.as_fd(), ev))
+            })
         });
         pending.chain(channels)
     }
 
-    /// The next PROXY header deadline, channel retry or end of an accept pause.
+    /// The next PROXY header deadline, channel retry, end of an accept pause, or end of
+    /// being busy.
     pub fn deadline(&self) -> Option<Instant> {
         let pending = self.pending.iter().map(|p| p.deadline);
         let retries = self
             .targets
             .iter()
             .flat_map(|t| t.channels.iter().filter_map(|c| c.retry_at));
-        pending.chain(retries).chain(self.pause.deadline()).min()
+        pending
+            .chain(retries)
+            .chain(self.pause.deadline())
+            .chain(self.busy_until)
+            .min()
+    }
+
+    /// Reads every channel's close notices now.
+    fn read_notices(&mut self) {
+        for t in &mut self.targets {
+            for ch in t.channels.iter_mut().filter(|c| !c.closed) {
+                // At end of file the worker is exiting; its end takes care of the rest.
+                let _ = ch.read_notices(&mut self.scratch);
+            }
+        }
+    }
+
+    /// Before connections are placed: the notices, if their figures are due (see [`BUSY`]).
+    fn read_notices_if_due(&mut self, now: Instant) {
+        let due = self.policy == RoutePolicy::LeastConn
+            || (self.busy_until.is_some()
+                && self
+                    .notices_read
+                    .is_none_or(|t| now.saturating_duration_since(t) >= BUSY));
+        if due {
+            self.read_notices();
+            self.notices_read = Some(now);
+        }
     }
 
     /// A listening socket is readable: accept what is queued (up to a burst).
     pub fn on_listener(&mut self, fd: BorrowedFd<'_>, listener: usize, out: &mut Output) {
         let now = Instant::now();
+        self.read_notices_if_due(now);
         for _ in 0..ACCEPT_BURST {
-            let raw = match socket::accept4(fd.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
-                Ok(fd) => fd,
+            let (fd, peer) = match accept(fd) {
+                Ok(accepted) => {
+                    self.busy_until = Some(now + BUSY);
+                    accepted
+                }
                 Err(Errno::EINTR) | Err(Errno::ECONNABORTED) => continue,
                 Err(Errno::EMFILE) | Err(Errno::ENFILE) => {
                     if let Some(ev) = self.pause.out_of_fds(now, "listening") {
@@ -257,9 +319,6 @@ impl Router {
                 }
                 Err(_) => break,
             };
-            // SAFETY: accept4 just returned this fd and nothing else owns it.
-            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-            let peer = peer_of(&fd);
             if let Some(rules) = &self.proxy {
                 if !trusted(&rules.from, &fd, peer) {
                     // Closed before a byte is read: its header would not be believed.
@@ -412,7 +471,7 @@ impl Router {
             .and_then(|t| t.channels.get_mut(idx))
         {
             // At end of file the worker is exiting; its end takes care of the rest.
-            let _ = ch.read_notices();
+            let _ = ch.read_notices(&mut self.scratch);
         }
     }
 
@@ -420,6 +479,11 @@ impl Router {
     /// what a draining or vanished worker still had queued goes to the others.
     pub fn flush(&mut self, out: &mut Output) {
         let now = Instant::now();
+        if self.busy_until.is_some_and(|t| t <= now) {
+            // Idle again: the channels are polled for notices from now on.
+            self.busy_until = None;
+            self.notices_read = None;
+        }
         if !self.backlog.is_empty() {
             let waiting: Vec<Conn> = self.backlog.drain(..).collect();
             for c in waiting {
@@ -434,7 +498,7 @@ impl Router {
                 }
                 // A worker asked to stop drains only what it already has: what is still
                 // queued here goes to the others.
-                if !t.serving || ch.flush(now).is_err() {
+                if !t.serving || ch.flush(now, &mut self.scratch).is_err() {
                     homeless.extend(ch.take_queue());
                 }
             }
@@ -486,24 +550,22 @@ impl Router {
         let live = |t: &Target| t.serving && !t.channels.is_empty();
         // Ready workers take connections; a worker still starting only when none is ready.
         let any_ready = self.targets.iter().any(|t| live(t) && t.ready);
-        let mut idx: Vec<usize> = (0..self.targets.len())
-            .filter(|&i| {
-                let t = &self.targets[i];
-                live(t)
-                    && (t.ready || !any_ready)
-                    && t.channels.get(conn.listener).is_some_and(|c| !c.is_full())
-            })
-            .collect();
+        let idx = &mut self.cand_idx;
+        idx.clear();
+        idx.extend((0..self.targets.len()).filter(|&i| {
+            let t = &self.targets[i];
+            live(t)
+                && (t.ready || !any_ready)
+                && t.channels.get(conn.listener).is_some_and(|c| !c.is_full())
+        }));
         idx.sort_by_key(|&i| self.targets[i].slot);
-        let cands: Vec<Candidate> = idx
-            .iter()
-            .map(|&i| Candidate {
-                slot: self.targets[i].slot,
-                load: self.targets[i].channels.iter().map(|c| c.outstanding).sum(),
-            })
-            .collect();
+        self.cands.clear();
+        self.cands.extend(idx.iter().map(|&i| Candidate {
+            slot: self.targets[i].slot,
+            load: self.targets[i].channels.iter().map(|c| c.outstanding).sum(),
+        }));
         let client = conn.peer.map(|p| p.ip());
-        choose(self.policy, client, &cands, &mut self.turn).map(|k| idx[k])
+        choose(self.policy, client, &self.cands, &mut self.turn).map(|k| self.cand_idx[k])
     }
 
     /// A connection closed while waiting for its PROXY header; `cause`: `invalid`, `timeout`
@@ -524,7 +586,8 @@ impl Router {
     }
 
     /// The figures for `/metrics`, now.
-    pub fn stats(&self) -> RouteStats {
+    pub fn stats(&mut self) -> RouteStats {
+        self.read_notices();
         let mut slots: Vec<(u32, SlotRoute)> = self
             .handed_by_slot
             .iter()

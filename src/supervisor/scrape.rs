@@ -23,7 +23,7 @@ impl Shell {
             Page::Metrics => {
                 let mut status = self.core.status(now);
                 self.add_usage(&mut status);
-                let route = self.router.as_ref().map(Router::stats);
+                let route = self.router.as_mut().map(Router::stats);
                 let text = encode(&Snapshot {
                     status: &status,
                     route: route.as_ref(),

@@ -373,11 +373,7 @@ impl Shell {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
         if let Some(r) = &self.router {
-            for (key, fd, write) in r.polled() {
-                let mut ev = PollFlags::POLLIN;
-                if write {
-                    ev |= PollFlags::POLLOUT;
-                }
+            for (key, fd, ev) in r.polled() {
                 keys.push(Wake::Route(key));
                 fds.push(PollFd::new(fd, ev));
             }
