@@ -9,7 +9,8 @@
 #
 # Usage: bench/restart.sh        Knobs: CRASHES=50 WORKERS=2 UPTIME=0.3 (seconds a worker is
 # up before it is killed; --min-uptime is set just below it) EXTRA="" (more serve options,
-# e.g. EXTRA="--cgroup off")
+# e.g. EXTRA="--cgroup off") MULTINODE=path (another multinode binary to measure, e.g. an older
+# commit's release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +25,8 @@ cargo build --release -p multinode -p hello --bins --locked --quiet
 
 dir=$(mktemp -d /tmp/multinode-bench.XXXXXX)
 chmod 755 "$dir"
-cp target/release/multinode target/release/hello "$dir/"
+cp "${MULTINODE:-target/release/multinode}" "$dir/multinode"
+cp target/release/hello "$dir/"
 trap 'rm -rf "$dir"' EXIT
 
 CRASHES=$CRASHES WORKERS=$WORKERS UPTIME=$UPTIME EXTRA=$EXTRA DIR=$dir "$PYTHON" - <<'EOF'

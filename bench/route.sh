@@ -72,7 +72,7 @@ start() {
     NO_COLOR=1 "$dir/$bin" serve --workers "$WORKERS" -l 127.0.0.1:0 "$@" >"$log" 2>&1 &
     mn_pid=$!
     local tries=0
-    until [ "$(grep -c '\] ready' "$log" || true)" -ge "$WORKERS" ]; do
+    until n=$(grep -c '\] ready' "$log" 2>/dev/null || true); [ "${n:-0}" -ge "$WORKERS" ]; do
         tries=$((tries + 1))
         if [ "$tries" -gt 300 ] || ! kill -0 "$mn_pid" 2>/dev/null; then
             echo "bench/route.sh: multinode did not get ready:" >&2
@@ -82,9 +82,9 @@ start() {
         sleep 0.1
     done
     addr=$(grep -o 'listening on listen0 [^ ]*' "$log" | head -1 | awk '{print $4}')
-    # After each `ready` the supervisor looks for sockets the worker bound itself, reading
-    # /proc/PID/net/tcp: seconds of work on a machine with many TIME_WAIT sockets (earlier
-    # runs leave thousands). Measure once it sleeps again (state S in 5 samples 50 ms apart).
+    # After each `ready` the supervisor looks for sockets the worker bound itself (sock_diag
+    # since 928fd02; before, a read of /proc/PID/net/tcp that took seconds on a machine with
+    # many TIME_WAIT sockets). Measure once it sleeps again (state S in 5 samples 50 ms apart).
     local quiet=0
     tries=0
     while [ "$quiet" -lt 5 ] && [ "$tries" -lt 600 ]; do
