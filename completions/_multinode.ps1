@@ -31,7 +31,9 @@ Register-ArgumentCompleter -Native -CommandName 'multinode' -ScriptBlock {
             [CompletionResult]::new('reload', 'reload', [CompletionResultType]::ParameterValue, 'Roll every worker over to a new one (like SIGHUP) and wait for the outcome')
             [CompletionResult]::new('scale', 'scale', [CompletionResultType]::ParameterValue, 'Change the number of workers and wait until the new ones are ready')
             [CompletionResult]::new('stop', 'stop', [CompletionResultType]::ParameterValue, 'Stop gracefully (like SIGTERM) and wait until multinode has exited')
+            [CompletionResult]::new('upgrade', 'upgrade', [CompletionResultType]::ParameterValue, 'Upgrade multinode in place (like SIGUSR2) and wait for the outcome')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script to stdout')
+            [CompletionResult]::new('__upgrade-check', '__upgrade-check', [CompletionResultType]::ParameterValue, 'Say whether this multinode can take over a running one''s state of format N (asked by `upgrade` before it executes a new binary): one JSON line and exit 0, or exit 1')
             [CompletionResult]::new('__generate', '__generate', [CompletionResultType]::ParameterValue, 'Write the man pages and completion scripts under DIR (for packagers and the repository)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -59,8 +61,8 @@ Register-ArgumentCompleter -Native -CommandName 'multinode' -ScriptBlock {
             [CompletionResult]::new('--proxy-from', '--proxy-from', [CompletionResultType]::ParameterName, 'With --proxy-protocol: believe PROXY headers only from this network or address (your load balancers); repeatable. A connection from anywhere else is closed before a byte is read. IPv4 (10.0.0.0/8, 192.0.2.7) or IPv6 (2001:db8::/32, ::1). Without it, any client can claim any address')
             [CompletionResult]::new('--proxy-timeout', '--proxy-timeout', [CompletionResultType]::ParameterName, 'With --proxy-protocol: how long a connection may take to send its PROXY header before it is closed')
             [CompletionResult]::new('--restart', '--restart', [CompletionResultType]::ParameterName, 'What to do when a worker exits')
-            [CompletionResult]::new('--backoff-max', '--backoff-max', [CompletionResultType]::ParameterName, 'Longest wait between restarts of a crashing worker (the wait doubles from 100ms)')
-            [CompletionResult]::new('--min-uptime', '--min-uptime', [CompletionResultType]::ParameterName, 'A worker that stayed up this long counts as healthy: the wait before its next restart starts over at 100ms')
+            [CompletionResult]::new('--backoff-max', '--backoff-max', [CompletionResultType]::ParameterName, 'Longest wait between restarts of a crashing worker: a first crash restarts at once, a second one within --min-uptime after 100ms, and the wait doubles from there')
+            [CompletionResult]::new('--min-uptime', '--min-uptime', [CompletionResultType]::ParameterName, 'A worker that stayed up this long counts as healthy: its crash counts as a first one and restarts at once')
             [CompletionResult]::new('--max-restarts', '--max-restarts', [CompletionResultType]::ParameterName, 'Give up (stop everything, exit 6) after more than N restarts within --restart-window')
             [CompletionResult]::new('--restart-window', '--restart-window', [CompletionResultType]::ParameterName, 'The window --max-restarts counts restarts in')
             [CompletionResult]::new('--stop-signal', '--stop-signal', [CompletionResultType]::ParameterName, 'Signal that asks a worker to finish its work and exit')
@@ -112,8 +114,8 @@ Register-ArgumentCompleter -Native -CommandName 'multinode' -ScriptBlock {
             [CompletionResult]::new('--proxy-from', '--proxy-from', [CompletionResultType]::ParameterName, 'With --proxy-protocol: believe PROXY headers only from this network or address (your load balancers); repeatable. A connection from anywhere else is closed before a byte is read. IPv4 (10.0.0.0/8, 192.0.2.7) or IPv6 (2001:db8::/32, ::1). Without it, any client can claim any address')
             [CompletionResult]::new('--proxy-timeout', '--proxy-timeout', [CompletionResultType]::ParameterName, 'With --proxy-protocol: how long a connection may take to send its PROXY header before it is closed')
             [CompletionResult]::new('--restart', '--restart', [CompletionResultType]::ParameterName, 'What to do when a worker exits')
-            [CompletionResult]::new('--backoff-max', '--backoff-max', [CompletionResultType]::ParameterName, 'Longest wait between restarts of a crashing worker (the wait doubles from 100ms)')
-            [CompletionResult]::new('--min-uptime', '--min-uptime', [CompletionResultType]::ParameterName, 'A worker that stayed up this long counts as healthy: the wait before its next restart starts over at 100ms')
+            [CompletionResult]::new('--backoff-max', '--backoff-max', [CompletionResultType]::ParameterName, 'Longest wait between restarts of a crashing worker: a first crash restarts at once, a second one within --min-uptime after 100ms, and the wait doubles from there')
+            [CompletionResult]::new('--min-uptime', '--min-uptime', [CompletionResultType]::ParameterName, 'A worker that stayed up this long counts as healthy: its crash counts as a first one and restarts at once')
             [CompletionResult]::new('--max-restarts', '--max-restarts', [CompletionResultType]::ParameterName, 'Give up (stop everything, exit 6) after more than N restarts within --restart-window')
             [CompletionResult]::new('--restart-window', '--restart-window', [CompletionResultType]::ParameterName, 'The window --max-restarts counts restarts in')
             [CompletionResult]::new('--stop-signal', '--stop-signal', [CompletionResultType]::ParameterName, 'Signal that asks a worker to finish its work and exit')
@@ -185,7 +187,26 @@ Register-ArgumentCompleter -Native -CommandName 'multinode' -ScriptBlock {
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
         }
+        'multinode;upgrade' {
+            [CompletionResult]::new('-n', '-n', [CompletionResultType]::ParameterName, 'The --name it was started with [default: the only one running]')
+            [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'The --name it was started with [default: the only one running]')
+            [CompletionResult]::new('--control', '--control', [CompletionResultType]::ParameterName, 'Its control socket, when started with --control')
+            [CompletionResult]::new('--binary', '--binary', [CompletionResultType]::ParameterName, 'The multinode binary to execute [default: the path multinode was started from]')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
         'multinode;completions' {
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'multinode;__upgrade-check' {
+            [CompletionResult]::new('--state-format', '--state-format', [CompletionResultType]::ParameterName, 'The state format the running multinode writes')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
@@ -206,7 +227,9 @@ Register-ArgumentCompleter -Native -CommandName 'multinode' -ScriptBlock {
             [CompletionResult]::new('reload', 'reload', [CompletionResultType]::ParameterValue, 'Roll every worker over to a new one (like SIGHUP) and wait for the outcome')
             [CompletionResult]::new('scale', 'scale', [CompletionResultType]::ParameterValue, 'Change the number of workers and wait until the new ones are ready')
             [CompletionResult]::new('stop', 'stop', [CompletionResultType]::ParameterValue, 'Stop gracefully (like SIGTERM) and wait until multinode has exited')
+            [CompletionResult]::new('upgrade', 'upgrade', [CompletionResultType]::ParameterValue, 'Upgrade multinode in place (like SIGUSR2) and wait for the outcome')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script to stdout')
+            [CompletionResult]::new('__upgrade-check', '__upgrade-check', [CompletionResultType]::ParameterValue, 'Say whether this multinode can take over a running one''s state of format N (asked by `upgrade` before it executes a new binary): one JSON line and exit 0, or exit 1')
             [CompletionResult]::new('__generate', '__generate', [CompletionResultType]::ParameterValue, 'Write the man pages and completion scripts under DIR (for packagers and the repository)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -229,7 +252,13 @@ Register-ArgumentCompleter -Native -CommandName 'multinode' -ScriptBlock {
         'multinode;help;stop' {
             break
         }
+        'multinode;help;upgrade' {
+            break
+        }
         'multinode;help;completions' {
+            break
+        }
+        'multinode;help;__upgrade-check' {
             break
         }
         'multinode;help;__generate' {

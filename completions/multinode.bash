@@ -19,6 +19,9 @@ _multinode() {
             multinode,__generate)
                 cmd="multinode__subcmd____generate"
                 ;;
+            multinode,__upgrade-check)
+                cmd="multinode__subcmd____upgrade__subcmd__check"
+                ;;
             multinode,check)
                 cmd="multinode__subcmd__check"
                 ;;
@@ -43,8 +46,14 @@ _multinode() {
             multinode,stop)
                 cmd="multinode__subcmd__stop"
                 ;;
+            multinode,upgrade)
+                cmd="multinode__subcmd__upgrade"
+                ;;
             multinode__subcmd__help,__generate)
                 cmd="multinode__subcmd__help__subcmd____generate"
+                ;;
+            multinode__subcmd__help,__upgrade-check)
+                cmd="multinode__subcmd__help__subcmd____upgrade__subcmd__check"
                 ;;
             multinode__subcmd__help,check)
                 cmd="multinode__subcmd__help__subcmd__check"
@@ -70,6 +79,9 @@ _multinode() {
             multinode__subcmd__help,stop)
                 cmd="multinode__subcmd__help__subcmd__stop"
                 ;;
+            multinode__subcmd__help,upgrade)
+                cmd="multinode__subcmd__help__subcmd__upgrade"
+                ;;
             *)
                 ;;
         esac
@@ -77,7 +89,7 @@ _multinode() {
 
     case "${cmd}" in
         multinode)
-            opts="-h -V --help --version serve check status reload scale stop completions __generate help"
+            opts="-h -V --help --version serve check status reload scale stop upgrade completions __upgrade-check __generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -97,6 +109,24 @@ _multinode() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        multinode__subcmd____upgrade__subcmd__check)
+            opts="-h -V --state-format --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --state-format)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -345,7 +375,7 @@ _multinode() {
             return 0
             ;;
         multinode__subcmd__help)
-            opts="serve check status reload scale stop completions __generate help"
+            opts="serve check status reload scale stop upgrade completions __upgrade-check __generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -359,6 +389,20 @@ _multinode() {
             return 0
             ;;
         multinode__subcmd__help__subcmd____generate)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        multinode__subcmd__help__subcmd____upgrade__subcmd__check)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -471,6 +515,20 @@ _multinode() {
             return 0
             ;;
         multinode__subcmd__help__subcmd__stop)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        multinode__subcmd__help__subcmd__upgrade)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -837,6 +895,58 @@ _multinode() {
                     return 0
                     ;;
                 --control)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        multinode__subcmd__upgrade)
+            opts="-n -h -V --name --control --binary --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --control)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --binary)
                     local oldifs
                     if [ -n "${IFS+x}" ]; then
                         oldifs="$IFS"

@@ -28,7 +28,9 @@ set edit:completion:arg-completer[multinode] = {|@words|
             cand reload 'Roll every worker over to a new one (like SIGHUP) and wait for the outcome'
             cand scale 'Change the number of workers and wait until the new ones are ready'
             cand stop 'Stop gracefully (like SIGTERM) and wait until multinode has exited'
+            cand upgrade 'Upgrade multinode in place (like SIGUSR2) and wait for the outcome'
             cand completions 'Print a shell completion script to stdout'
+            cand __upgrade-check 'Say whether this multinode can take over a running one''s state of format N (asked by `upgrade` before it executes a new binary): one JSON line and exit 0, or exit 1'
             cand __generate 'Write the man pages and completion scripts under DIR (for packagers and the repository)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -55,8 +57,8 @@ set edit:completion:arg-completer[multinode] = {|@words|
             cand --proxy-from 'With --proxy-protocol: believe PROXY headers only from this network or address (your load balancers); repeatable. A connection from anywhere else is closed before a byte is read. IPv4 (10.0.0.0/8, 192.0.2.7) or IPv6 (2001:db8::/32, ::1). Without it, any client can claim any address'
             cand --proxy-timeout 'With --proxy-protocol: how long a connection may take to send its PROXY header before it is closed'
             cand --restart 'What to do when a worker exits'
-            cand --backoff-max 'Longest wait between restarts of a crashing worker (the wait doubles from 100ms)'
-            cand --min-uptime 'A worker that stayed up this long counts as healthy: the wait before its next restart starts over at 100ms'
+            cand --backoff-max 'Longest wait between restarts of a crashing worker: a first crash restarts at once, a second one within --min-uptime after 100ms, and the wait doubles from there'
+            cand --min-uptime 'A worker that stayed up this long counts as healthy: its crash counts as a first one and restarts at once'
             cand --max-restarts 'Give up (stop everything, exit 6) after more than N restarts within --restart-window'
             cand --restart-window 'The window --max-restarts counts restarts in'
             cand --stop-signal 'Signal that asks a worker to finish its work and exit'
@@ -107,8 +109,8 @@ set edit:completion:arg-completer[multinode] = {|@words|
             cand --proxy-from 'With --proxy-protocol: believe PROXY headers only from this network or address (your load balancers); repeatable. A connection from anywhere else is closed before a byte is read. IPv4 (10.0.0.0/8, 192.0.2.7) or IPv6 (2001:db8::/32, ::1). Without it, any client can claim any address'
             cand --proxy-timeout 'With --proxy-protocol: how long a connection may take to send its PROXY header before it is closed'
             cand --restart 'What to do when a worker exits'
-            cand --backoff-max 'Longest wait between restarts of a crashing worker (the wait doubles from 100ms)'
-            cand --min-uptime 'A worker that stayed up this long counts as healthy: the wait before its next restart starts over at 100ms'
+            cand --backoff-max 'Longest wait between restarts of a crashing worker: a first crash restarts at once, a second one within --min-uptime after 100ms, and the wait doubles from there'
+            cand --min-uptime 'A worker that stayed up this long counts as healthy: its crash counts as a first one and restarts at once'
             cand --max-restarts 'Give up (stop everything, exit 6) after more than N restarts within --restart-window'
             cand --restart-window 'The window --max-restarts counts restarts in'
             cand --stop-signal 'Signal that asks a worker to finish its work and exit'
@@ -175,7 +177,24 @@ set edit:completion:arg-completer[multinode] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
         }
+        &'multinode;upgrade'= {
+            cand -n 'The --name it was started with [default: the only one running]'
+            cand --name 'The --name it was started with [default: the only one running]'
+            cand --control 'Its control socket, when started with --control'
+            cand --binary 'The multinode binary to execute [default: the path multinode was started from]'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
         &'multinode;completions'= {
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'multinode;__upgrade-check'= {
+            cand --state-format 'The state format the running multinode writes'
             cand -h 'Print help'
             cand --help 'Print help'
             cand -V 'Print version'
@@ -194,7 +213,9 @@ set edit:completion:arg-completer[multinode] = {|@words|
             cand reload 'Roll every worker over to a new one (like SIGHUP) and wait for the outcome'
             cand scale 'Change the number of workers and wait until the new ones are ready'
             cand stop 'Stop gracefully (like SIGTERM) and wait until multinode has exited'
+            cand upgrade 'Upgrade multinode in place (like SIGUSR2) and wait for the outcome'
             cand completions 'Print a shell completion script to stdout'
+            cand __upgrade-check 'Say whether this multinode can take over a running one''s state of format N (asked by `upgrade` before it executes a new binary): one JSON line and exit 0, or exit 1'
             cand __generate 'Write the man pages and completion scripts under DIR (for packagers and the repository)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -210,7 +231,11 @@ set edit:completion:arg-completer[multinode] = {|@words|
         }
         &'multinode;help;stop'= {
         }
+        &'multinode;help;upgrade'= {
+        }
         &'multinode;help;completions'= {
+        }
+        &'multinode;help;__upgrade-check'= {
         }
         &'multinode;help;__generate'= {
         }

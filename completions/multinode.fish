@@ -32,7 +32,9 @@ complete -c multinode -n "__fish_multinode_needs_command" -f -a "status" -d 'Sho
 complete -c multinode -n "__fish_multinode_needs_command" -f -a "reload" -d 'Roll every worker over to a new one (like SIGHUP) and wait for the outcome'
 complete -c multinode -n "__fish_multinode_needs_command" -f -a "scale" -d 'Change the number of workers and wait until the new ones are ready'
 complete -c multinode -n "__fish_multinode_needs_command" -f -a "stop" -d 'Stop gracefully (like SIGTERM) and wait until multinode has exited'
+complete -c multinode -n "__fish_multinode_needs_command" -f -a "upgrade" -d 'Upgrade multinode in place (like SIGUSR2) and wait for the outcome'
 complete -c multinode -n "__fish_multinode_needs_command" -f -a "completions" -d 'Print a shell completion script to stdout'
+complete -c multinode -n "__fish_multinode_needs_command" -f -a "__upgrade-check" -d 'Say whether this multinode can take over a running one\'s state of format N (asked by `upgrade` before it executes a new binary): one JSON line and exit 0, or exit 1'
 complete -c multinode -n "__fish_multinode_needs_command" -f -a "__generate" -d 'Write the man pages and completion scripts under DIR (for packagers and the repository)'
 complete -c multinode -n "__fish_multinode_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -s c -l config -d 'Read options from this TOML file; options given on the command line win' -r -F
@@ -56,8 +58,8 @@ complete -c multinode -n "__fish_multinode_using_subcommand serve" -l proxy-time
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l restart -d 'What to do when a worker exits' -r -f -a "always\t'Restart a worker whatever way it exited'
 on-failure\t'Restart a worker unless it exited with status 0'
 never\t'Never restart; multinode exits when the last worker has'"
-complete -c multinode -n "__fish_multinode_using_subcommand serve" -l backoff-max -d 'Longest wait between restarts of a crashing worker (the wait doubles from 100ms)' -r
-complete -c multinode -n "__fish_multinode_using_subcommand serve" -l min-uptime -d 'A worker that stayed up this long counts as healthy: the wait before its next restart starts over at 100ms' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l backoff-max -d 'Longest wait between restarts of a crashing worker: a first crash restarts at once, a second one within --min-uptime after 100ms, and the wait doubles from there' -r
+complete -c multinode -n "__fish_multinode_using_subcommand serve" -l min-uptime -d 'A worker that stayed up this long counts as healthy: its crash counts as a first one and restarts at once' -r
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l max-restarts -d 'Give up (stop everything, exit 6) after more than N restarts within --restart-window' -r
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l restart-window -d 'The window --max-restarts counts restarts in' -r
 complete -c multinode -n "__fish_multinode_using_subcommand serve" -l stop-signal -d 'Signal that asks a worker to finish its work and exit' -r
@@ -108,8 +110,8 @@ complete -c multinode -n "__fish_multinode_using_subcommand check" -l proxy-time
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l restart -d 'What to do when a worker exits' -r -f -a "always\t'Restart a worker whatever way it exited'
 on-failure\t'Restart a worker unless it exited with status 0'
 never\t'Never restart; multinode exits when the last worker has'"
-complete -c multinode -n "__fish_multinode_using_subcommand check" -l backoff-max -d 'Longest wait between restarts of a crashing worker (the wait doubles from 100ms)' -r
-complete -c multinode -n "__fish_multinode_using_subcommand check" -l min-uptime -d 'A worker that stayed up this long counts as healthy: the wait before its next restart starts over at 100ms' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l backoff-max -d 'Longest wait between restarts of a crashing worker: a first crash restarts at once, a second one within --min-uptime after 100ms, and the wait doubles from there' -r
+complete -c multinode -n "__fish_multinode_using_subcommand check" -l min-uptime -d 'A worker that stayed up this long counts as healthy: its crash counts as a first one and restarts at once' -r
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l max-restarts -d 'Give up (stop everything, exit 6) after more than N restarts within --restart-window' -r
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l restart-window -d 'The window --max-restarts counts restarts in' -r
 complete -c multinode -n "__fish_multinode_using_subcommand check" -l stop-signal -d 'Signal that asks a worker to finish its work and exit' -r
@@ -158,16 +160,26 @@ complete -c multinode -n "__fish_multinode_using_subcommand stop" -s n -l name -
 complete -c multinode -n "__fish_multinode_using_subcommand stop" -l control -d 'Its control socket, when started with --control' -r -F
 complete -c multinode -n "__fish_multinode_using_subcommand stop" -s h -l help -d 'Print help'
 complete -c multinode -n "__fish_multinode_using_subcommand stop" -s V -l version -d 'Print version'
+complete -c multinode -n "__fish_multinode_using_subcommand upgrade" -s n -l name -d 'The --name it was started with [default: the only one running]' -r
+complete -c multinode -n "__fish_multinode_using_subcommand upgrade" -l control -d 'Its control socket, when started with --control' -r -F
+complete -c multinode -n "__fish_multinode_using_subcommand upgrade" -l binary -d 'The multinode binary to execute [default: the path multinode was started from]' -r -F
+complete -c multinode -n "__fish_multinode_using_subcommand upgrade" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c multinode -n "__fish_multinode_using_subcommand upgrade" -s V -l version -d 'Print version'
 complete -c multinode -n "__fish_multinode_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c multinode -n "__fish_multinode_using_subcommand completions" -s V -l version -d 'Print version'
+complete -c multinode -n "__fish_multinode_using_subcommand __upgrade-check" -l state-format -d 'The state format the running multinode writes' -r
+complete -c multinode -n "__fish_multinode_using_subcommand __upgrade-check" -s h -l help -d 'Print help'
+complete -c multinode -n "__fish_multinode_using_subcommand __upgrade-check" -s V -l version -d 'Print version'
 complete -c multinode -n "__fish_multinode_using_subcommand __generate" -s h -l help -d 'Print help'
 complete -c multinode -n "__fish_multinode_using_subcommand __generate" -s V -l version -d 'Print version'
-complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve check status reload scale stop completions __generate help" -f -a "serve" -d 'Bind the sockets and run the workers until stopped'
-complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve check status reload scale stop completions __generate help" -f -a "check" -d 'Check a configuration (file and options) without starting anything'
-complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve check status reload scale stop completions __generate help" -f -a "status" -d 'Show the workers of a running multinode'
-complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve check status reload scale stop completions __generate help" -f -a "reload" -d 'Roll every worker over to a new one (like SIGHUP) and wait for the outcome'
-complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve check status reload scale stop completions __generate help" -f -a "scale" -d 'Change the number of workers and wait until the new ones are ready'
-complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve check status reload scale stop completions __generate help" -f -a "stop" -d 'Stop gracefully (like SIGTERM) and wait until multinode has exited'
-complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve check status reload scale stop completions __generate help" -f -a "completions" -d 'Print a shell completion script to stdout'
-complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve check status reload scale stop completions __generate help" -f -a "__generate" -d 'Write the man pages and completion scripts under DIR (for packagers and the repository)'
-complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve check status reload scale stop completions __generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve check status reload scale stop upgrade completions __upgrade-check __generate help" -f -a "serve" -d 'Bind the sockets and run the workers until stopped'
+complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve check status reload scale stop upgrade completions __upgrade-check __generate help" -f -a "check" -d 'Check a configuration (file and options) without starting anything'
+complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve check status reload scale stop upgrade completions __upgrade-check __generate help" -f -a "status" -d 'Show the workers of a running multinode'
+complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve check status reload scale stop upgrade completions __upgrade-check __generate help" -f -a "reload" -d 'Roll every worker over to a new one (like SIGHUP) and wait for the outcome'
+complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve check status reload scale stop upgrade completions __upgrade-check __generate help" -f -a "scale" -d 'Change the number of workers and wait until the new ones are ready'
+complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve check status reload scale stop upgrade completions __upgrade-check __generate help" -f -a "stop" -d 'Stop gracefully (like SIGTERM) and wait until multinode has exited'
+complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve check status reload scale stop upgrade completions __upgrade-check __generate help" -f -a "upgrade" -d 'Upgrade multinode in place (like SIGUSR2) and wait for the outcome'
+complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve check status reload scale stop upgrade completions __upgrade-check __generate help" -f -a "completions" -d 'Print a shell completion script to stdout'
+complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve check status reload scale stop upgrade completions __upgrade-check __generate help" -f -a "__upgrade-check" -d 'Say whether this multinode can take over a running one\'s state of format N (asked by `upgrade` before it executes a new binary): one JSON line and exit 0, or exit 1'
+complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve check status reload scale stop upgrade completions __upgrade-check __generate help" -f -a "__generate" -d 'Write the man pages and completion scripts under DIR (for packagers and the repository)'
+complete -c multinode -n "__fish_multinode_using_subcommand help; and not __fish_seen_subcommand_from serve check status reload scale stop upgrade completions __upgrade-check __generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

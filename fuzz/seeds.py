@@ -193,3 +193,12 @@ put("http", "pipelined", b"\x00GET / HTTP/1.1\r\nHost: x\r\n\r\nPOST /a HTTP/1.1
 put("http", "chunked", b"\x01POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\nExpect: 100-continue\r\n\r\n"
     b"5;ext=1\r\nhello\r\n0\r\nTrailer: x\r\n\r\nGET / HTTP/1.1\r\nConnection: close\r\n\r\n")
 put("http", "bad", b"\x02\r\n\r\nGET / HTTP/2.0\r\n\r\n")
+
+# upgrade_state: states of other formats, and broken ones (the corpus also holds whole states
+# a running multinode handed over, captured by executing a wrapper that copies the memfd).
+for i, s in enumerate([
+    '{"format": 1, "multinode": "0.1.0"}', '{"format": 2, "multinode": "9.0.0", "pid": 1}',
+    '{"format": 0, "multinode": "0.0.1"}', '{"format": 1}', '{"multinode": "0.1.0"}',
+    '{"format": 4294967296, "multinode": ""}', '[1, "0.1.0"]', '{"format": 1, "multinode": "0.1.0", "pid": 7,',
+]):
+    put("upgrade_state", str(i), s)

@@ -39,6 +39,7 @@ use nix::poll::{PollFd, PollFlags, poll};
 use nix::unistd::{Gid, Pid, Uid};
 
 use crate::config::io_reason;
+use crate::upgrade::format::{CgroupState, LeafState};
 
 /// multinode's own leaf in the service group.
 const SUPERVISOR: &str = "supervisor";
@@ -60,8 +61,9 @@ pub struct Service {
 pub struct Leaf {
     pub path: PathBuf,
     /// Its `cgroup.events`, read and polled through this one fd: the kernel marks a change
-    /// per open file, and a read clears the mark.
-    events: File,
+    /// per open file, and a read clears the mark. `None`: the group was gone when an upgraded
+    /// image opened it again (it is empty, then).
+    events: Option<File>,
     /// `cgroup.kill` was written.
     killed: bool,
 }
@@ -172,7 +174,7 @@ impl Service {
             Ok((events, procs)) => Ok((
                 Leaf {
                     path,
-                    events,
+                    events: Some(events),
                     killed: false,
                 },
                 procs,
@@ -223,7 +225,8 @@ impl Service {
 
     /// Whether a process of worker `pid` is left in its group; `None`: it has none.
     pub fn populated(&self, pid: Pid) -> Option<bool> {
-        self.get(pid).map(|l| populated(&l.events))
+        self.get(pid)
+            .map(|l| l.events.as_ref().is_some_and(populated))
     }
 
     /// Kills everything in worker `pid`'s group (once; later calls do nothing).
@@ -237,7 +240,46 @@ impl Service {
 
     /// The `cgroup.events` of worker `pid`, to poll for POLLPRI.
     pub fn events(&self, pid: Pid) -> Option<BorrowedFd<'_>> {
-        self.get(pid).map(|l| l.events.as_fd())
+        self.get(pid)?.events.as_ref().map(|f| f.as_fd())
+    }
+
+    /// The groups as an upgrade hands them over (no fd: each `cgroup.events` is opened again,
+    /// so the new image gets a change mark of its own).
+    pub fn save(&self) -> CgroupState {
+        CgroupState {
+            path: self.path.as_path().into(),
+            next: self.next,
+            leaves: self
+                .leaves
+                .iter()
+                .map(|(pid, l)| LeafState {
+                    pid: pid.as_raw(),
+                    path: l.path.as_path().into(),
+                    killed: l.killed,
+                })
+                .collect(),
+        }
+    }
+
+    /// The groups an upgrade handed over.
+    pub fn load(s: CgroupState) -> Service {
+        Service {
+            path: s.path.path(),
+            next: s.next,
+            leaves: s
+                .leaves
+                .into_iter()
+                .map(|l| {
+                    let path = l.path.path();
+                    let leaf = Leaf {
+                        events: File::open(path.join("cgroup.events")).ok(),
+                        path,
+                        killed: l.killed,
+                    };
+                    (Pid::from_raw(l.pid), leaf)
+                })
+                .collect(),
+        }
     }
 
     /// Worker `pid` has ended: its group goes.

@@ -24,6 +24,7 @@ use crate::proxy::{Cidr, parse_cidr};
 #[command(
     name = "multinode",
     version,
+    long_version = crate::upgrade::state::VERSION_LINE,
     propagate_version = true,
     arg_required_else_help = true,
     after_help = exit_codes_help()
@@ -91,12 +92,37 @@ pub enum Command {
         target: Target,
     },
 
+    /// Upgrade multinode in place (like SIGUSR2) and wait for the outcome
+    ///
+    /// The running multinode executes the binary it was started from (as a path: a package
+    /// upgrade's new file there), or --binary, in the same process: the same pid, every
+    /// socket and connection, every worker kept running. It first asks the new binary whether
+    /// it can take this version's state; if not, or if the new image cannot restore it, the
+    /// old one comes back and this exits 1 with the reason. Prints the version that runs.
+    #[command(after_help = UPGRADE_AFTER_HELP)]
+    Upgrade {
+        #[command(flatten)]
+        target: Target,
+        /// The multinode binary to execute [default: the path multinode was started from]
+        #[arg(long, value_name = "PATH", value_hint = ValueHint::FilePath)]
+        binary: Option<PathBuf>,
+    },
+
     /// Print a shell completion script to stdout
     #[command(after_help = COMPLETIONS_AFTER_HELP)]
     Completions {
         /// The shell to complete for
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+
+    /// Say whether this multinode can take over a running one's state of format N (asked by
+    /// `upgrade` before it executes a new binary): one JSON line and exit 0, or exit 1
+    #[command(name = "__upgrade-check", hide = true)]
+    UpgradeCheck {
+        /// The state format the running multinode writes
+        #[arg(long, value_name = "N")]
+        state_format: u32,
     },
 
     /// Write the man pages and completion scripts under DIR (for packagers and the repository)
@@ -114,13 +140,19 @@ Install:
   zsh   multinode completions zsh > ~/.zfunc/_multinode   (with fpath+=(~/.zfunc) in .zshrc)
   fish  multinode completions fish > ~/.config/fish/completions/multinode.fish";
 
+const UPGRADE_AFTER_HELP: &str = "\
+Versions: `multinode --version` names the state format a multinode writes and the ones it
+reads; an upgrade works when the new binary reads the running one's format (the check is made
+before anything is touched). The same happens on SIGUSR2, with no one to answer.";
+
 const SERVE_AFTER_HELP: &str = "\
 Each worker gets the sockets as fds 3.. in --listen order and the environment
 LISTEN_FDS, LISTEN_PID (its own pid), LISTEN_FDNAMES, MULTINODE_WORKER_ID (0..N-1),
 MULTINODE_WORKERS and MULTINODE_GENERATION; every other fd but 0, 1, 2 is closed.
 
 Signals: TERM/INT stop gracefully (a second one kills at once), QUIT stops at once,
-HUP rolls every worker over to a new one (zero downtime), TTIN/TTOU add/remove a worker.
+HUP rolls every worker over to a new one (zero downtime), TTIN/TTOU add/remove a worker,
+USR2 upgrades multinode itself in place (same pid, workers kept; see multinode upgrade).
 
 Examples:
   multinode serve --workers 4 --listen 127.0.0.1:8080 -- ./target/release/hello
@@ -235,12 +267,13 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = RestartPolicy::Always)]
     pub restart: RestartPolicy,
 
-    /// Longest wait between restarts of a crashing worker (the wait doubles from 100ms)
+    /// Longest wait between restarts of a crashing worker: a first crash restarts at once,
+    /// a second one within --min-uptime after 100ms, and the wait doubles from there
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub backoff_max: Duration,
 
-    /// A worker that stayed up this long counts as healthy: the wait before its next restart
-    /// starts over at 100ms
+    /// A worker that stayed up this long counts as healthy: its crash counts as a first one and
+    /// restarts at once
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub min_uptime: Duration,
 

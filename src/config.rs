@@ -136,7 +136,7 @@ impl Config {
     /// Builds the config: the file's values (if `--config`) under the command line's, then
     /// every check that needs more than one option or the file system.
     pub fn from_args(cli: ServeArgs, explicit: Vec<String>) -> Result<Config> {
-        Config::build(cli, explicit, None)
+        Config::build(cli, explicit, None, true)
     }
 
     /// [`Config::from_args`] with the `--config` file's bytes already read (by the guard,
@@ -146,10 +146,24 @@ impl Config {
         explicit: Vec<String>,
         file: &[u8],
     ) -> Result<Config> {
-        Config::build(cli, explicit, Some(file))
+        Config::build(cli, explicit, Some(file), true)
     }
 
-    fn build(cli: ServeArgs, explicit: Vec<String>, file: Option<&[u8]>) -> Result<Config> {
+    /// The configuration an upgraded image runs with: its command line (the same argv) over
+    /// the config file's bytes as they were at start (`file`), without looking at the file
+    /// system (the program and working directory the state names win anyway: an image must
+    /// come back whatever became of them).
+    pub fn restored(cli: ServeArgs, explicit: Vec<String>, file: Option<&[u8]>) -> Result<Config> {
+        Config::build(cli, explicit, file, false)
+    }
+
+    /// `fs`: check the program and working directory on the file system.
+    fn build(
+        cli: ServeArgs,
+        explicit: Vec<String>,
+        file: Option<&[u8]>,
+        fs: bool,
+    ) -> Result<Config> {
         let source = Source {
             args: cli.clone(),
             explicit,
@@ -209,7 +223,7 @@ impl Config {
                 "--proxy-timeout 0: a PROXY header needs some time to arrive (e.g. 5s)",
             ));
         }
-        if let Some(dir) = &args.workdir {
+        if let Some(dir) = args.workdir.as_ref().filter(|_| fs) {
             if !dir.is_dir() {
                 return Err(Error::usage(format!(
                     "--workdir {}: not a directory",
@@ -217,7 +231,13 @@ impl Config {
                 )));
             }
         }
-        let program = resolve_program(&args.command)?;
+        let program = match args.command.first() {
+            Some(path) if !fs => Program {
+                path: path.into(),
+                argv: args.command.clone(),
+            },
+            _ => resolve_program(&args.command)?,
+        };
         let name = match args.name {
             Some(n) if valid_name(&n) => n,
             Some(n) => {

@@ -73,14 +73,19 @@ pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
 /// (`explicit` holds the ids of those that were). The file's values are checked even where
 /// the command line overrides them, so `multinode check` finds a bad file either way.
 pub fn apply(path: &Path, args: &mut ServeArgs, explicit: &[String]) -> Result<()> {
-    let bytes = read(path).map_err(|e| {
+    let bytes = read_for_start(path)?;
+    apply_bytes(path, &bytes, args, explicit)
+}
+
+/// [`read`] at start: a failure is a usage error naming the file.
+pub fn read_for_start(path: &Path) -> Result<Vec<u8>> {
+    read(path).map_err(|e| {
         Error::usage(format!(
             "--config {}: {}",
             path.display(),
             crate::config::io_reason(&e)
         ))
-    })?;
-    apply_bytes(path, &bytes, args, explicit)
+    })
 }
 
 /// [`apply`] for a file already read (by the guard, for a reload): `path` is where it was

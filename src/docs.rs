@@ -30,7 +30,7 @@ pub const SHELLS: [Shell; 5] = [
 
 /// What each signal does to `multinode serve`: README's "Signals" table, row by row. Text in
 /// backquotes is code (bold in the man pages).
-pub const SIGNALS: [(&str, &str); 5] = [
+pub const SIGNALS: [(&str, &str); 6] = [
     (
         "`TERM`, `INT`",
         "graceful stop: no more restarts; `--stop-signal` to every worker's process group; \
@@ -46,6 +46,11 @@ pub const SIGNALS: [(&str, &str); 5] = [
         "`TTIN` / `TTOU`",
         "one worker more / fewer (the highest slot drains); only when sent by a process \
          (`kill -TTIN`): the terminal's own job-control TTIN/TTOU are ignored",
+    ),
+    (
+        "`USR2`",
+        "upgrade multinode itself in place: the same pid, every socket and worker kept (see \
+         *Upgrading multinode*); like `multinode upgrade`, with nobody waiting for the outcome",
     ),
     (
         "`CHLD`",
@@ -554,6 +559,11 @@ fn examples_of(page: Page, name: &str) -> Vec<(&'static str, &'static str)> {
             "Six workers; returns when the new ones are ready.",
         ),
         (
+            "multinode upgrade --name hello",
+            "Executes the new multinode binary in the running supervisor (same pid, sockets \
+             and workers kept); exits 1 if the old one went on.",
+        ),
+        (
             "multinode stop --name hello",
             "Stops like SIGTERM and returns when multinode has exited, with its outcome.",
         ),
@@ -1030,7 +1040,7 @@ mod tests {
             .into_iter()
             .map(|p| (p, "multinode".to_string()))
             .chain(
-                ["status", "reload", "scale", "stop"]
+                ["status", "reload", "scale", "upgrade", "stop"]
                     .map(|s| (Page::Control, format!("multinode-{s}"))),
             );
         for (page, name) in pages {

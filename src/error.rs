@@ -58,8 +58,8 @@ impl Exit {
             Exit::Ok => "stopped cleanly: every worker exited by itself",
             Exit::Unclean => {
                 "stopped, but a worker had to be killed after --grace (or on a fast stop), or \
-                 all workers exited for good and one of them failed; status/reload/scale/stop: \
-                 the command failed (reload rolled back, not ready)"
+                 all workers exited for good and one of them failed; status/reload/scale/stop/upgrade: \
+                 the command failed (reload or upgrade rolled back, not ready)"
             }
             Exit::Usage => "invalid command line or configuration",
             Exit::Socket => {
@@ -70,7 +70,9 @@ impl Exit {
             }
             Exit::Program => "the worker program cannot be run",
             Exit::GaveUp => "gave up: more than --max-restarts restarts within --restart-window",
-            Exit::Unreachable => "status/reload/scale/stop: no running multinode to talk to",
+            Exit::Unreachable => {
+                "status/reload/scale/stop/upgrade: no running multinode to talk to"
+            }
             Exit::Internal => {
                 "internal error: a system call multinode needs failed, or its guard process died"
             }

@@ -129,19 +129,59 @@ pub struct Output {
 impl Output {
     pub fn start(format: LogFormat, color: bool) -> Output {
         colored::control::set_override(color);
-        let (tx, rx) = sync_channel(QUEUE_LINES);
-        let writer = std::thread::Builder::new()
-            .name("output".into())
-            .spawn(move || write_lines(rx))
-            .ok();
+        let mut out = Output {
+            tx: None,
+            writer: None,
+            format,
+            color,
+            dropped: 0,
+            dropped_total: 0,
+        };
+        out.start_writer();
+        out
+    }
+
+    /// An output whose writer is not started yet (an upgraded image starts it once it has
+    /// one thread no more: see `upgrade/restore.rs`); lines before then are dropped.
+    pub fn paused(format: LogFormat, color: bool) -> Output {
+        colored::control::set_override(color);
         Output {
-            tx: Some(tx),
-            writer,
+            tx: None,
+            writer: None,
             format,
             color,
             dropped: 0,
             dropped_total: 0,
         }
+    }
+
+    /// Starts the writer thread (again, after [`Output::finish`]: an upgrade whose exec
+    /// failed goes on writing).
+    pub fn start_writer(&mut self) {
+        if self.tx.is_some() {
+            return;
+        }
+        let (tx, rx) = sync_channel(QUEUE_LINES);
+        self.writer = std::thread::Builder::new()
+            .name("output".into())
+            .spawn(move || write_lines(rx))
+            .ok();
+        self.tx = Some(tx);
+    }
+
+    /// The format and colouring in force.
+    pub fn format(&self) -> (LogFormat, bool) {
+        (self.format, self.color)
+    }
+
+    /// Lines dropped: since the start, and since the last note (an upgrade hands them over).
+    pub fn dropped_counts(&self) -> [u64; 2] {
+        [self.dropped_total, self.dropped]
+    }
+
+    pub fn set_dropped_counts(&mut self, [total, since]: [u64; 2]) {
+        self.dropped_total = total;
+        self.dropped = since;
     }
 
     /// Switches the format and colouring of what is written from now on (a reload can change
@@ -257,6 +297,25 @@ impl Output {
     /// Lines dropped since the start (the terminal or pipe was too slow).
     pub fn dropped_total(&self) -> u64 {
         self.dropped_total
+    }
+
+    /// Waits until everything queued is written, at most `d`; false if the writer is still
+    /// stuck in a write then (a stalled terminal or pipe), which it then finishes on its own.
+    /// The writer is stopped either way; [`Output::start_writer`] starts another.
+    pub fn flush_within(&mut self, d: std::time::Duration) -> bool {
+        self.tx = None;
+        let Some(w) = self.writer.take() else {
+            return true;
+        };
+        let until = std::time::Instant::now() + d;
+        while !w.is_finished() {
+            if std::time::Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let _ = w.join();
+        true
     }
 
     /// Waits until everything queued is written. Called once, at exit.
@@ -420,6 +479,16 @@ impl LineSplitter {
             start += MAX_LINE;
         }
         self.buf.drain(..start);
+    }
+
+    /// The unfinished tail (an upgrade hands it over).
+    pub fn partial(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// A splitter holding `partial` already.
+    pub fn with_partial(partial: Vec<u8>) -> LineSplitter {
+        LineSplitter { buf: partial }
     }
 
     /// Emits what is left (a last line without a newline).

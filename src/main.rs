@@ -24,6 +24,7 @@ mod socket;
 mod spawn;
 mod supervisor;
 mod systemd;
+mod upgrade;
 mod usage;
 mod watch;
 
@@ -35,6 +36,8 @@ use crate::cli::{Cli, Command};
 use crate::error::{Error, Exit};
 
 fn main() -> ExitCode {
+    // First of all: a process an upgrade just executed arms its way back (see upgrade/).
+    upgrade::rollback::arm();
     let exit = match run() {
         Ok(exit) => exit,
         Err(e) => {
@@ -70,9 +73,15 @@ fn run() -> Result<Exit, Error> {
             eprint!("{}", Cli::command().render_help());
             return Ok(Exit::Usage);
         }
+        Err(e) if upgrade::rollback::armed() => {
+            upgrade::rollback::fail(format!("its command line: {}", cli::clap_reason(&e)))
+        }
         Err(e) => return Err(usage_error(&e)),
     };
     let cli = Cli::from_arg_matches(&matches).map_err(|e| usage_error(&e))?;
+    if upgrade::rollback::incoming().is_some() && !matches!(cli.command, Command::Serve(_)) {
+        upgrade::rollback::fail("an upgrade's state reached a command other than serve");
+    }
     // Which options the command line set, so that a config file fills in only the rest.
     let explicit = |name: &str| -> Vec<String> {
         let Some(sub) = matches.subcommand_matches(name) else {
@@ -97,6 +106,8 @@ fn run() -> Result<Exit, Error> {
         Command::Reload { target } => control::client::reload(&target),
         Command::Scale { target, workers } => control::client::scale(&target, workers),
         Command::Stop { target } => control::client::stop(&target),
+        Command::Upgrade { target, binary } => control::client::upgrade(&target, binary),
+        Command::UpgradeCheck { state_format } => upgrade::check_command(state_format),
         Command::Completions { shell } => {
             docs::completions(shell, &mut std::io::stdout());
             Ok(Exit::Ok)

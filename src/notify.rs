@@ -18,6 +18,7 @@ use nix::sys::socket::{
 };
 
 use crate::error::{Error, Result};
+use crate::upgrade::format::NotifyState;
 
 /// One datagram: the sender's pid and its `KEY=VALUE` assignments (at most
 /// `multinode_worker::sd_notify::MAX_ASSIGNMENTS`, in order).
@@ -60,6 +61,27 @@ impl NotifyServer {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The socket as an upgrade hands it over.
+    pub fn save(&self, t: &mut crate::upgrade::state::FdTable) -> NotifyState {
+        NotifyState {
+            fd: t.add(
+                self.fd.as_fd(),
+                format!("the notify socket {}", self.path.display()),
+            ),
+            dir: self.dir.as_path().into(),
+            path: self.path.as_path().into(),
+        }
+    }
+
+    /// The socket an upgrade handed over.
+    pub fn load(s: NotifyState, r: &mut crate::upgrade::restore::Restorer) -> NotifyServer {
+        NotifyServer {
+            fd: r.take(s.fd),
+            dir: s.dir.path(),
+            path: s.path.path(),
+        }
     }
 
     /// The datagrams waiting now, at most [`BURST`] per call, so a flood cannot hold up the

@@ -11,6 +11,10 @@
 //! control directory, the cgroup) and exits. A failure before the loop leaves no
 //! socket file behind: bound sockets are closed and their files removed while we still have
 //! the rights to.
+//!
+//! A process an in-place upgrade executed (`MULTINODE_UPGRADE_STATE` set) does none of this:
+//! it takes everything over from the state (`upgrade/restore.rs`), then ends the same way
+//! ([`finish`]).
 
 use std::ffi::OsString;
 use std::time::Duration;
@@ -57,7 +61,15 @@ fn service_cgroup(
 /// Everything `serve` builds before binding or starting anything. `check` runs exactly this,
 /// so that it refuses what `serve` would refuse, with the same message and exit code.
 fn prepare(args: ServeArgs, explicit: Vec<String>) -> Result<Prepared> {
-    let cfg = Config::from_args(args, explicit)?;
+    // Read once: the bytes the settings come from are what an upgrade hands over.
+    let config_file = match &args.config {
+        Some(path) => Some(crate::config_file::read_for_start(path)?),
+        None => None,
+    };
+    let cfg = match &config_file {
+        Some(bytes) => Config::from_args_and_file(args, explicit, bytes)?,
+        None => Config::from_args(args, explicit)?,
+    };
     let target = privilege::resolve(cfg.user.as_deref(), cfg.group.as_deref())?;
     if let Some(t) = &target {
         privilege::check_executable_as(t, &cfg.program.path)?;
@@ -78,6 +90,7 @@ fn prepare(args: ServeArgs, explicit: Vec<String>) -> Result<Prepared> {
         cfg,
         target,
         overrides,
+        config_file,
     })
 }
 
@@ -87,10 +100,12 @@ struct Prepared {
     target: Option<Target>,
     /// Environment every worker gets besides the configured one (USER, LOGNAME, HOME).
     overrides: Vec<(String, OsString)>,
+    /// `--config`'s bytes.
+    config_file: Option<Vec<u8>>,
 }
 
 /// The spawner of the configured worker command, with `overrides` under the configured `env`.
-fn spawner(cfg: &Config, overrides: &[(String, OsString)]) -> Result<spawn::Spawner> {
+pub(crate) fn spawner(cfg: &Config, overrides: &[(String, OsString)]) -> Result<spawn::Spawner> {
     let mut env = overrides.to_vec();
     env.extend(cfg.env.iter().map(|(k, v)| (k.clone(), v.into())));
     spawn::Spawner::new(&cfg.program, &env, cfg.workdir.as_deref())
@@ -122,12 +137,22 @@ pub fn check(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
 }
 
 pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
+    if let Some(incoming) = crate::upgrade::rollback::incoming() {
+        // This process was multinode already: an upgrade hands it over.
+        return crate::upgrade::restore::resume(args, explicit, incoming);
+    }
     let listen_given = explicit.iter().any(|e| e == "listen");
     let Prepared {
         cfg,
         target,
         mut overrides,
+        config_file,
     } = prepare(args, explicit)?;
+    // What an upgrade executes, and the way back from one that fails (see upgrade/).
+    let binary = crate::upgrade::start_path()
+        .or_else(|| std::fs::read_link("/proc/self/exe").ok())
+        .unwrap_or_default();
+    let self_exe = crate::upgrade::open_self_exe();
     let inherited = systemd::inherited(cfg.backlog)?;
     if inherited.is_some() && listen_given {
         return Err(Error::usage(
@@ -353,8 +378,27 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
         guard_reads_config: target.is_some(),
         cgroups: cgroups.ok(),
         stop_clients: Vec::new(),
+        binary,
+        self_exe,
+        config_file,
     };
     let (exit, parts) = supervisor::run(cfg, parts);
+    Ok(finish(exit, parts))
+}
+
+/// After the loop: the guard cleans up (or what the dropped user may is removed here), the
+/// files left behind are named, the exit status is said, and `multinode stop` callers hear
+/// it last.
+pub(crate) fn finish(exit: Exit, parts: Parts) -> Exit {
+    // The socket files this run made, each with its inode.
+    let created: Vec<FileId> = parts
+        .sockets
+        .iter()
+        .filter_map(|s| s.file.as_ref())
+        .chain(parts.metrics.as_ref().and_then(MetricsServer::file))
+        .chain(parts.control.as_ref().map(ControlServer::file))
+        .map(SocketFile::id)
+        .collect();
     let Parts {
         mut sockets,
         mut out,
@@ -425,5 +469,5 @@ pub fn serve(args: ServeArgs, explicit: Vec<String>) -> Result<Exit> {
             let _ = std::io::Write::write_all(&mut c, &text);
         }
     }
-    Ok(exit)
+    exit
 }

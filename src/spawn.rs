@@ -62,6 +62,20 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Ok(lim.rlim_max)
 }
 
+/// The open-files limit workers get back, `[cur, max]`, if the supervisor raised its own (an
+/// upgrade hands it over: the new image inherits the raised limit only).
+pub fn worker_nofile() -> Option<[u64; 2]> {
+    WORKER_NOFILE.get().map(|l| [l.rlim_cur, l.rlim_max])
+}
+
+/// The limit an upgrade handed over.
+pub fn set_worker_nofile([cur, max]: [u64; 2]) {
+    let _ = WORKER_NOFILE.set(libc::rlimit {
+        rlim_cur: cur,
+        rlim_max: max,
+    });
+}
+
 /// `LISTEN_PID=` or `WATCHDOG_PID=` plus room for any pid and the terminating NUL.
 const PID_SLOT_LEN: usize = 32;
 

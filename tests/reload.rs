@@ -466,7 +466,7 @@ fn reload_to_a_program_that_exits_at_start_keeps_the_old_workers_serving() {
 fn a_request_in_flight_across_a_reload_completes() {
     let (mn, addr) = serve_ready(1, &[], &[&hello()]);
     let old = slot_pids(&mn)[&0];
-    let slow = std::thread::spawn(move || http_get(addr, "/sleep/1500"));
+    let slow = std::thread::spawn(move || http_get(addr, "/sleep/5000"));
     // The slow request is in flight once the worker has counted it: hello numbers the requests
     // it reads, and ours are the only other ones.
     let mut counted = false;

@@ -61,4 +61,22 @@ mod metrics_http;
 #[allow(dead_code)]
 mod procfs;
 
+/// `src/upgrade/`: the in-place upgrade's state format (`format/`) and its envelope and
+/// decoder (`state.rs`, which `cli.rs` also asks for `--version`'s line).
+#[path = "../../src/upgrade"]
+#[allow(dead_code)]
+mod upgrade {
+    pub mod format;
+    pub mod state;
+}
+
+/// `src/supervisor/worker.rs`, for `supervisor::later` (what `upgrade/state.rs` uses), under
+/// the path `main.rs` gives it.
+#[path = "../../src/supervisor"]
+#[allow(dead_code)]
+mod supervisor {
+    mod worker;
+    pub use worker::later;
+}
+
 pub mod targets;

@@ -79,6 +79,7 @@ replay!(
     sd_notify,
     serve_args,
     size,
+    upgrade_state,
 );
 
 #[test]

@@ -13,7 +13,7 @@ use crate::log::escape_controls;
 
 fn status_of(path: &Path) -> Result<Status> {
     match request(path, &Request::Status)?.0 {
-        Reply::Status(s) => Ok(s),
+        Reply::Status(s) => Ok(*s),
         other => Err(unexpected(&other)),
     }
 }
@@ -151,6 +151,28 @@ fn summary(s: &Status) -> String {
     )
 }
 
+/// `multinode 0.2.0 (/usr/bin/multinode), upgraded in place at 2026-...Z from 0.1.0`: which
+/// multinode runs, and when it last upgraded.
+fn version_line(s: &Status) -> String {
+    let mut line = format!("multinode {}", escape_controls(&s.version));
+    if let Some(b) = &s.binary {
+        line.push_str(&format!(" ({})", escape_controls(b)));
+    }
+    match &s.last_upgrade {
+        Some(u) => line.push_str(&format!(
+            ", upgraded in place at {} from {} ({} upgrade(s))",
+            escape_controls(&u.at),
+            escape_controls(&u.from),
+            s.upgrades
+        )),
+        None => line.push_str(", not upgraded since it started"),
+    }
+    if s.upgrading {
+        line.push_str("; an upgrade is under way");
+    }
+    line
+}
+
 /// The share of one core (in %) the worker of `row` used since `prev` was read: its CPU time
 /// then and now, over the wall time between. `None` for a worker `prev` did not see.
 fn cpu_percent(row: &SlotStatus, now: Instant, prev: Option<&Reading>) -> Option<f64> {
@@ -194,6 +216,7 @@ fn table(cur: &Reading, prev: Option<&Reading>) -> String {
     if let Some(c) = &s.control {
         let _ = writeln!(out, "control socket {}", escape_controls(c));
     }
+    let _ = writeln!(out, "{}", version_line(s));
     let opt =
         |v: Option<String>| v.map_or_else(|| "-".into(), |t| escape_controls(&t).into_owned());
     let rows: Vec<[String; 10]> = s
@@ -280,6 +303,44 @@ pub fn scale(t: &Target, workers: u32) -> Result<Exit> {
     }
 }
 
+/// `multinode upgrade`: waits for the outcome; prints which multinode runs now.
+pub fn upgrade(t: &Target, binary: Option<std::path::PathBuf>) -> Result<Exit> {
+    // The supervisor resolves nothing against its own working directory.
+    let binary = match binary {
+        Some(b) => {
+            let abs = std::path::absolute(&b)
+                .map_err(|e| Error::usage(format!("--binary {}: {e}", b.display())))?;
+            if let Err(e) = std::fs::metadata(&abs) {
+                return Err(Error::usage(format!(
+                    "--binary {}: {}; give the path of a multinode binary",
+                    b.display(),
+                    crate::config::io_reason(&e)
+                )));
+            }
+            Some(abs.to_string_lossy().into_owned())
+        }
+        None => None,
+    };
+    let path = locate(t.name.as_deref(), t.control.as_deref())?;
+    match request(&path, &Request::Upgrade { binary })?.0 {
+        Reply::Upgraded {
+            version,
+            from,
+            binary,
+            pid,
+            took_ms,
+        } => {
+            println!(
+                "upgraded: multinode {version} runs now (from {from}), executed from {}, pid {pid}; took {took_ms} ms",
+                escape_controls(&binary)
+            );
+            Ok(Exit::Ok)
+        }
+        Reply::Failed { error } => Err(failed(format!("upgrade failed: {error}"), &error)),
+        other => Err(unexpected(&other)),
+    }
+}
+
 pub fn stop(t: &Target) -> Result<Exit> {
     let path = locate(t.name.as_deref(), t.control.as_deref())?;
     let (reply, mut s) = request(&path, &Request::Stop)?;
@@ -360,6 +421,11 @@ mod tests {
                 reloads_ok: 0,
                 reloads_failed: 0,
                 version: String::new(),
+                binary: None,
+                upgrades: 0,
+                upgrades_failed: 0,
+                last_upgrade: None,
+                upgrading: false,
                 control: None,
                 slots: vec![row(7, 1.0)],
             },

@@ -13,6 +13,7 @@
 //! the socket alive and refuses to start.
 
 pub mod client;
+mod handover;
 pub mod protocol;
 pub mod server;
 

@@ -17,14 +17,21 @@ pub const MAX_REQUEST: usize = 4096;
 pub enum Request {
     Status,
     Reload,
-    Scale { workers: u32 },
+    Scale {
+        workers: u32,
+    },
     Stop,
+    /// Execute a new multinode binary in place (`None`: the one multinode runs from).
+    Upgrade {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        binary: Option<String>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Reply {
-    Status(Status),
+    Status(Box<Status>),
     /// Every worker runs this generation now.
     Reloaded {
         generation: u64,
@@ -35,6 +42,15 @@ pub enum Reply {
     },
     /// The stop has begun; the connection closes when the supervisor has exited.
     Stopping,
+    /// multinode `version` runs now, executed from `binary`, in the same process `pid`; the
+    /// state was handed over from multinode `from` in `took_ms`.
+    Upgraded {
+        version: String,
+        from: String,
+        binary: String,
+        pid: u32,
+        took_ms: u64,
+    },
     /// The supervisor's last word to a `stop` caller: its exit status.
     Exited {
         status: u8,
@@ -76,8 +92,30 @@ pub struct Status {
     /// The multinode that runs (`multinode --version`).
     #[serde(default)]
     pub version: String,
+    /// The binary it was executed from (its start path, or the last `upgrade --binary`).
+    #[serde(default)]
+    pub binary: Option<String>,
+    /// In-place upgrades done since the start, and failed (the old binary went on).
+    #[serde(default)]
+    pub upgrades: u64,
+    #[serde(default)]
+    pub upgrades_failed: u64,
+    /// The last one, if any.
+    #[serde(default)]
+    pub last_upgrade: Option<LastUpgrade>,
+    /// An upgrade is under way.
+    #[serde(default)]
+    pub upgrading: bool,
     pub control: Option<String>,
     pub slots: Vec<SlotStatus>,
+}
+
+/// An in-place upgrade: when (RFC 3339, UTC), from which version, to which binary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastUpgrade {
+    pub at: String,
+    pub from: String,
+    pub binary: String,
 }
 
 /// Workers of a slot replaced unasked, by cause.
@@ -138,6 +176,15 @@ mod tests {
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"scale","workers":-1}"#).is_err());
+        let r: Request = serde_json::from_str(r#"{"cmd":"upgrade"}"#).unwrap();
+        assert_eq!(r, Request::Upgrade { binary: None });
+        assert_eq!(
+            serde_json::to_string(&Request::Upgrade {
+                binary: Some("/usr/bin/multinode".into())
+            })
+            .unwrap(),
+            r#"{"cmd":"upgrade","binary":"/usr/bin/multinode"}"#
+        );
     }
 
     #[test]
@@ -146,6 +193,13 @@ mod tests {
             Reply::Reloaded { generation: 3 },
             Reply::Scaled { workers: 2 },
             Reply::Stopping,
+            Reply::Upgraded {
+                version: "0.2.0".into(),
+                from: "0.1.0".into(),
+                binary: "/usr/bin/multinode".into(),
+                pid: 42,
+                took_ms: 12,
+            },
             Reply::failed("no"),
         ] {
             let text = serde_json::to_string(&r).unwrap();

@@ -50,7 +50,7 @@ pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 pub type ClientId = u64;
 
-enum Phase {
+pub(super) enum Phase {
     /// Reading the request line, until the deadline.
     Reading(Instant),
     /// The request is with the core; the reply is not ready yet.
@@ -61,19 +61,19 @@ enum Phase {
     Held,
 }
 
-struct Client {
-    id: ClientId,
-    stream: UnixStream,
-    buf: Vec<u8>,
-    sent: usize,
-    phase: Phase,
+pub(super) struct Client {
+    pub(super) id: ClientId,
+    pub(super) stream: UnixStream,
+    pub(super) buf: Vec<u8>,
+    pub(super) sent: usize,
+    pub(super) phase: Phase,
     /// Keep it open after the reply, until the supervisor exits.
-    hold: bool,
+    pub(super) hold: bool,
     /// The peer's uid (`SO_PEERCRED`), if the kernel told it.
-    uid: Option<u32>,
+    pub(super) uid: Option<u32>,
     /// The peer is root or the user who started multinode: it may ask for anything, not just
     /// `status`.
-    may_act: bool,
+    pub(super) may_act: bool,
 }
 
 /// What polling a client's socket is for.
@@ -85,18 +85,18 @@ pub enum Interest {
 
 pub struct ControlServer {
     /// Its directory was still at its path once the socket was in it.
-    dir_linked: bool,
-    listener: UnixListener,
+    pub(super) dir_linked: bool,
+    pub(super) listener: UnixListener,
     pub path: PathBuf,
-    file: SocketFile,
-    clients: Vec<Client>,
-    next_id: ClientId,
+    pub(super) file: SocketFile,
+    pub(super) clients: Vec<Client>,
+    pub(super) next_id: ClientId,
     /// Out of fds: the listening socket is not polled until then.
-    paused_until: Option<Instant>,
+    pub(super) paused_until: Option<Instant>,
     /// Out-of-fds warnings: one a second at most.
-    warnings: crate::route::RateLimit,
+    pub(super) warnings: crate::route::RateLimit,
     /// The real uid at start: the user who started multinode.
-    starter: Uid,
+    pub(super) starter: Uid,
 }
 
 impl ControlServer {
@@ -403,6 +403,7 @@ fn denied(req: &Request, uid: Option<u32>, starter: Uid) -> String {
         Request::Reload => "reload",
         Request::Scale { .. } => "scale",
         Request::Stop => "stop",
+        Request::Upgrade { .. } => "upgrade",
     };
     let who = uid.map_or_else(
         || "a peer of unknown uid".to_string(),

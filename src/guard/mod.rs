@@ -34,6 +34,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, Uid};
 
 use crate::error::{Error, Result};
+use crate::upgrade::format::{Bytes, GuardState};
 use wire::{Decoder, MAX_CONFIG, Reply, Request};
 
 /// Requests kept for a guard that is not reading (SIGSTOPped) before new ones are dropped.
@@ -109,6 +110,37 @@ impl Guard {
 
     pub fn pid(&self) -> Pid {
         self.pid
+    }
+
+    /// The guard as an upgrade hands it over: the same process and socket, and what is
+    /// queued either way.
+    pub fn save(&self, t: &mut crate::upgrade::state::FdTable) -> GuardState {
+        GuardState {
+            pid: self.pid.as_raw(),
+            fd: t.add(
+                self.sock.as_fd(),
+                format!("the socket to the guard (pid {})", self.pid),
+            ),
+            out: Bytes(self.out.clone()),
+            input: Bytes(self.input.pending().to_vec()),
+            dropped: self.dropped,
+            exited: self.exited,
+        }
+    }
+
+    /// The guard an upgrade handed over.
+    pub fn load(s: GuardState, r: &mut crate::upgrade::restore::Restorer) -> Guard {
+        let mut input = Decoder::new(MAX_CONFIG + 64);
+        input.push(&s.input.0);
+        Guard {
+            pid: Pid::from_raw(s.pid),
+            sock: UnixStream::from(r.take(s.fd)),
+            out: s.out.0,
+            input,
+            dropped: s.dropped,
+            exited: s.exited,
+            finished: false,
+        }
     }
 
     /// A socket file to remove at the end, if it is still this one. Before [`Guard::seal`].

@@ -1,6 +1,9 @@
 //! The guard's protocol: frames of `tag u8 | length u32 LE | payload` over a Unix stream
-//! socketpair, both ends in this file. Internal to one binary (the guard is forked, not
-//! exec'ed), so it has no version.
+//! socketpair, both ends in this file. The guard is forked, not exec'ed, and lives as long as
+//! the service: after an in-place upgrade (see `upgrade/`) a newer supervisor talks to the
+//! guard an older binary forked. So the frames below are an interface between versions: a
+//! newer multinode sends only these (with these payloads), and a new kind of frame needs a
+//! new state format, so that an image whose guard would not know it is refused the state.
 //!
 //! | supervisor → guard | payload | when |
 //! |---|---|---|
@@ -129,6 +132,11 @@ impl Decoder {
             buf: Vec::new(),
             max,
         }
+    }
+
+    /// The bytes read and not yet a whole frame (an upgrade hands them over).
+    pub fn pending(&self) -> &[u8] {
+        &self.buf
     }
 
     pub fn push(&mut self, data: &[u8]) {

@@ -21,6 +21,7 @@
 //!
 //! Nothing here runs on a timer: without connections the loop has no deadline of ours.
 
+mod handover;
 pub mod http;
 pub mod text;
 

@@ -235,6 +235,21 @@ pub fn encode(s: &Snapshot) -> String {
         &[("outcome", "failed")],
         st.reloads_failed as f64,
     );
+    t.family(
+        "multinode_upgrades_total",
+        Kind::Counter,
+        "In-place upgrades of multinode itself since the start, by outcome (ok: the new binary runs; failed: the old one goes on).",
+    );
+    t.sample(
+        "multinode_upgrades_total",
+        &[("outcome", "ok")],
+        st.upgrades as f64,
+    );
+    t.sample(
+        "multinode_upgrades_total",
+        &[("outcome", "failed")],
+        st.upgrades_failed as f64,
+    );
     t.single(
         "multinode_log_lines_dropped_total",
         Kind::Counter,
@@ -400,6 +415,11 @@ mod tests {
             reloads_ok: 2,
             reloads_failed: 1,
             version: "0.1.0".into(),
+            binary: None,
+            upgrades: 0,
+            upgrades_failed: 0,
+            last_upgrade: None,
+            upgrading: false,
             control: None,
             slots,
         }

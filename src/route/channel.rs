@@ -13,8 +13,8 @@ use super::{Conn, MAX_BATCH, MAX_QUEUE};
 
 /// The supervisor's end of one worker channel.
 pub struct Channel {
-    fd: OwnedFd,
-    queue: VecDeque<Conn>,
+    pub(super) fd: OwnedFd,
+    pub(super) queue: VecDeque<Conn>,
     /// Connections sent and not yet reported closed.
     pub outstanding: u64,
     /// The worker closed its end: nothing more goes here, and it is not polled.

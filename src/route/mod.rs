@@ -25,6 +25,7 @@
 //! `sendmsg` succeeded; not sent, it is closed once when dropped. Nothing else closes it.
 
 pub mod channel;
+mod handover;
 mod pending;
 mod policy;
 pub mod router;

@@ -35,7 +35,7 @@ pub struct Pending {
     pub source: Source,
     pub deadline: std::time::Instant,
     /// Header bytes consumed so far (all of it is header: only complete prefixes are read).
-    got: Vec<u8>,
+    pub(super) got: Vec<u8>,
 }
 
 /// What became of a pending connection after its socket was readable.

@@ -29,18 +29,18 @@ const ACCEPT_BURST: usize = 256;
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// A worker with route channels.
-struct Target {
-    pid: Pid,
-    slot: u32,
+pub(super) struct Target {
+    pub(super) pid: Pid,
+    pub(super) slot: u32,
     /// Its slot's worker (not draining): it takes new connections.
-    serving: bool,
-    ready: bool,
+    pub(super) serving: bool,
+    pub(super) ready: bool,
     /// One per listening socket, in `--listen` order.
-    channels: Vec<Channel>,
+    pub(super) channels: Vec<Channel>,
     /// Connections handed to it so far.
-    handed: u64,
+    pub(super) handed: u64,
     /// `--max-requests` for it: once `handed` reaches it, the core hears so (once).
-    limit: Option<u64>,
+    pub(super) limit: Option<u64>,
 }
 
 /// Route mode's figures for `/metrics`, per slot (every slot ever handed a connection, and
@@ -88,35 +88,35 @@ pub enum Wake {
 }
 
 /// `--proxy-protocol`: whom to believe, and how long to wait for a header.
-struct ProxyRules {
+pub(super) struct ProxyRules {
     /// `--proxy-from`; empty: anyone.
-    from: Vec<Cidr>,
-    timeout: Duration,
+    pub(super) from: Vec<Cidr>,
+    pub(super) timeout: Duration,
 }
 
 pub struct Router {
-    policy: RoutePolicy,
-    proxy: Option<ProxyRules>,
+    pub(super) policy: RoutePolicy,
+    pub(super) proxy: Option<ProxyRules>,
     /// Connections closed without reaching a worker, since the start.
-    refused: Refused,
+    pub(super) refused: Refused,
     /// Connections handed to each slot's workers since the start, by slot.
-    handed_by_slot: Vec<u64>,
+    pub(super) handed_by_slot: Vec<u64>,
     /// Connections waiting for a PROXY header, per source.
-    per_source: HashMap<Source, usize>,
-    seq: u64,
-    turn: usize,
-    next_id: u64,
-    pending: Vec<Pending>,
+    pub(super) per_source: HashMap<Source, usize>,
+    pub(super) seq: u64,
+    pub(super) turn: usize,
+    pub(super) next_id: u64,
+    pub(super) pending: Vec<Pending>,
     /// Connections no worker could take yet.
-    backlog: VecDeque<Conn>,
+    pub(super) backlog: VecDeque<Conn>,
     /// One limiter per kind of warning (`proxy`, `accept`, `route`), so one cannot hide another.
-    logs: Vec<(&'static str, RateLimit)>,
+    pub(super) logs: Vec<(&'static str, RateLimit)>,
     /// Out of fds: listening sockets are not polled until then (they would stay readable and
     /// spin the loop); connections wait in the kernel's accept queue meanwhile.
-    paused_until: Option<Instant>,
-    targets: Vec<Target>,
+    pub(super) paused_until: Option<Instant>,
+    pub(super) targets: Vec<Target>,
     /// Workers that reached their `--max-requests`, for the core.
-    reached: Vec<(Pid, u64)>,
+    pub(super) reached: Vec<(Pid, u64)>,
 }
 
 impl Router {

@@ -33,6 +33,8 @@ use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, openat, readlinkat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, unlinkat};
 
+use crate::upgrade::format::SocketFileState;
+
 /// Symbolic links followed while resolving one directory, as the kernel allows.
 const MAX_LINKS: u32 = 40;
 
@@ -350,6 +352,35 @@ impl SocketFile {
                 Ok(true)
             }
             Err(e) => Err(errno(e)),
+        }
+    }
+}
+
+impl SocketFile {
+    /// The file as an upgrade hands it over: its directory's fd goes too.
+    pub fn save(&self, t: &mut crate::upgrade::state::FdTable) -> SocketFileState {
+        SocketFileState {
+            path: self.path.as_path().into(),
+            dev: self.dev,
+            ino: self.ino,
+            dir_fd: t.add(
+                self.dir.as_fd(),
+                format!("the directory of {}", self.path.display()),
+            ),
+            name: self.name.as_os_str().into(),
+            present: self.present,
+        }
+    }
+
+    /// The file an upgrade handed over.
+    pub fn load(s: SocketFileState, r: &mut crate::upgrade::restore::Restorer) -> SocketFile {
+        SocketFile {
+            path: s.path.path(),
+            dev: s.dev,
+            ino: s.ino,
+            dir: r.take(s.dir_fd),
+            name: s.name.0,
+            present: s.present,
         }
     }
 }

@@ -26,6 +26,9 @@ use nix::unistd::{Gid, Uid};
 use self::file::{Dir, Failure, SocketFile, bind_in};
 use crate::error::{Error, Result};
 use crate::listen::{ListenAddr, ListenSpec};
+use crate::upgrade::format::BoundState;
+use crate::upgrade::restore::Restorer;
+use crate::upgrade::state::FdTable;
 
 /// A bound, listening socket owned by the supervisor.
 #[derive(Debug)]
@@ -58,6 +61,39 @@ impl Bound {
             file: None,
             tcp,
             backlog,
+        }
+    }
+}
+
+impl Bound {
+    /// The socket as an upgrade hands it over (`what`: what it is, for the fd table).
+    pub fn save(&self, t: &mut FdTable, what: &str) -> BoundState {
+        BoundState {
+            name: self.name.clone(),
+            local: self.local.clone(),
+            fd: t.add(
+                self.fd.as_fd(),
+                format!("{what} {} ({})", self.name, self.local),
+            ),
+            file: self.file.as_ref().map(|f| f.save(t)),
+            tcp: self.tcp.map(|(a, v6only)| (a.to_string(), v6only)),
+            backlog: self.backlog,
+        }
+    }
+
+    /// The socket an upgrade handed over.
+    pub fn load(s: BoundState, r: &mut Restorer) -> Bound {
+        let tcp = s.tcp.map(|(a, v6only)| {
+            let addr = a.parse::<SocketAddr>().map_err(|e| format!("{a:?}: {e}"));
+            (r.ok(addr), v6only)
+        });
+        Bound {
+            fd: r.take(s.fd),
+            file: s.file.map(|f| SocketFile::load(f, r)),
+            name: s.name,
+            local: s.local,
+            tcp,
+            backlog: s.backlog,
         }
     }
 }

@@ -98,6 +98,11 @@ impl Shell {
                 self.inspect(pid);
                 None
             }
+            Action::Upgrade { binary } => self.start_upgrade(binary),
+            Action::HandOver { binary } => {
+                self.hand_over = Some(binary);
+                None
+            }
             Action::CloseSlot { slot } => {
                 // The sockets close with the slot's last worker, which holds its own copies;
                 // connections still queued on them then are reset by the kernel.
@@ -107,8 +112,39 @@ impl Shell {
         }
     }
 
+    /// Checks the binary an upgrade executes (`None`: the one multinode runs from) and asks
+    /// it, in a child, whether it reads this state; the answer comes to `check_preflight`.
+    fn start_upgrade(&mut self, binary: Option<String>) -> Option<Event> {
+        let path = binary.map_or_else(|| self.p.binary.clone(), std::path::PathBuf::from);
+        let format = crate::upgrade::rollback::failpoint("state-format")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(crate::upgrade::state::FORMAT);
+        let started = if self.p.self_exe.is_none() {
+            Err("multinode could not open its own executable at start, so a failed upgrade would have no way back".into())
+        } else {
+            crate::upgrade::preflight::Preflight::start(
+                &path,
+                format,
+                self.p.guard_reads_config,
+                Instant::now(),
+            )
+        };
+        match started {
+            Ok(p) => {
+                self.preflight = Some(p);
+                None
+            }
+            Err(reason) => Some(Event::UpgradeFailed {
+                stage: "check",
+                reason,
+                running: crate::upgrade::running(),
+            }),
+        }
+    }
+
     /// Fills in what each worker of a status uses (CPU time, memory), read now.
     pub(super) fn add_usage(&self, st: &mut crate::control::protocol::Status) {
+        st.binary = Some(self.p.binary.display().to_string());
         let pids: Vec<nix::unistd::Pid> = st
             .slots
             .iter()

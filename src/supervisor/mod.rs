@@ -13,10 +13,12 @@
 //! - `pipes.rs`: workers' output pipes.
 //! - `inspect.rs`: a look at a worker that became ready (does it listen on its own port?).
 //! - `scrape.rs`: the answers to `/metrics` and `/healthz` (`--metrics`).
+//! - `handover.rs`: an in-place upgrade's hand-over of all of it (see `upgrade/`).
 
 mod backoff;
 mod core;
 mod execute;
+mod handover;
 mod inspect;
 mod pipes;
 mod reap;
@@ -29,9 +31,10 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::error::{Error, Result};
 
-pub use core::Target;
+pub use core::{Event, Target};
+pub use handover::{Found, load, resume};
 pub use shell::{Parts, run};
-pub use worker::{human, later};
+pub use worker::{ExitStatus, human, later};
 
 /// The signals the supervisor handles; they are blocked in every thread and read from a
 /// signalfd by the loop. Workers get a clean mask (see spawn.rs).
@@ -45,6 +48,7 @@ pub fn handled_signals() -> SigSet {
         Signal::SIGHUP,
         Signal::SIGTTIN,
         Signal::SIGTTOU,
+        Signal::SIGUSR2,
     ] {
         set.add(s);
     }

@@ -7,6 +7,7 @@ use nix::errno::Errno;
 use nix::unistd::Pid;
 
 use crate::log::{LineSplitter, Output, Stream};
+use crate::upgrade::format::{Bytes, PipeState, PipesState};
 
 struct Pipe {
     fd: OwnedFd,
@@ -32,6 +33,57 @@ impl Pipes {
             pid,
             slot,
             pipes: vec![pipe(stdout, Stream::Stdout), pipe(stderr, Stream::Stderr)],
+        }
+    }
+
+    /// The pipes as an upgrade hands them over, with the unfinished line of each.
+    pub fn save(&self, t: &mut crate::upgrade::state::FdTable) -> PipesState {
+        PipesState {
+            pid: self.pid.as_raw(),
+            slot: self.slot,
+            pipes: self
+                .pipes
+                .iter()
+                .map(|p| {
+                    let stream = match p.stream {
+                        Stream::Stdout => "stdout",
+                        Stream::Stderr => "stderr",
+                    };
+                    PipeState {
+                        fd: t.add(
+                            p.fd.as_fd(),
+                            format!("the {stream} of worker.{}[{}]", self.slot, self.pid),
+                        ),
+                        stream: stream.into(),
+                        partial: Bytes(p.lines.partial().to_vec()),
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// The pipes an upgrade handed over.
+    pub fn load(s: PipesState, r: &mut crate::upgrade::restore::Restorer) -> Pipes {
+        let pipes = s
+            .pipes
+            .into_iter()
+            .map(|p| {
+                let stream = match p.stream.as_str() {
+                    "stdout" => Stream::Stdout,
+                    "stderr" => Stream::Stderr,
+                    other => r.fail(format!("{other:?} is not an output stream")),
+                };
+                Pipe {
+                    fd: r.take(p.fd),
+                    stream,
+                    lines: LineSplitter::with_partial(p.partial.0),
+                }
+            })
+            .collect();
+        Pipes {
+            pid: Pid::from_raw(s.pid),
+            slot: s.slot,
+            pipes,
         }
     }
 

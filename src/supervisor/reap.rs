@@ -45,6 +45,10 @@ impl Shell {
                 g.reaped(); // its socket's end of file says the rest
                 continue;
             }
+            if let Some(p) = self.preflight.as_mut().filter(|p| p.pid == pid) {
+                p.reaped(status);
+                continue;
+            }
             if !self.procs.iter().any(|w| w.pid == pid) {
                 continue; // an orphan: reaped, nothing more
             }

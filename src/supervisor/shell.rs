@@ -38,6 +38,7 @@ use crate::route::router::{Router, Wake as RouteWake};
 use crate::socket::Bound;
 use crate::spawn::Spawner;
 use crate::systemd::Notifier;
+use crate::upgrade::preflight::Preflight;
 use crate::watch::Watch;
 
 /// How often a group whose leader died after a SIGKILL is re-checked: the rare case where its
@@ -75,9 +76,16 @@ pub struct Parts {
     /// Environment every worker gets on top of ours (USER, HOME, NOTIFY_SOCKET, ...), before
     /// the configured `env`: what a reload needs to build a new spawner.
     pub overrides: Vec<(String, std::ffi::OsString)>,
+    /// The binary this image was executed from (the start path, resolved at start; after an
+    /// upgrade, the binary it executed): what an upgrade executes unless told otherwise.
+    pub binary: std::path::PathBuf,
+    /// An `O_PATH` fd to the executable that runs: the way back from a failed upgrade.
+    pub self_exe: Option<OwnedFd>,
+    /// `--config`: the bytes the running settings were built from at start.
+    pub config_file: Option<Vec<u8>>,
 }
 
-pub(super) struct Shell {
+pub struct Shell {
     pub(super) cfg: Config,
     pub(super) p: Parts,
     pub(super) core: Core,
@@ -95,7 +103,11 @@ pub(super) struct Shell {
     /// A config read asked of the guard and not answered yet; true: asked again meanwhile.
     pub(super) reading_config: Option<bool>,
     /// Requests the guard did not take in time, as last reported.
-    guard_dropped: u64,
+    pub(super) guard_dropped: u64,
+    /// An upgrade's check of the new binary, under way.
+    pub(super) preflight: Option<Preflight>,
+    /// An upgrade to hand over to this binary once the current wake-up is dealt with.
+    pub(super) hand_over: Option<String>,
 }
 
 enum Wake {
@@ -112,6 +124,8 @@ enum Wake {
     Guard,
     /// A worker's `cgroup.events` changed (checked with every lingering worker).
     Cgroup,
+    /// The output of an upgrade's check of the new binary.
+    Preflight,
 }
 
 /// Runs the supervisor until every worker is gone; returns the exit status and the parts (for
@@ -141,6 +155,8 @@ pub fn run(cfg: Config, mut p: Parts) -> (Exit, Parts) {
         sample_at: None,
         reading_config: None,
         guard_dropped: 0,
+        preflight: None,
+        hand_over: None,
     };
     if sh.router.is_some() {
         for b in &sh.p.sockets {
@@ -152,51 +168,62 @@ pub fn run(cfg: Config, mut p: Parts) -> (Exit, Parts) {
         }
     }
     sh.dispatch(Event::Start);
-    while !sh.core.finished() {
-        let wakes = match sh.wait() {
-            Ok(w) => w,
-            Err(e) => {
-                // Without poll the loop can neither reap nor read: kill the workers (their
-                // parent-death signal and the guard finish the job) and leave.
-                sh.dispatch(Event::Fatal(format!("poll failed: {e}")));
-                break;
-            }
-        };
-        for wake in wakes {
-            sh.on_wake(wake);
-        }
-        sh.check_lingering();
-        let now = Instant::now();
-        sh.sample(now);
-        if sh.core.next_deadline().is_some_and(|t| t <= now) {
-            sh.dispatch(Event::Tick);
-        }
-        if let Some(c) = &mut sh.p.control {
-            c.expire(now);
-        }
-        if let Some(m) = &mut sh.p.metrics {
-            m.expire(now);
-        }
-        let mut reached = Vec::new();
-        if let Some(r) = &mut sh.router {
-            r.expire(now, &mut sh.p.out);
-            r.flush(&mut sh.p.out);
-            reached = r.take_limits_reached();
-        }
-        for (pid, handed) in reached {
-            let cause = super::worker::Recycle::Requests(handed);
-            sh.dispatch(Event::Recycle { pid, cause });
-        }
-    }
-    sh.sweep();
-    let exit = sh.core.outcome();
-    if let Some(c) = &mut sh.p.control {
-        sh.p.stop_clients = c.take_held();
-    }
-    (exit, sh.p)
+    sh.run_loop()
 }
 
 impl Shell {
+    /// The event loop, until every worker is gone; then the sweep.
+    pub(super) fn run_loop(mut self) -> (Exit, Parts) {
+        let sh = &mut self;
+        while !sh.core.finished() {
+            let wakes = match sh.wait() {
+                Ok(w) => w,
+                Err(e) => {
+                    // Without poll the loop can neither reap nor read: kill the workers (their
+                    // parent-death signal and the guard finish the job) and leave.
+                    sh.dispatch(Event::Fatal(format!("poll failed: {e}")));
+                    break;
+                }
+            };
+            for wake in wakes {
+                sh.on_wake(wake);
+            }
+            sh.check_lingering();
+            let now = Instant::now();
+            sh.sample(now);
+            if sh.core.next_deadline().is_some_and(|t| t <= now) {
+                sh.dispatch(Event::Tick);
+            }
+            if let Some(c) = &mut sh.p.control {
+                c.expire(now);
+            }
+            if let Some(m) = &mut sh.p.metrics {
+                m.expire(now);
+            }
+            let mut reached = Vec::new();
+            if let Some(r) = &mut sh.router {
+                r.expire(now, &mut sh.p.out);
+                r.flush(&mut sh.p.out);
+                reached = r.take_limits_reached();
+            }
+            for (pid, handed) in reached {
+                let cause = super::worker::Recycle::Requests(handed);
+                sh.dispatch(Event::Recycle { pid, cause });
+            }
+            sh.check_preflight(now);
+            // Last: everything this wake-up brought is dealt with, so the state is whole.
+            if let Some(binary) = sh.hand_over.take() {
+                sh.hand_over(binary);
+            }
+        }
+        sh.sweep();
+        let exit = sh.core.outcome();
+        if let Some(c) = &mut sh.p.control {
+            sh.p.stop_clients = c.take_held();
+        }
+        (exit, self.p)
+    }
+
     /// Hands one event to the core and carries out what it decides, including the events
     /// those actions answer with, before anything else happens.
     pub(super) fn dispatch(&mut self, event: Event) {
@@ -248,6 +275,7 @@ impl Shell {
             self.p.metrics.as_ref().and_then(MetricsServer::deadline),
             recheck,
             self.sample_at,
+            self.preflight.as_ref().map(|p| p.deadline),
         ]
         .into_iter()
         .flatten()
@@ -329,6 +357,10 @@ impl Shell {
                     fds.push(PollFd::new(fd, PollFlags::POLLPRI));
                 }
             }
+        }
+        if let Some(fd) = self.preflight.as_ref().and_then(Preflight::fd) {
+            keys.push(Wake::Preflight);
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
         if let Some(r) = &self.router {
             for (key, fd, write) in r.polled() {
@@ -447,11 +479,16 @@ impl Shell {
             }
             Wake::Guard => self.on_guard(),
             Wake::Cgroup => {} // check_lingering follows every wake
+            Wake::Preflight => {
+                if let Some(p) = &mut self.preflight {
+                    p.read();
+                }
+            }
         }
     }
 
     /// Hands queued requests to the guard, without blocking.
-    fn flush_guard(&mut self) {
+    pub(super) fn flush_guard(&mut self) {
         let Some(g) = &mut self.p.guard else { return };
         // A guard that is gone shows as end of file on its socket, handled there.
         g.flush();
@@ -507,6 +544,7 @@ impl Shell {
                 Signal::SIGHUP => Sig::Hup,
                 Signal::SIGTTIN => Sig::Ttin,
                 Signal::SIGTTOU => Sig::Ttou,
+                Signal::SIGUSR2 => Sig::Usr2,
                 _ => continue,
             };
             self.dispatch(Event::Signal(sig));

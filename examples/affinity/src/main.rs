@@ -69,10 +69,11 @@ use std::io::{self, Write};
 use std::net::Shutdown;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use mini_http::drain::Tracker;
 use mini_http::{Input, parse_head, reason};
 use multinode_worker::{Accepted, Connection, Listener, PeerAddr, Stop, Watchdog};
 
@@ -153,29 +154,8 @@ struct Worker {
     local_reqno: AtomicU64,
     /// Requests per client address: the state affinity keeps in one place.
     visits: Mutex<HashMap<String, u64>>,
-    conns: Mutex<Conns>,
-    /// Signalled whenever a connection closes, and (during a drain) when one
-    /// goes idle.
-    changed: Condvar,
-}
-
-/// The open connections, so a drain can close the idle ones.
-#[derive(Default)]
-struct Conns {
-    next_id: u64,
-    open: HashMap<u64, Tracked>,
-}
-
-struct Tracked {
-    /// A second handle for `shutdown`; `None` if it could not be cloned
-    /// (out of fds), then the read timeout ends it.
-    handle: Option<Connection>,
-    /// Waiting for the next request, with no byte of it read.
-    idle: bool,
-    /// When it last became idle (its accept, or the end of its last response).
-    idle_since: Instant,
-    /// The drain has shut its read side.
-    shut: bool,
+    /// The open connections, so a drain can close the idle ones.
+    conns: Tracker<Connection>,
 }
 
 /// What becomes of the connection after a response.
@@ -196,8 +176,7 @@ impl Worker {
             watchdog,
             local_reqno: AtomicU64::new(0),
             visits: Mutex::new(HashMap::new()),
-            conns: Mutex::new(Conns::default()),
-            changed: Condvar::new(),
+            conns: Tracker::new(IDLE_GRACE),
         }
     }
 
@@ -213,13 +192,13 @@ impl Worker {
                     let conn = accepted.conn;
                     // Tracked before the accept loop can return, so the
                     // drain sees every accepted connection.
-                    let id = self.track(&conn);
+                    let id = self.conns.track(conn.try_clone().ok());
                     let worker = Arc::clone(self);
                     let spawned = thread::Builder::new()
                         .spawn(move || worker.serve(id, conn, &client, reqno));
                     if let Err(e) = spawned {
                         eprintln!("affinity: cannot start a connection thread: {e}");
-                        self.untrack(id);
+                        self.conns.untrack(id);
                     }
                 }
                 Ok(None) => {
@@ -260,83 +239,10 @@ impl Worker {
         seq.unwrap_or_else(|| self.local_reqno.fetch_add(1, Ordering::SeqCst) + 1)
     }
 
-    /// Registers a new connection, idle: no request read yet.
-    fn track(&self, conn: &Connection) -> u64 {
-        let handle = conn.try_clone().ok();
-        let mut conns = lock(&self.conns);
-        let id = conns.next_id;
-        conns.next_id += 1;
-        conns.open.insert(
-            id,
-            Tracked {
-                handle,
-                idle: true,
-                idle_since: Instant::now(),
-                shut: false,
-            },
-        );
-        id
-    }
-
-    fn untrack(&self, id: u64) {
-        lock(&self.conns).open.remove(&id);
-        self.changed.notify_all();
-    }
-
-    /// Marks the connection idle (waiting for a request, none of it read)
-    /// or busy.
-    fn set_idle(&self, id: u64, idle: bool) {
-        let mut conns = lock(&self.conns);
-        if let Some(t) = conns.open.get_mut(&id) {
-            if idle && !t.idle {
-                t.idle_since = Instant::now();
-            }
-            t.idle = idle;
-        }
-        if idle && self.stop.is_requested() {
-            // The drain counts its grace from now.
-            self.changed.notify_all();
-        }
-    }
-
-    /// After a stop (and after the accept loops have returned, so every
-    /// accepted connection is tracked): waits for the busy connections,
-    /// which close after their response because the stop makes it
-    /// `Connection: close`, and ends the idle ones by shutting their read
-    /// side (a blocked read then returns what is already queued, then end
-    /// of file).
-    ///
-    /// An idle connection (kept alive, or accepted and still silent) gets
-    /// up to IDLE_GRACE from when it went idle to send one more request:
-    /// its client may have sent it already, and closing now would lose it.
-    /// Then its read side is shut.
+    /// After a stop: waits until every connection has closed; an idle one gets IDLE_GRACE to
+    /// send one more request (answered with `Connection: close`), then its read side is shut.
     fn drain(&self) {
-        let mut conns = lock(&self.conns);
-        while !conns.open.is_empty() {
-            let now = Instant::now();
-            let mut next_deadline: Option<Instant> = None;
-            for t in conns.open.values_mut().filter(|t| t.idle && !t.shut) {
-                let deadline = t.idle_since + IDLE_GRACE;
-                if deadline > now {
-                    next_deadline = Some(next_deadline.map_or(deadline, |d| d.min(deadline)));
-                    continue;
-                }
-                if let Some(h) = &t.handle {
-                    let _ = h.shutdown(Shutdown::Read);
-                }
-                t.shut = true;
-            }
-            conns = match next_deadline {
-                Some(d) => {
-                    let wait = d.saturating_duration_since(now);
-                    self.changed
-                        .wait_timeout(conns, wait)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-                None => self.changed.wait(conns).unwrap_or_else(|e| e.into_inner()),
-            };
-        }
+        self.conns.drain(|h| _ = h.shutdown(Shutdown::Read));
     }
 
     /// Serves connection `id` (tracked) until it closes; every answer on it
@@ -350,7 +256,7 @@ impl Worker {
                 let timeout = if first {
                     FIRST_REQUEST_TIMEOUT
                 } else {
-                    self.set_idle(id, true);
+                    self.conns.set_idle(id, true, self.stop.is_requested());
                     IDLE_TIMEOUT
                 };
                 let _ = conn.set_read_timeout(Some(timeout));
@@ -361,14 +267,14 @@ impl Worker {
                 }
             }
             first = false;
-            self.set_idle(id, false);
+            self.conns.set_idle(id, false, false);
             match self.answer(&mut input, client, reqno) {
                 Ok(Next::KeepAlive) => {}
                 Ok(Next::Close) | Err(_) => break,
             }
         }
         drop(conn);
-        self.untrack(id);
+        self.conns.untrack(id);
     }
 
     /// Reads one request (the start of it is buffered) and answers it.
@@ -445,6 +351,7 @@ mod tests {
     use super::*;
     use std::io::{BufRead, BufReader, Read};
     use std::os::unix::net::UnixStream;
+    use std::time::Instant;
 
     // No test here requests a stop: the SDK's stop is process-wide, and
     // would end the keep-alive of the tests running beside it.
@@ -468,7 +375,7 @@ mod tests {
             .unwrap();
         let conn = Connection::from(server);
         let reqno = w.reqno(seq);
-        let id = w.track(&conn);
+        let id = w.conns.track(conn.try_clone().ok());
         let w = Arc::clone(w);
         let server = thread::spawn(move || w.serve(id, conn, "198.51.100.7", reqno));
         (client, id, server)
@@ -551,7 +458,7 @@ mod tests {
                 "{out}"
             );
         }
-        assert!(lock(&w.conns).open.is_empty(), "connections untracked");
+        assert!(w.conns.is_empty(), "connections untracked");
     }
 
     #[test]
@@ -608,7 +515,7 @@ mod tests {
         let mut c = &client;
         c.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
         assert!(response(&mut r).contains("visits=1"));
-        let idle = || lock(&w.conns).open.get(&id).is_some_and(|t| t.idle);
+        let idle = || w.conns.is_idle(id) == Some(true);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !idle() {
             assert!(Instant::now() < deadline, "the connection never went idle");
@@ -636,6 +543,6 @@ mod tests {
         );
         server.join().unwrap();
         drain.join().unwrap();
-        assert!(lock(&w.conns).open.is_empty());
+        assert!(w.conns.is_empty());
     }
 }

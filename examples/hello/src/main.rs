@@ -45,16 +45,16 @@
 //! pings vouch for accepting, not for each connection's thread. Without a
 //! watchdog the loops wait as before, with no timer.
 
-use std::collections::HashMap;
 use std::error::Error;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use mini_http::drain::Tracker;
 use mini_http::{Input, parse_head, reason};
 use multinode_worker::{Accepted, Connection, Listener, Stop, Watchdog};
 
@@ -107,8 +107,7 @@ fn run() -> Result<ExitCode, Box<dyn Error>> {
         worker: multinode_worker::worker_id().map_or_else(|| "-".to_owned(), |id| id.to_string()),
         stop,
         watchdog,
-        conns: Mutex::new(Conns::default()),
-        closed: Condvar::new(),
+        conns: Tracker::new(IDLE_GRACE),
         failed: AtomicBool::new(false),
     });
     println!(
@@ -148,30 +147,10 @@ struct Server {
     stop: Stop,
     /// `--watchdog`: pinged by the accept loops.
     watchdog: Option<Watchdog>,
-    conns: Mutex<Conns>,
-    /// Signalled whenever a connection closes.
-    closed: Condvar,
+    /// The open connections, so a drain can close the idle ones.
+    conns: Tracker<Connection>,
     /// An accept loop failed: exit non-zero after draining.
     failed: AtomicBool,
-}
-
-/// The open connections, so a drain can close the idle ones.
-#[derive(Default)]
-struct Conns {
-    next_id: u64,
-    open: HashMap<u64, Tracked>,
-}
-
-struct Tracked {
-    /// A second handle for `shutdown`; `None` if it could not be cloned
-    /// (out of fds), then the read timeout ends it.
-    handle: Option<Connection>,
-    /// Waiting for the next request, with no byte of it read.
-    idle: bool,
-    /// When it last became idle (its accept, or the end of its last response).
-    idle_since: Instant,
-    /// The drain has shut its read side.
-    shut: bool,
 }
 
 impl Server {
@@ -184,14 +163,14 @@ impl Server {
                     let conn = accepted.conn;
                     // Tracked before the accept loop can return, so the
                     // drain sees every accepted connection.
-                    let id = self.track(&conn);
+                    let id = self.conns.track(conn.try_clone().ok());
                     let server = Arc::clone(self);
                     let spawned = thread::Builder::new()
                         .name("conn".into())
                         .spawn(move || server.serve(id, conn));
                     if let Err(e) = spawned {
                         eprintln!("hello: cannot start a connection thread: {e}");
-                        self.untrack(id);
+                        self.conns.untrack(id);
                     }
                 }
                 Ok(None) => {
@@ -237,86 +216,10 @@ impl Server {
         listener.accept_timeout(&self.stop, w.due_in())
     }
 
-    fn conns(&self) -> MutexGuard<'_, Conns> {
-        self.conns.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Registers a new connection, idle: no request read yet.
-    fn track(&self, conn: &Connection) -> u64 {
-        let handle = conn.try_clone().ok();
-        let mut conns = self.conns();
-        let id = conns.next_id;
-        conns.next_id += 1;
-        conns.open.insert(
-            id,
-            Tracked {
-                handle,
-                idle: true,
-                idle_since: Instant::now(),
-                shut: false,
-            },
-        );
-        id
-    }
-
-    fn untrack(&self, id: u64) {
-        self.conns().open.remove(&id);
-        self.closed.notify_all();
-    }
-
-    /// Marks the connection idle (waiting for a request, none of it read) or busy. After a
-    /// stop, the drain closes an idle connection once its grace is over.
-    fn set_idle(&self, id: u64, idle: bool) {
-        let mut conns = self.conns();
-        if let Some(t) = conns.open.get_mut(&id) {
-            if idle && !t.idle {
-                t.idle_since = Instant::now();
-            }
-            t.idle = idle;
-        }
-        if idle && self.stop.is_requested() {
-            self.closed.notify_all();
-        }
-    }
-
-    /// After a stop (and after the accept loops have returned, so every
-    /// accepted connection is tracked): waits for the busy connections, which
-    /// close after their response because the stop makes it
-    /// `Connection: close`, and ends the idle ones by shutting their read
-    /// side (a blocked read then returns what is already queued, then end of
-    /// file).
-    ///
-    /// An idle connection (kept alive, or accepted and still silent) gets
-    /// up to IDLE_GRACE from when it went idle to send one more request,
-    /// answered with `Connection: close`: its client may have sent it
-    /// already. Then its read side is shut.
+    /// After a stop: waits until every connection has closed; an idle one gets IDLE_GRACE to
+    /// send one more request (answered with `Connection: close`), then its read side is shut.
     fn drain(&self) {
-        let mut conns = self.conns();
-        while !conns.open.is_empty() {
-            let now = Instant::now();
-            let mut next_deadline: Option<Instant> = None;
-            for t in conns.open.values_mut().filter(|t| t.idle && !t.shut) {
-                let deadline = t.idle_since + IDLE_GRACE;
-                if deadline > now {
-                    next_deadline = Some(next_deadline.map_or(deadline, |d| d.min(deadline)));
-                    continue;
-                }
-                if let Some(h) = &t.handle {
-                    let _ = h.shutdown(Shutdown::Read);
-                }
-                t.shut = true;
-            }
-            conns = match next_deadline {
-                Some(d) => {
-                    let wait = d.saturating_duration_since(now);
-                    self.closed
-                        .wait_timeout(conns, wait)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-                None => self.closed.wait(conns).unwrap_or_else(|e| e.into_inner()),
-            };
-        }
+        self.conns.drain(|h| _ = h.shutdown(Shutdown::Read));
     }
 
     fn serve(&self, id: u64, conn: Connection) {
@@ -328,7 +231,7 @@ impl Server {
             if input.buffered().is_empty() {
                 // A new connection is registered idle already.
                 if !first {
-                    self.set_idle(id, true);
+                    self.conns.set_idle(id, true, self.stop.is_requested());
                 }
                 match input.fill() {
                     Ok(true) => {}
@@ -336,7 +239,7 @@ impl Server {
                 }
             }
             first = false;
-            self.set_idle(id, false);
+            self.conns.set_idle(id, false, false);
             match self.one_request(&mut input) {
                 Ok(Next::KeepAlive) => {}
                 Ok(Next::Close) => {
@@ -356,7 +259,7 @@ impl Server {
             lingering_close(&conn);
         }
         drop(conn);
-        self.untrack(id);
+        self.conns.untrack(id);
     }
 
     /// Reads one request, discards its body and answers it.

@@ -9,8 +9,12 @@
 //!   ([`Request`]), or the status to answer a bad one with.
 //!
 //! Responses are each program's own business; [`reason`] gives the reason phrases.
+//!
+//! [`drain::Tracker`] keeps the open connections for a graceful drain after a stop.
 
 use std::io::{self, Read};
+
+pub mod drain;
 
 /// The largest request head (request line and headers) accepted.
 pub const MAX_HEAD: usize = 16 * 1024;

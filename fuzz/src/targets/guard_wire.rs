@@ -57,7 +57,11 @@ fn request(tag: u8, payload: &[u8]) {
     };
     if let Request::SocketFile(p) | Request::Dir(p) | Request::Cgroup(p) = &req {
         let bytes = p.as_os_str().as_bytes();
-        assert!(bytes.starts_with(b"/") && !bytes.contains(&0), "{}", p.display());
+        assert!(
+            bytes.starts_with(b"/") && !bytes.contains(&0),
+            "{}",
+            p.display()
+        );
     }
     let mut out = Vec::new();
     req.encode(&mut out);

@@ -36,7 +36,11 @@ pub fn check(data: &[u8]) {
         ListenAddr::Unix(path) => {
             use std::os::unix::ffi::OsStrExt;
             let bytes = path.as_os_str().as_bytes();
-            assert!(!bytes.is_empty() && bytes.len() <= 107, "{}", path.display());
+            assert!(
+                !bytes.is_empty() && bytes.len() <= 107,
+                "{}",
+                path.display()
+            );
             assert!(!bytes.contains(&0), "a Unix path with a NUL byte: {text:?}");
             assert!(!bytes.starts_with(b"@"), "{text:?}");
             format!("unix:{}", path.display())

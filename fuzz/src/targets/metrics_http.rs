@@ -26,7 +26,10 @@ pub fn check(data: &[u8]) {
     assert_eq!(found, at_once, "in chunks of {chunk}");
     let head = match at_once {
         Some(end) => {
-            assert!(end <= sent.len() && (sent[..end].ends_with(b"\n\n") || sent[..end].ends_with(b"\r\n\r\n")));
+            assert!(
+                end <= sent.len()
+                    && (sent[..end].ends_with(b"\n\n") || sent[..end].ends_with(b"\r\n\r\n"))
+            );
             &sent[..end]
         }
         None => sent,
@@ -34,7 +37,11 @@ pub fn check(data: &[u8]) {
     match parse(head) {
         Ok(req) => {
             let line = head.split(|&b| b == b'\n').next().expect("a line");
-            let method = if req.head_only { &b"HEAD "[..] } else { b"GET " };
+            let method = if req.head_only {
+                &b"HEAD "[..]
+            } else {
+                b"GET "
+            };
             assert!(line.starts_with(method), "{}", line.escape_ascii());
             let path = match req.page {
                 Page::Metrics => &b"/metrics"[..],
@@ -45,7 +52,12 @@ pub fn check(data: &[u8]) {
         Err(resp) => {
             assert!(matches!(resp.status, 400 | 404 | 405), "{}", resp.status);
             for head_only in [false, true] {
-                response(&encode_response(&resp, head_only), resp.status, &resp.body, head_only);
+                response(
+                    &encode_response(&resp, head_only),
+                    resp.status,
+                    &resp.body,
+                    head_only,
+                );
             }
         }
     }
@@ -57,6 +69,9 @@ fn response(bytes: &[u8], status: u16, body: &str, head_only: bool) {
     let text = std::str::from_utf8(bytes).expect("text");
     let (head, rest) = text.split_once("\r\n\r\n").expect("a blank line");
     assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{head}");
-    assert!(head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())), "{head}");
+    assert!(
+        head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())),
+        "{head}"
+    );
     assert_eq!(rest, if head_only { "" } else { body });
 }

@@ -20,6 +20,7 @@ pub mod route_wire;
 pub mod sd_notify;
 pub mod serve_args;
 pub mod size;
+pub mod upgrade_state;
 
 /// A target's check: panics when a property does not hold for the input.
 pub type Check = fn(&[u8]);
@@ -41,4 +42,5 @@ pub const ALL: &[(&str, Check)] = &[
     ("sd_notify", sd_notify::check),
     ("serve_args", serve_args::check),
     ("size", size::check),
+    ("upgrade_state", upgrade_state::check),
 ];

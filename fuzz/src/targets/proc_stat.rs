@@ -54,5 +54,10 @@ pub fn check(data: &[u8]) {
         format!("\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t1\nUid:\t{real}\t{real}\t{saved}\t{real}\nGid:\t0\t0\t0\t0\n")
             .as_bytes(),
     );
-    assert_eq!(parse_uids(&status), Some((real, saved)), "{}", status.escape_ascii());
+    assert_eq!(
+        parse_uids(&status),
+        Some((real, saved)),
+        "{}",
+        status.escape_ascii()
+    );
 }

@@ -66,8 +66,14 @@ fn round_trips(data: &[u8]) {
     let port = |o: usize| u16::from_be_bytes([b[o], b[o + 1]]);
     let tlvs = &after[..after.len().min(V2_MAX - 16 - 36)];
     for (client, server) in [
-        (SocketAddr::new(v4(0), port(32)), SocketAddr::new(v4(4), port(34))),
-        (SocketAddr::new(v6(0), port(32)), SocketAddr::new(v6(16), port(34))),
+        (
+            SocketAddr::new(v4(0), port(32)),
+            SocketAddr::new(v4(4), port(34)),
+        ),
+        (
+            SocketAddr::new(v6(0), port(32)),
+            SocketAddr::new(v6(16), port(34)),
+        ),
     ] {
         for (header, named) in [
             (v1(client, server), Some(client)),

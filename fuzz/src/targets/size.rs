@@ -27,7 +27,11 @@ pub fn check(data: &[u8]) {
         let n = bytes >> shift;
         if n > 0 {
             for unit in units {
-                assert_eq!(parse_size(&format!("{n}{unit}")), Ok(n << shift), "{n}{unit}");
+                assert_eq!(
+                    parse_size(&format!("{n}{unit}")),
+                    Ok(n << shift),
+                    "{n}{unit}"
+                );
             }
         }
     }

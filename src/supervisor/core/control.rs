@@ -14,7 +14,8 @@ use crate::supervisor::worker::{human, later};
 pub(super) struct Waiters {
     pub(super) reload: Vec<ClientId>,
     /// (client, wanted worker count, give up at)
-    scale: Vec<(ClientId, u32, Instant)>,
+    pub(super) scale: Vec<(ClientId, u32, Instant)>,
+    pub(super) upgrade: Vec<ClientId>,
 }
 
 impl Waiters {
@@ -29,7 +30,7 @@ impl Core {
         let running = self.phase == Phase::Running;
         match req {
             Request::Status => {
-                let reply = Reply::Status(self.status(now));
+                let reply = Reply::Status(Box::new(self.status(now)));
                 self.reply(client, reply);
             }
             Request::Stop => {
@@ -49,6 +50,9 @@ impl Core {
                 let deadline = later(now, self.rt.ready_timeout);
                 self.waiters.scale.push((client, n, deadline));
                 self.check_scale_waiters(now);
+            }
+            Request::Upgrade { binary } => {
+                self.request_upgrade(Some(client), binary, "multinode upgrade")
             }
             Request::Scale { .. } => self.reply(
                 client,
@@ -200,6 +204,11 @@ impl Core {
             reloads_ok: self.reloads_ok,
             reloads_failed: self.reloads_failed,
             version: env!("CARGO_PKG_VERSION").into(),
+            binary: None,
+            upgrades: self.upgrades_ok,
+            upgrades_failed: self.upgrades_failed,
+            last_upgrade: self.last_upgrade.clone(),
+            upgrading: self.upgrading.is_some(),
             control: self.fixed.control.clone(),
             slots: rows,
         }

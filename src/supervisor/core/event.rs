@@ -22,6 +22,8 @@ pub enum Sig {
     Hup,
     Ttin,
     Ttou,
+    /// Upgrade multinode itself in place.
+    Usr2,
 }
 
 impl Sig {
@@ -33,6 +35,7 @@ impl Sig {
             Sig::Hup => "SIGHUP",
             Sig::Ttin => "SIGTTIN",
             Sig::Ttou => "SIGTTOU",
+            Sig::Usr2 => "SIGUSR2",
         }
     }
 }
@@ -106,6 +109,29 @@ pub enum Event {
     GuardGone,
     /// The shell cannot go on (poll failed): kill everything and exit.
     Fatal(String),
+    /// Answer to [`Action::Upgrade`]: the new binary `binary` passed its checks and says it
+    /// is multinode `version` and reads this state (when it does not, the answer is
+    /// [`Event::UpgradeFailed`] with stage `check`).
+    UpgradeChecked {
+        binary: String,
+        version: String,
+    },
+    /// This image took the state over from multinode `from` (after [`Action::HandOver`]):
+    /// the upgrade is done. `at`: now, as wall-clock time (RFC 3339) for `status`.
+    Upgraded {
+        from: String,
+        binary: String,
+        took_ms: u64,
+        at: String,
+    },
+    /// The upgrade did not happen: `stage` `check` (the new binary was refused), `exec` (the
+    /// hand-over failed before the exec) or `restore` (the new image could not take the state
+    /// and this one came back). `running`: which multinode runs now, for people.
+    UpgradeFailed {
+        stage: &'static str,
+        reason: String,
+        running: String,
+    },
 }
 
 /// What a config file read again for a reload changes at run time.
@@ -164,6 +190,16 @@ pub enum Action {
     /// `--balance reuseport`: close a removed slot's sockets.
     CloseSlot {
         slot: u32,
+    },
+    /// Check the new binary (`None`: the one multinode runs from) and ask it whether it reads
+    /// this state; answer with [`Event::UpgradeChecked`].
+    Upgrade {
+        binary: Option<String>,
+    },
+    /// Hand the state over and execute `binary`, once the current event is dealt with. Never
+    /// answered when it works (this image is gone); [`Event::UpgradeFailed`] when it does not.
+    HandOver {
+        binary: String,
     },
 }
 

@@ -217,13 +217,17 @@ impl Core {
             self.slots[w.slot as usize].backoff.reset();
         }
         match self.schedule(w.slot, now) {
-            Some(delay) => self.log(
-                ev(Log::warn(
-                    "exited",
-                    format!("{what}; restarting in {}", human(delay)),
-                ))
-                .with("restart_in_ms", delay.as_millis() as u64),
-            ),
+            Some(delay) => {
+                let when = if delay.is_zero() {
+                    "restarting now".to_string()
+                } else {
+                    format!("restarting in {}", human(delay))
+                };
+                self.log(
+                    ev(Log::warn("exited", format!("{what}; {when}")))
+                        .with("restart_in_ms", delay.as_millis() as u64),
+                )
+            }
             None => self.log(ev(Log::warn("exited", what))),
         }
     }
@@ -300,6 +304,7 @@ impl Core {
             return self.stop(why, now);
         }
         self.end_reload("multinode is stopping");
+        self.end_upgrade();
         self.watch_at = None;
         self.stop_why = why.to_string();
         self.phase = Phase::LameDuck(later(now, self.rt.stop_delay));
@@ -354,6 +359,7 @@ impl Core {
             s.start_at = None;
         }
         self.end_reload("multinode is stopping");
+        self.end_upgrade();
         self.watch_at = None;
         let deadline = later(now, self.rt.grace);
         self.phase = Phase::Stopping(deadline);
@@ -395,6 +401,7 @@ impl Core {
             s.start_at = None;
         }
         self.end_reload("multinode is stopping");
+        self.end_upgrade();
         self.phase = Phase::Killing;
         if !self.workers.is_empty() {
             self.exit = self.exit.worst(Exit::Unclean);

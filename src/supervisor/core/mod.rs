@@ -24,8 +24,10 @@ mod event;
 mod health;
 mod lifecycle;
 mod reload;
+mod snapshot;
 #[cfg(test)]
 mod tests;
+mod upgrade;
 
 use std::time::{Duration, Instant};
 
@@ -35,7 +37,7 @@ use nix::unistd::Pid;
 use super::backoff::{Backoff, Budget, Jitter};
 use super::worker::{Leave, State, Worker, human, later};
 use crate::config::Runtime;
-use crate::control::protocol::Restarts;
+use crate::control::protocol::{LastUpgrade, Restarts};
 use crate::error::Exit;
 use crate::log::Event as Log;
 use reload::Reload;
@@ -123,6 +125,12 @@ pub struct Core {
     /// Reloads by outcome, for `/metrics`.
     reloads_ok: u64,
     reloads_failed: u64,
+    /// The upgrade under way: the binary asked for (`None`: the one multinode runs from).
+    upgrading: Option<Option<String>>,
+    /// In-place upgrades by outcome, and the last one done.
+    upgrades_ok: u64,
+    upgrades_failed: u64,
+    last_upgrade: Option<LastUpgrade>,
     exit: Exit,
     out: Vec<Action>,
 }
@@ -159,6 +167,10 @@ impl Core {
             sd_ping_at: None,
             reloads_ok: 0,
             reloads_failed: 0,
+            upgrading: None,
+            upgrades_ok: 0,
+            upgrades_failed: 0,
+            last_upgrade: None,
             exit: Exit::Ok,
             out: Vec::new(),
         }
@@ -205,6 +217,18 @@ impl Core {
             Event::Control { client, request } => self.on_request(client, request, now),
             Event::Tick => self.tick(now),
             Event::GuardGone => self.guard_gone(now),
+            Event::UpgradeChecked { binary, version } => self.upgrade_checked(binary, version),
+            Event::Upgraded {
+                from,
+                binary,
+                took_ms,
+                at,
+            } => self.upgraded(from, binary, took_ms, at),
+            Event::UpgradeFailed {
+                stage,
+                reason,
+                running,
+            } => self.upgrade_failed(stage, reason, running),
             Event::Fatal(msg) => {
                 self.log(Log::error(
                     "internal",
@@ -344,6 +368,7 @@ impl Core {
             Sig::Hup => self.request_reload("SIGHUP".into()),
             Sig::Ttin => self.scale_up("SIGTTIN", now),
             Sig::Ttou => self.scale_down("SIGTTOU", now),
+            Sig::Usr2 => self.request_upgrade(None, None, "SIGUSR2"),
         }
     }
 

@@ -35,12 +35,12 @@ pub(super) struct Failure {
 #[derive(Debug)]
 pub(super) struct Reload {
     pub(super) generation: u64,
-    why: String,
+    pub(super) why: String,
     /// Slots still to replace.
-    queue: VecDeque<u32>,
+    pub(super) queue: VecDeque<u32>,
     /// Slots whose new worker is starting and not ready yet.
     pub(super) in_flight: Vec<u32>,
-    replaced: u32,
+    pub(super) replaced: u32,
 }
 
 impl Core {

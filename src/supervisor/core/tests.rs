@@ -59,6 +59,9 @@ struct Sim {
     rolled_out: Vec<u64>,
     opened: Vec<u32>,
     closed: Vec<u32>,
+    /// Upgrades asked of the shell (the binary), and hand-overs.
+    upgrades: Vec<Option<String>>,
+    handed_over: Vec<String>,
 }
 
 impl Sim {
@@ -92,6 +95,8 @@ impl Sim {
             rolled_out: Vec::new(),
             opened: Vec::new(),
             closed: Vec::new(),
+            upgrades: Vec::new(),
+            handed_over: Vec::new(),
         }
     }
 
@@ -154,6 +159,8 @@ impl Sim {
                     }
                     Action::CloseSlot { slot } => self.closed.push(slot),
                     Action::Inspect { .. } => {}
+                    Action::Upgrade { binary } => self.upgrades.push(binary),
+                    Action::HandOver { binary } => self.handed_over.push(binary),
                 }
             }
         }
@@ -347,22 +354,36 @@ fn a_program_that_cannot_start_at_all_stops_with_exit_5() {
 // ---- exits, restarts, backoff ---------------------------------------------------------------
 
 #[test]
-fn a_crash_restarts_the_slot_after_a_jittered_backoff() {
+fn a_first_crash_restarts_at_once_and_a_second_after_a_jittered_backoff() {
     let mut s = Sim::started(runtime(2));
     let pid = s.pid_of(1);
     s.exit(pid, 3);
     let exited = s.events("exited");
     assert_eq!(Sim::field(exited[0], "code"), 3);
-    let delay = Sim::field(exited[0], "restart_in_ms").as_u64().unwrap();
-    assert!((75..125).contains(&delay), "{delay}ms");
-    assert_eq!(s.spawns.len(), 2, "not restarted before the backoff");
-    s.advance(Duration::from_millis(delay + 1));
+    assert_eq!(Sim::field(exited[0], "restart_in_ms"), 0);
+    assert!(
+        exited[0].msg.ends_with("restarting now"),
+        "{}",
+        exited[0].msg
+    );
+    assert_eq!(s.spawns.len(), 3, "restarted in the same turn");
     assert_eq!(s.spawns.last().unwrap().0, 1, "slot 1 again");
     assert_eq!(s.core.slots[1].restarts.total(), 1);
     assert_eq!(
         s.core.slots[1].last_exit.as_deref(),
         Some("exited with code 3")
     );
+    // The replacement crashes before --min-uptime: now the slot waits.
+    let pid = s.pid_of(1);
+    s.exit(pid, 3);
+    let delay = Sim::field(s.events("exited")[1], "restart_in_ms")
+        .as_u64()
+        .unwrap();
+    assert!((75..125).contains(&delay), "{delay}ms");
+    assert_eq!(s.spawns.len(), 3, "not restarted before the backoff");
+    s.advance(Duration::from_millis(delay + 1));
+    assert_eq!(s.spawns.len(), 4);
+    assert_eq!(s.spawns.last().unwrap().0, 1, "slot 1 again");
 }
 
 #[test]
@@ -371,19 +392,20 @@ fn quick_crashes_double_the_backoff_up_to_the_cap() {
     rt.backoff_max = Duration::from_millis(500);
     let mut s = Sim::started(rt);
     let mut delays = Vec::new();
-    for _ in 0..6 {
+    for _ in 0..7 {
         let pid = s.pid_of(0);
         s.exit(pid, 1);
         let d = Sim::field(s.events("exited").last().unwrap(), "restart_in_ms");
         delays.push(d.as_u64().unwrap());
         s.advance(Duration::from_millis(600));
     }
-    // 100, 200, 400 (each ±25%), then the 500ms cap.
-    assert!((75..=125).contains(&delays[0]), "{delays:?}");
-    assert!((150..=250).contains(&delays[1]), "{delays:?}");
-    assert!((300..=500).contains(&delays[2]), "{delays:?}");
+    // At once, then 100, 200, 400 (each ±25%), then the 500ms cap.
+    assert_eq!(delays[0], 0, "{delays:?}");
+    assert!((75..=125).contains(&delays[1]), "{delays:?}");
+    assert!((150..=250).contains(&delays[2]), "{delays:?}");
+    assert!((300..=500).contains(&delays[3]), "{delays:?}");
     assert!(
-        delays[3..].iter().all(|d| (375..=500).contains(d)),
+        delays[4..].iter().all(|d| (375..=500).contains(d)),
         "{delays:?}"
     );
 }
@@ -394,16 +416,17 @@ fn backoff_starts_over_after_min_uptime() {
     for _ in 0..4 {
         let pid = s.pid_of(0);
         s.exit(pid, 1);
-        s.advance(5 * SEC);
+        s.advance(2 * SEC);
     }
+    // At once, 100, 200, 400 (±25%).
     let before = Sim::field(s.events("exited").last().unwrap(), "restart_in_ms");
-    assert!(before.as_u64().unwrap() >= 600, "{before}");
+    assert!(before.as_u64().unwrap() >= 300, "{before}");
     // This one stays up past --min-uptime before it crashes.
     s.advance(6 * SEC);
     let pid = s.pid_of(0);
     s.exit(pid, 1);
     let after = Sim::field(s.events("exited").last().unwrap(), "restart_in_ms");
-    assert!(after.as_u64().unwrap() < 130, "{after}");
+    assert_eq!(after, 0, "a crash after --min-uptime counts as a first one");
 }
 
 #[test]
@@ -905,8 +928,11 @@ fn a_scale_waiter_fails_when_another_scale_changes_the_count_or_time_runs_out() 
 #[test]
 fn status_lists_each_slot_with_its_state() {
     let mut s = Sim::started(runtime(2));
-    let pid = s.pid_of(1);
-    s.exit(pid, 1);
+    // Two quick crashes: the first restarts at once, the second waits its backoff.
+    for _ in 0..2 {
+        let pid = s.pid_of(1);
+        s.exit(pid, 1);
+    }
     s.control(1, Request::Status);
     let Some(Reply::Status(st)) = s.reply_to(1) else {
         panic!("no status");
@@ -915,8 +941,8 @@ fn status_lists_each_slot_with_its_state() {
     assert!(!st.ready);
     let states: Vec<&str> = st.slots.iter().map(|r| r.state.as_str()).collect();
     assert_eq!(states, ["ready", "restarting"]);
-    assert_eq!(st.slots[1].restarts, 1);
-    assert_eq!(st.slots[1].restart_causes.crash, 1);
+    assert_eq!(st.slots[1].restarts, 2);
+    assert_eq!(st.slots[1].restart_causes.crash, 2);
 }
 
 #[test]
@@ -1338,4 +1364,223 @@ fn multinode_pings_systemds_watchdog_at_half_its_interval() {
     s.advance(11 * SEC);
     let pings = s.systemd.iter().filter(|n| **n == SdNote::Watchdog).count();
     assert_eq!(pings, 2, "at 5 s and 10 s");
+}
+
+// ---- in-place upgrade: the core's state across the exec -------------------------------------
+
+/// A core with a worker in every state, a reload under way, restarts counted, waiters waiting.
+fn core_in_every_state() -> Sim {
+    let mut rt = runtime(6);
+    rt.max_restarts = Some((100, Duration::from_secs(60)));
+    rt.watchdog = Some(60 * SEC);
+    rt.ready = ReadyMode::Delay(2 * SEC);
+    let mut s = Sim::with(rt, Mode::Route(RoutePolicy::LeastConn), true);
+    s.feed(Event::Start);
+    s.ready_all();
+    // A crash: a restart counted, its replacement starting (after backoff).
+    s.exit(s.pid_of(0), 3);
+    s.advance(SEC);
+    // A leader that exited leaving its group: Exited with a kill deadline.
+    s.feed(Event::Exited {
+        pid: s.pid_of(2),
+        status: ExitStatus::Signal {
+            signal: Signal::SIGSEGV,
+            core_dumped: true,
+        },
+        group_alive: true,
+    });
+    // Scaled down: slot 5 drains; after its grace it is killed.
+    s.feed(Event::Signal(Sig::Ttou));
+    s.advance(11 * SEC);
+    // Recycling: still serving while its replacement starts.
+    let recycled = s.pid_of(1);
+    s.feed(Event::Recycle {
+        pid: recycled,
+        cause: crate::supervisor::worker::Recycle::Requests(7),
+    });
+    // Slot 4 drains now, with its deadline ahead (scaled away with a longer grace).
+    s.feed(Event::Signal(Sig::Ttou));
+    // A reload under way, its first new worker starting, and a waiter for it.
+    s.reread = Some(Ok(None));
+    s.control(7, Request::Reload);
+    s.control(8, Request::Scale { workers: 4 });
+    s.feed(Event::Notify {
+        pid: s.pid_of(3),
+        fields: vec![("STATUS".into(), "busy".into())],
+    });
+    s
+}
+
+#[test]
+fn a_snapshot_restores_to_the_same_core_deadlines_and_all() {
+    let s = core_in_every_state();
+    let labels: std::collections::BTreeSet<&str> =
+        s.core.workers.iter().map(|w| w.label()).collect();
+    for l in ["starting", "ready", "recycling", "draining", "exiting"] {
+        assert!(labels.contains(l), "no worker {l}: {labels:?}");
+    }
+    assert!(
+        s.core
+            .workers
+            .iter()
+            .any(|w| matches!(w.state, State::Killed { .. })),
+        "a killed worker"
+    );
+    assert!(s.core.reload.is_some(), "a reload under way");
+    let before = s.core.snapshot(s.now);
+    let text = serde_json::to_string(&before).unwrap();
+    let back: crate::upgrade::format::CoreState = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, before, "the JSON round trip loses nothing");
+    // Restored in another image, 7 s later on the clock: everything is where it was,
+    // relative to the hand-over.
+    let later = s.now + 7 * SEC;
+    let restored = Core::restore(back, s.core.fixed.clone(), later).unwrap();
+    assert_eq!(restored.snapshot(later), before);
+    assert_eq!(
+        restored.next_deadline(),
+        s.core.next_deadline().map(|t| t + 7 * SEC)
+    );
+    let mut a = s.core.status(s.now);
+    let mut b = restored.status(later);
+    a.pid = 0;
+    b.pid = 0;
+    assert_eq!(a, b, "status reads the same");
+    let restarts: u32 = a.slots.iter().map(|r| r.restarts).sum();
+    assert!(
+        restarts >= 2,
+        "the crash and the recycle are counted: {restarts}"
+    );
+}
+
+#[test]
+fn a_restored_core_goes_on_exactly_as_the_original() {
+    let mut a = core_in_every_state();
+    let mut b = core_in_every_state();
+    let later = b.now + 3 * SEC;
+    let snap = b.core.snapshot(b.now);
+    b.core = Core::restore(snap, b.core.fixed.clone(), later).unwrap();
+    b.now = later;
+    // The same 40 s of life (ticks, readiness, the reload's progress, kills) on both.
+    a.logs.clear();
+    b.logs.clear();
+    for _ in 0..4 {
+        a.advance(10 * SEC);
+        b.advance(10 * SEC);
+        a.ready_all();
+        b.ready_all();
+    }
+    let kinds = |s: &Sim| {
+        s.logs
+            .iter()
+            .map(|l| (l.kind, l.msg.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(kinds(&a), kinds(&b));
+    assert_eq!(a.core.snapshot(a.now), b.core.snapshot(b.now));
+}
+
+#[test]
+fn an_upgrade_checks_then_hands_over_and_the_new_core_answers() {
+    let mut s = Sim::with(runtime(2), Mode::Shared, true);
+    s.feed(Event::Start);
+    s.ready_all();
+    s.systemd.clear();
+    s.control(
+        4,
+        Request::Upgrade {
+            binary: Some("/opt/mn".into()),
+        },
+    );
+    assert_eq!(s.upgrades, [Some("/opt/mn".into())]);
+    // The same upgrade asked again joins it; another binary is refused meanwhile.
+    s.control(5, Request::Upgrade { binary: None });
+    s.control(
+        6,
+        Request::Upgrade {
+            binary: Some("/other".into()),
+        },
+    );
+    assert_eq!(s.upgrades.len(), 1);
+    assert!(matches!(s.reply_to(6), Some(Reply::Failed { error }) if error.contains("under way")));
+    s.feed(Event::UpgradeChecked {
+        binary: "/opt/mn".into(),
+        version: "9.9.9".into(),
+    });
+    let up = s.events("upgrade");
+    assert_eq!(up.len(), 1);
+    assert_eq!(Sim::field(up[0], "to"), "9.9.9");
+    assert_eq!(s.systemd, [SdNote::Reloading]);
+    assert_eq!(s.handed_over, ["/opt/mn"]);
+    // The new image restores the core and hears it worked.
+    let snap = s.core.snapshot(s.now);
+    s.core = Core::restore(snap, s.core.fixed.clone(), s.now).unwrap();
+    s.feed(Event::Upgraded {
+        from: "0.0.1".into(),
+        binary: "/opt/mn".into(),
+        took_ms: 12,
+        at: "2026-01-01T00:00:00.000Z".into(),
+    });
+    for client in [4, 5] {
+        assert!(
+            matches!(s.reply_to(client), Some(Reply::Upgraded { from, took_ms: 12, .. }) if from == "0.0.1"),
+            "{:?}",
+            s.reply_to(client)
+        );
+    }
+    assert!(matches!(s.systemd.last(), Some(SdNote::Ready(_))));
+    let st = s.core.status(s.now);
+    assert_eq!(st.upgrades, 1);
+    assert_eq!(st.last_upgrade.unwrap().from, "0.0.1");
+    assert!(!st.upgrading);
+    assert_eq!(s.events("upgraded").len(), 1);
+}
+
+#[test]
+fn a_failed_upgrade_is_told_and_a_stop_calls_one_off() {
+    let mut s = Sim::with(runtime(1), Mode::Shared, true);
+    s.feed(Event::Start);
+    s.ready_all();
+    s.systemd.clear();
+    s.feed(Event::Signal(Sig::Usr2));
+    s.control(3, Request::Upgrade { binary: None });
+    assert_eq!(s.upgrades, [None]);
+    s.feed(Event::UpgradeFailed {
+        stage: "check",
+        reason: "it exited with code 1".into(),
+        running: "multinode 0.1.0 (/usr/bin/multinode)".into(),
+    });
+    let failed = s.events("upgrade-failed");
+    assert_eq!(Sim::field(failed[0], "stage"), "check");
+    assert!(
+        matches!(s.reply_to(3), Some(Reply::Failed { error }) if error.contains("code 1") && error.contains("keeps running"))
+    );
+    assert!(
+        s.systemd.is_empty(),
+        "nothing was said to systemd for a check"
+    );
+    // Restore failures come with RELOADING=1 behind them: READY=1 again.
+    s.feed(Event::Signal(Sig::Usr2));
+    s.feed(Event::UpgradeChecked {
+        binary: "/usr/bin/multinode".into(),
+        version: "0.1.0".into(),
+    });
+    s.feed(Event::UpgradeFailed {
+        stage: "restore",
+        reason: "it panicked".into(),
+        running: "multinode 0.1.0".into(),
+    });
+    assert!(matches!(s.systemd.last(), Some(SdNote::Ready(_))));
+    assert_eq!(s.core.status(s.now).upgrades, 0);
+    // A stop calls off an upgrade still being checked; its answer is then ignored.
+    s.control(9, Request::Upgrade { binary: None });
+    s.feed(Event::Signal(Sig::Term));
+    assert!(matches!(s.reply_to(9), Some(Reply::Failed { error }) if error.contains("stopping")));
+    let handed = s.handed_over.len();
+    s.feed(Event::UpgradeChecked {
+        binary: "/usr/bin/multinode".into(),
+        version: "0.1.0".into(),
+    });
+    assert_eq!(s.handed_over.len(), handed, "no hand-over once stopping");
+    s.control(10, Request::Upgrade { binary: None });
+    assert!(matches!(s.reply_to(10), Some(Reply::Failed { error }) if error.contains("stopping")));
 }
