@@ -548,7 +548,10 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
 pub fn parse_ready(s: &str) -> std::result::Result<ReadyMode, String> {
     match s.split_once(':') {
         None if s == "notify" => Ok(ReadyMode::Notify),
-        Some(("delay", d)) => parse_duration(d).map(ReadyMode::Delay),
+        // The whole value is quoted: `delay:` alone or a bad duration after it.
+        Some(("delay", d)) => parse_duration(d)
+            .map(ReadyMode::Delay)
+            .map_err(|e| format!("'{s}': {e}")),
         _ => Err(format!(
             "'{s}' is not a readiness mode: use notify or delay:DURATION (e.g. delay:2s)"
         )),
@@ -632,5 +635,11 @@ mod tests {
         );
         assert!(parse_ready("delay").is_err());
         assert!(parse_ready("soon").is_err());
+        // A bad duration after `delay:` is refused quoting the whole value (found by the
+        // `duration` fuzz target: the message quoted only what followed `delay:`).
+        for bad in ["delay:`", "delay:", "delay:soon"] {
+            let err = parse_ready(bad).unwrap_err();
+            assert!(err.contains(&format!("'{bad}'")), "{err}");
+        }
     }
 }
