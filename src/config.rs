@@ -223,6 +223,13 @@ impl Config {
                 "--proxy-timeout 0: a PROXY header needs some time to arrive (e.g. 5s)",
             ));
         }
+        // Only the config file can give these a NUL byte (an argv cannot hold one).
+        if let Some(path) = args.control.as_ref().filter(|p| has_nul(p)) {
+            return Err(Error::usage(format!(
+                "--control {}: a path cannot hold a NUL byte",
+                path.display()
+            )));
+        }
         if let Some(dir) = args.workdir.as_ref().filter(|_| fs) {
             if !dir.is_dir() {
                 return Err(Error::usage(format!(
@@ -366,6 +373,12 @@ impl Config {
                 .collect(),
         }
     }
+}
+
+/// Whether `p` holds a NUL byte, which the kernel cannot take in a path.
+fn has_nul(p: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    p.as_os_str().as_bytes().contains(&0)
 }
 
 /// A name usable as a file name: letters, digits, `_`, `-`, `.`, not starting with `.`.

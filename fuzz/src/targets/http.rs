@@ -43,7 +43,9 @@ pub fn check(data: &[u8]) {
         };
         assert!(head_len <= MAX_HEAD && head_len <= input.buffered().len());
         let head = input.buffered()[..head_len].to_vec();
-        assert!(head.ends_with(b"\n\n") || head.ends_with(b"\r\n\r\n"));
+        // An empty line ends it, after a line that ended in LF or CRLF (RFC 9112 lets a
+        // recipient take a bare LF as a line's end): LF LF, LF CR LF, CR LF CR LF.
+        assert!(head.ends_with(b"\n\n") || head.ends_with(b"\n\r\n"));
         let req = match parse_head(&head) {
             Ok(req) => req,
             Err((status, why)) => {
