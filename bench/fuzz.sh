@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Fuzzing: runs each cargo-fuzz target of fuzz/harness (the checks are in fuzz/src/targets) for
-# SECONDS seconds, JOBS targets at a time, all under `nice -n 19`; then minimizes each corpus
-# (`cargo fuzz cmin`) and prints a table per target: executions, time, coverage (libFuzzer's
-# cov: and ft: of its final stats line), the corpus after minimizing, and crashes. Each run's
-# whole output is kept in $LOGS. The corpora are fuzz/corpus/<target>/ (committed; every file
-# is replayed on stable by `cargo test -p multinode-fuzz`); a crash is saved under
-# fuzz/harness/artifacts/<target>/ and makes the script exit 1.
+# Fuzzing: builds the cargo-fuzz targets of fuzz/harness once (the checks are in
+# fuzz/src/targets), runs each for SECONDS_PER_TARGET seconds, JOBS targets at a time, all under
+# `nice -n 19` (CPU work, not a measurement: it takes no bench.lock); then minimizes each corpus
+# (libFuzzer's merge, what `cargo fuzz cmin` does) and prints a table per target: executions,
+# time, coverage (libFuzzer's cov: and ft: of its last status line), the corpus after
+# minimizing, and crashes. Each run's whole output is kept in $LOGS. The corpora are
+# fuzz/corpus/<target>/ (committed; every file is replayed on stable by `cargo test -p
+# multinode-fuzz`); a crash is saved under fuzz/harness/artifacts/<target>/ and makes the
+# script exit 1. See fuzz/README.md.
 #
 # Usage: bench/fuzz.sh [TARGET...]     (default: every target)
 # Tunables (environment): SECONDS_PER_TARGET=600 JOBS=2 CMIN=1 (0: keep the corpora as they
@@ -44,7 +46,7 @@ done
 nice -n 19 cargo run -q --locked -p multinode-fuzz --example serve_options >"$LOGS/serve_options"
 python3 fuzz/seeds.py "$LOGS/serve_options"
 
-echo "building the fuzz targets (nightly, release, sanitizer coverage)..." >&2
+echo "building the fuzz targets (nightly, optimized, debug assertions, coverage)..." >&2
 "${fuzz[@]}" build "${dir[@]}" "${build[@]}" >"$LOGS/build.log" 2>&1 || { cat "$LOGS/build.log" >&2; exit 1; }
 # The runs use these binaries as built now (not `cargo fuzz run`, which would build again for
 # each target, and pick up sources edited while the fuzzers run).
@@ -80,6 +82,10 @@ if [ "$CMIN" = 1 ]; then
     nice -n 19 "$bin/$t" -merge=1 -timeout=10 -rss_limit_mb=1024 "fuzz/corpus/$t" "$old" \
       >"$LOGS/$t.cmin.log" 2>&1 ||
       { echo "fuzz.sh: cmin of $t failed, see $LOGS/$t.cmin.log (the grown corpus is $old)" >&2; exit 1; }
+    # The regression inputs (crash-*: what a fixed crash was found with; check-*: what showed
+    # a check wrong) stay, whatever coverage they add.
+    find "$old" -maxdepth 1 -type f \( -name 'crash-*' -o -name 'check-*' \) \
+      -exec cp {} "fuzz/corpus/$t/" \;
   done
 fi
 
@@ -96,7 +102,7 @@ for t in $targets; do
   cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$status")
   ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$status")
   files=$(find "fuzz/corpus/$t" -type f | wc -l)
-  kib=$(du -sk "fuzz/corpus/$t" | cut -f1)
+  kib=$(du -sk --apparent-size "fuzz/corpus/$t" | cut -f1)
   [ "$result" = ok ] || crashed=1
   printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" "${execs:-?}" "$secs" \
     "$(( ${execs:-0} / (secs > 0 ? secs : 1) ))" "${cov:-?}" "${ft:-?}" "$files" "$kib" "$result"
