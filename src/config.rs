@@ -241,6 +241,13 @@ impl Config {
                 "--proxy-timeout 0: a PROXY header needs some time to arrive (e.g. 5s)",
             ));
         }
+        // Only the config file can give these a NUL byte (an argv cannot hold one).
+        if let Some(path) = args.control.as_ref().filter(|p| has_nul(p)) {
+            return Err(Error::usage(format!(
+                "--control {}: a path cannot hold a NUL byte",
+                path.display()
+            )));
+        }
         if let Some(dir) = args.workdir.as_ref().filter(|_| fs) {
             if !dir.is_dir() {
                 return Err(Error::usage(format!(
@@ -420,6 +427,12 @@ fn mode_of(
     }
 }
 
+/// Whether `p` holds a NUL byte, which the kernel cannot take in a path.
+fn has_nul(p: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    p.as_os_str().as_bytes().contains(&0)
+}
+
 /// A name usable as a file name: letters, digits, `_`, `-`, `.`, not starting with `.`.
 pub fn valid_name(n: &str) -> bool {
     !n.is_empty()
@@ -521,31 +534,44 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Parses `250ms`, `2s`, `1.5s`, `5m`, `1h`; a bare number is seconds. At most a year
 /// ([`MAX_DURATION`]); clap (and the config file, through the same parser) names the option.
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let bad = || format!("'{s}' is not a duration such as 500ms, 10s, 2m or 1h");
+    let too_long = || format!("'{s}' is longer than a year, the most a duration may be");
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let scale = match unit.trim() {
-        "ms" => 0.001,
-        "" | "s" => 1.0,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        _ => {
-            return Err(format!(
-                "'{s}' is not a duration such as 500ms, 10s, 2m or 1h"
-            ));
-        }
+    // Nanoseconds per unit.
+    let unit_ns: u128 = match unit.trim() {
+        "ms" => 1_000_000,
+        "" | "s" => 1_000_000_000,
+        "m" | "min" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        _ => return Err(bad()),
     };
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration such as 500ms, 10s, 2m or 1h"))?;
-    let too_long = || format!("'{s}' is longer than a year, the most a duration may be");
-    let d = Duration::try_from_secs_f64(value * scale).map_err(|_| too_long())?;
-    if d > MAX_DURATION {
+    // Decimal, read exactly (not through a float, which made 6666665600ms a nanosecond more
+    // than 6666665.6s): whole units, then each digit of the fraction down to the nanosecond.
+    let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
+    if (whole.is_empty() && frac.is_empty()) || frac.contains('.') {
+        return Err(bad());
+    }
+    let whole: u128 = match whole {
+        "" => 0,
+        w => w.parse().map_err(|_| too_long())?,
+    };
+    let mut ns = whole.checked_mul(unit_ns).ok_or_else(too_long)?;
+    let mut place = unit_ns;
+    for digit in frac.bytes() {
+        place /= 10;
+        if place == 0 {
+            break;
+        }
+        ns += u128::from(digit - b'0') * place;
+    }
+    if ns > MAX_DURATION.as_nanos() {
         return Err(too_long());
     }
-    Ok(d)
+    Ok(Duration::from_nanos(ns as u64))
 }
 
 /// The largest size accepted (1 EiB): far above any memory, far below overflow.
@@ -600,7 +626,10 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
 pub fn parse_ready(s: &str) -> std::result::Result<ReadyMode, String> {
     match s.split_once(':') {
         None if s == "notify" => Ok(ReadyMode::Notify),
-        Some(("delay", d)) => parse_duration(d).map(ReadyMode::Delay),
+        // The whole value is quoted: `delay:` alone or a bad duration after it.
+        Some(("delay", d)) => parse_duration(d)
+            .map(ReadyMode::Delay)
+            .map_err(|e| format!("'{s}': {e}")),
         _ => Err(format!(
             "'{s}' is not a readiness mode: use notify or delay:DURATION (e.g. delay:2s)"
         )),
@@ -684,5 +713,32 @@ mod tests {
         );
         assert!(parse_ready("delay").is_err());
         assert!(parse_ready("soon").is_err());
+        // Read exactly, as decimal (found by the `duration` fuzz target: through a float,
+        // 6666665600ms was a nanosecond more than 6666665.6s).
+        assert_eq!(
+            parse_duration("6666665600ms"),
+            Ok(Duration::from_millis(6_666_665_600))
+        );
+        assert_eq!(
+            parse_duration("6666665.6s"),
+            Ok(Duration::from_millis(6_666_665_600))
+        );
+        assert_eq!(parse_duration(".5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5."), Ok(Duration::from_secs(5)));
+        assert_eq!(
+            parse_duration("1.0000000019"),
+            Ok(Duration::from_nanos(1_000_000_001))
+        );
+        assert_eq!(parse_duration("0.5m"), Ok(Duration::from_secs(30)));
+        for bad in [".", "1.2.3", "ms", "", "1e3", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert!(parse_duration("99999999999999999999999999999999999999999h").is_err());
+        // A bad duration after `delay:` is refused quoting the whole value (found by the
+        // `duration` fuzz target: the message quoted only what followed `delay:`).
+        for bad in ["delay:`", "delay:", "delay:soon"] {
+            let err = parse_ready(bad).unwrap_err();
+            assert!(err.contains(&format!("'{bad}'")), "{err}");
+        }
     }
 }

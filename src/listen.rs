@@ -64,6 +64,12 @@ fn parse_addr(s: &str) -> std::result::Result<ListenAddr, String> {
                 "'{s}': abstract Unix sockets are not supported (any local user can reach them); use a path"
             ));
         }
+        if path.contains('\0') {
+            return Err(format!(
+                "'{}': a path cannot hold a NUL byte",
+                s.escape_debug()
+            ));
+        }
         if path.len() > UNIX_PATH_MAX {
             return Err(format!(
                 "Unix socket path is {} bytes long, the limit is {UNIX_PATH_MAX}: choose a shorter path",
@@ -146,6 +152,13 @@ mod tests {
         ] {
             assert!(parse_listen(bad).is_err(), "{bad} should be rejected");
         }
+        // Found by the `listen` fuzz target: a path with a NUL byte (the config file can
+        // give one) was accepted.
+        let err = parse_listen("web=unix:/run/a\0b.sock").unwrap_err();
+        assert!(
+            err.contains("NUL") && err.contains(r"unix:/run/a\0b.sock"),
+            "{err}"
+        );
         let long = format!("unix:/tmp/{}", "x".repeat(200));
         assert!(parse_listen(&long).unwrap_err().contains("limit is 107"));
     }

@@ -16,6 +16,7 @@ mod log;
 mod metrics;
 mod notify;
 mod privilege;
+mod procfs;
 mod proxy;
 mod route;
 mod serve;

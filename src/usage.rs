@@ -89,17 +89,13 @@ struct Proc {
 }
 
 fn read_proc(pid: i32) -> Option<Proc> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: the fields follow its last ')'.
-    let f: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
-    // From the state (field 3 of stat(5)): pgrp 5, utime 14, stime 15, rss 24 (pages).
-    let num = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok());
+    let stat = crate::procfs::stat(pid)?;
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
     Some(Proc {
-        pgid: num(5)? as i32,
-        cpu_seconds: (num(14)? + num(15)?) as f64 / ticks_per_second(),
-        rss_bytes: num(24)? * page,
+        pgid: stat.pgrp,
+        cpu_seconds: (stat.utime + stat.stime) as f64 / ticks_per_second(),
+        rss_bytes: stat.rss_pages * page,
     })
 }
 

@@ -82,6 +82,133 @@ fn detached_helpers_are_gone_after_a_clean_stop_without_cgroups() {
     clean_stop_leaves_nothing(&["--cgroup", "off"], true);
 }
 
+/// What `/proc/PID/comm` reads for the processes of [`oddly_named_helpers`] (their names hold
+/// the byte 0xff, which is not UTF-8).
+const ODD_SLEEP: &str = "sl\u{fffd}ep";
+const ODD_HELLO: &str = "hel\u{fffd}lo";
+
+/// [`helpers_script`] whose worker and helpers name themselves in bytes that are not UTF-8: a
+/// process chooses its own name, here that of the file it runs (a symlink to sleep or hello
+/// named `sl\xffep` or `hel\xfflo`).
+fn oddly_named_helpers(s: &Scratch) -> PathBuf {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let sleep = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|d| d.join("sleep"))
+        .find(|p| p.exists())
+        .expect("sleep in PATH");
+    let link = |to: &Path, name: &[u8]| {
+        std::os::unix::fs::symlink(to, s.0.join(OsStr::from_bytes(name))).unwrap()
+    };
+    link(&sleep, b"sl\xffep");
+    link(Path::new(&hello()), b"hel\xfflo");
+    let path = s.path("odd.sh");
+    let script = format!(
+        "#!/bin/sh\n\
+         sleep=\"{dir}/$(printf 'sl\\377ep')\"\n\
+         setsid sh -c 'echo \"setsid $$\"; exec \"$0\" 1000' \"$sleep\" &\n\
+         (sh -c 'echo \"forked $$\"; exec \"$0\" 1000' \"$sleep\" &) &\n\
+         exec \"{dir}/$(printf 'hel\\377lo')\"\n",
+        dir = s.0.display()
+    );
+    write_mode(&path, &script, 0o755);
+    path
+}
+
+/// The worker and helpers of [`oddly_named_helpers`], once each has its odd name.
+fn odd_processes(m: &Multinode) -> (i32, i32, i32) {
+    let pid = m.wait_started(1)[0];
+    let (detached, forked) = helper_pids(m, pid);
+    assert!(
+        eventually(DEADLINE, || comm(pid) == ODD_HELLO
+            && comm(detached) == ODD_SLEEP
+            && comm(forked) == ODD_SLEEP),
+        "the processes took their names: {:?}",
+        [pid, detached, forked].map(comm)
+    );
+    (pid, detached, forked)
+}
+
+#[test]
+fn helpers_named_in_bytes_that_are_not_utf8_are_swept_at_exit() {
+    // The sweep at exit (no cgroups) finds what was reparented to multinode in /proc, where
+    // it once skipped a process whose name is not UTF-8: that one outlived the service.
+    let s = Scratch::new("odd-stop");
+    let script = oddly_named_helpers(&s);
+    let mut m = Multinode::serve(&[
+        "-w",
+        "1",
+        "-l",
+        "127.0.0.1:0",
+        "--cgroup",
+        "off",
+        "--",
+        script.to_str().unwrap(),
+    ]);
+    let (pid, detached, forked) = odd_processes(&m);
+    let _helpers = KillOnDrop {
+        pids: vec![detached, forked],
+        comm: ODD_SLEEP,
+    };
+    m.wait_ready(1);
+    m.signal(libc::SIGTERM);
+    assert_eq!(m.wait_exit().code(), Some(0), "{}", m.output());
+    for p in [pid, detached, forked] {
+        assert!(
+            eventually(DEADLINE, || !alive(p)),
+            "process {p} ({}) outlived a clean stop: {:?}\n{}",
+            comm(p),
+            stat_of(p),
+            m.output()
+        );
+    }
+    let kill = m.wait_event("kill", |e| e.why() == Some("orphans"));
+    assert!(kill.u64("processes") >= Some(1), "{kill}");
+}
+
+#[test]
+fn the_guard_kills_a_workers_group_named_in_bytes_that_are_not_utf8() {
+    // The supervisor killed, the guard (root) kills each worker's process group, looking in
+    // /proc for whose processes they are: there it once skipped a process whose name is not
+    // UTF-8, and a group of only such processes lived on.
+    if !require(
+        is_root(),
+        "needs root: the guard checks whose processes it kills when multinode drops root",
+    ) {
+        return;
+    }
+    let s = Scratch::new("odd-guard");
+    let script = oddly_named_helpers(&s);
+    let mut m = Multinode::serve(&[
+        "-w",
+        "1",
+        "-l",
+        "127.0.0.1:0",
+        "--cgroup",
+        "off",
+        "--",
+        script.to_str().unwrap(),
+    ]);
+    let (pid, detached, forked) = odd_processes(&m);
+    // The setsid helper left the worker's group, and without cgroups nothing holds it: only
+    // a clean stop's sweep takes it (the test above). The double-forked one is the guard's.
+    let _helpers = KillOnDrop {
+        pids: vec![detached, forked],
+        comm: ODD_SLEEP,
+    };
+    m.wait_ready(1);
+    m.signal(libc::SIGKILL);
+    m.wait_exit();
+    for p in [pid, forked] {
+        assert!(
+            eventually(DEADLINE, || !alive(p)),
+            "process {p} ({}) outlived the killed supervisor: {:?}",
+            comm(p),
+            stat_of(p)
+        );
+    }
+}
+
 #[test]
 fn a_slot_restart_takes_its_detached_helpers_with_it() {
     let s = Scratch::new("restart");

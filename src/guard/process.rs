@@ -329,21 +329,13 @@ fn processes() -> Vec<Proc> {
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // PID (COMM) STATE PPID PGRP ...: COMM may hold anything, so from its last ')'.
-            let pgid = stat.rsplit_once(") ")?.1.split(' ').nth(2)?.parse().ok()?;
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            let uids: Vec<u32> = status
-                .lines()
-                .find_map(|l| l.strip_prefix("Uid:"))?
-                .split_whitespace()
-                .filter_map(|u| u.parse().ok())
-                .collect();
+            let pgid = crate::procfs::stat(pid)?.pgrp;
+            let (ruid, suid) = crate::procfs::uids(pid)?;
             Some(Proc {
                 pid,
                 pgid,
-                ruid: *uids.first()?,
-                suid: *uids.get(2)?,
+                ruid,
+                suid,
             })
         })
         .collect()

@@ -200,10 +200,7 @@ fn ancestors(pid: Pid) -> impl Iterator<Item = Pid> {
 }
 
 fn parent_of(pid: Pid) -> Option<Pid> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: the fields follow its last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(1)?.parse().ok().map(Pid::from_raw)
+    crate::procfs::stat(pid.as_raw()).map(|s| Pid::from_raw(s.ppid))
 }
 
 /// True while any process of the group `pgid` exists.
@@ -218,13 +215,6 @@ fn children_of(ppid: i32) -> Vec<i32> {
     };
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                // PID (COMM) STATE PPID ...
-                let mut f = s.rsplit_once(") ").map_or("", |r| r.1).split(' ');
-                let state = f.next();
-                f.next().and_then(|p| p.parse().ok()) == Some(ppid) && state != Some("Z")
-            })
-        })
+        .filter(|&pid| crate::procfs::stat(pid).is_some_and(|s| s.ppid == ppid && s.state != b'Z'))
         .collect()
 }

@@ -282,24 +282,38 @@ pub fn read(fd: RawFd, format: Option<u32>) -> Result<State, String> {
     parse(&bytes, format)
 }
 
-/// Parses a state: the header, its format, then the whole.
+/// Parses a state: the header, its format, then the whole. A refusal is one line: what a
+/// damaged state quotes of itself (a key or value with a newline) is escaped.
 pub fn parse(bytes: &[u8], format: Option<u32>) -> Result<State, String> {
-    let header: Header =
-        serde_json::from_slice(bytes).map_err(|e| format!("the state has no valid header: {e}"))?;
+    let header: Header = serde_json::from_slice(bytes)
+        .map_err(|e| one_line(&format!("the state has no valid header: {e}")))?;
     let n = format.unwrap_or(header.format);
     if !reads(n) {
-        return Err(format!(
+        return Err(one_line(&format!(
             "{}; multinode {} wrote it",
             unknown_format(n),
             header.multinode
-        ));
+        )));
     }
     serde_json::from_slice(bytes).map_err(|e| {
-        format!(
+        one_line(&format!(
             "the state of format {n} written by multinode {} does not parse: {e}",
             header.multinode
-        )
+        ))
     })
+}
+
+/// `s` with its control characters escaped (`\n`), for a message on one line.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// A new memfd for the state (close-on-exec, sealable).
@@ -378,6 +392,17 @@ mod tests {
         );
         // The failpoint's number wins over the header's.
         assert!(parse(text.as_bytes(), Some(99)).unwrap_err().contains("99"));
+        // What a damaged state quotes of itself stays on one line (found by the upgrade_state
+        // fuzz target: a key with a newline in it).
+        for damaged in [
+            format!(r#"{{"format": {FORMAT}, "multinode": "x", "fds": [{{"\no": 1}}]}}"#),
+            format!(r#"{{"format": {FORMAT}, "multinode": "x", "pid": "a\nb"}}"#),
+            r#"{"format": 99, "multinode": "a\nb"}"#.to_string(),
+            r#"{"format": "\n", "multinode": "x"}"#.to_string(),
+        ] {
+            let err = parse(damaged.as_bytes(), None).unwrap_err();
+            assert!(!err.contains('\n') && err.contains(r"\n"), "{err}");
+        }
     }
 
     #[test]

@@ -780,11 +780,18 @@ pub fn eventually(d: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// `/proc/<pid>/<file>` as text. Read as bytes: a process names itself (its `comm`, in
+/// `stat`, `status` and `comm`), and a name need not be UTF-8; such bytes become U+FFFD.
+pub fn proc_file(pid: i32, file: &str) -> Option<String> {
+    let bytes = std::fs::read(format!("/proc/{pid}/{file}")).ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 /// Whether `pid` exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => proc_state(&s) != Some('Z'),
-        Err(_) => false,
+    match proc_file(pid, "stat") {
+        Some(s) => proc_state(&s) != Some('Z'),
+        None => false,
     }
 }
 
@@ -794,7 +801,7 @@ fn proc_state(stat: &str) -> Option<char> {
 
 /// (state, ppid, pgid) of a process.
 pub fn stat_of(pid: i32) -> Option<(char, i32, i32)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let s = proc_file(pid, "stat")?;
     let rest = s.rsplit_once(") ")?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
     Some((f[0].chars().next()?, f[1].parse().ok()?, f[2].parse().ok()?))
@@ -820,7 +827,7 @@ pub fn is_guard(pid: i32) -> bool {
 
 /// A `/proc/<pid>/status` field, e.g. "Uid".
 pub fn status_field(pid: i32, field: &str) -> Option<String> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let s = proc_file(pid, "status")?;
     s.lines().find_map(|l| {
         l.strip_prefix(&format!("{field}:"))
             .map(|v| v.trim().to_string())
@@ -829,7 +836,7 @@ pub fn status_field(pid: i32, field: &str) -> Option<String> {
 
 /// utime + stime of a process, in clock ticks.
 pub fn cpu_ticks(pid: i32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let s = proc_file(pid, "stat").unwrap();
     let rest = s.rsplit_once(") ").unwrap().1;
     let f: Vec<&str> = rest.split_whitespace().collect();
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
@@ -1038,7 +1045,7 @@ pub fn kill(pid: i32, sig: i32) {
 
 /// The name of a process (`/proc/PID/comm`); empty once it is gone.
 pub fn comm(pid: i32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+    proc_file(pid, "comm")
         .map(|c| c.trim_end().to_string())
         .unwrap_or_default()
 }

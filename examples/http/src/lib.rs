@@ -136,7 +136,8 @@ fn is_tchar(b: u8) -> bool {
 }
 
 /// The length of the head at the start of `buf`, blank line included:
-/// up to the first empty line (CRLF CRLF, or bare LF LF as RFC 9112 allows).
+/// up to the first empty line (CRLF CRLF, or with bare LFs as RFC 9112 allows: LF LF,
+/// LF CRLF).
 pub fn head_end(buf: &[u8]) -> Option<usize> {
     let mut from = 0;
     while let Some(i) = buf[from..].iter().position(|&b| b == b'\n') {
