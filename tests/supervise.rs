@@ -713,25 +713,7 @@ fn as_pid_1_it_reaps_orphans_and_stops_cleanly() {
     m.kill_workers = false;
     let addr = m.tcp_addr("listen0");
     m.wait_started(2);
-    // The supervisor, seen from here: unshare's child, whose pid inside its namespace is 1.
-    let mut sup = 0;
-    assert!(
-        eventually(DEADLINE, || {
-            sup = children_of(m.pid).into_iter().next().unwrap_or(0);
-            status_field(sup, "NSpid").is_some_and(|ns| ns.split_whitespace().last() == Some("1"))
-        }),
-        "multinode is not PID 1 of its namespace"
-    );
-    // On failure: SIGKILL to PID 1 ends the whole namespace (killing unshare would not).
-    // Disarmed once multinode has exited, so it never hits a reused pid.
-    struct EndNamespace(Option<i32>);
-    impl Drop for EndNamespace {
-        fn drop(&mut self) {
-            if let Some(pid) = self.0 {
-                kill(pid, libc::SIGKILL);
-            }
-        }
-    }
+    let sup = pid_1_under(&m);
     let mut end = EndNamespace(Some(sup));
     let (status, body) = http_get(addr, "/").expect("served as PID 1");
     assert_eq!(status, 200, "{body}");

@@ -554,23 +554,7 @@ fn as_pid_1_of_a_pid_namespace_it_upgrades_and_stops_cleanly() {
     m.kill_workers = false;
     let addr = m.tcp_addr("listen0");
     m.wait_ready(2);
-    let mut sup = 0;
-    assert!(
-        eventually(DEADLINE, || {
-            sup = children_of(m.pid).into_iter().next().unwrap_or(0);
-            status_field(sup, "NSpid").is_some_and(|ns| ns.split_whitespace().last() == Some("1"))
-        }),
-        "multinode is not PID 1 of its namespace"
-    );
-    // On failure: SIGKILL to PID 1 ends the whole namespace.
-    struct EndNamespace(Option<i32>);
-    impl Drop for EndNamespace {
-        fn drop(&mut self) {
-            if let Some(pid) = self.0 {
-                kill(pid, libc::SIGKILL);
-            }
-        }
-    }
+    let sup = pid_1_under(&m);
     let mut end = EndNamespace(Some(sup));
     let workers = children_of(sup);
     assert_eq!(workers.len(), 2, "{workers:?}");

@@ -1232,3 +1232,29 @@ pub fn status_pids(name: &str) -> Vec<(u64, i64)> {
     v.sort();
     v
 }
+
+/// The supervisor `m` (an `unshare --pid --fork` running multinode) started, seen from here:
+/// unshare's child, once its pid inside its namespace is 1.
+pub fn pid_1_under(m: &Multinode) -> i32 {
+    let mut sup = 0;
+    assert!(
+        eventually(DEADLINE, || {
+            sup = children_of(m.pid).into_iter().next().unwrap_or(0);
+            status_field(sup, "NSpid").is_some_and(|ns| ns.split_whitespace().last() == Some("1"))
+        }),
+        "multinode is not PID 1 of its namespace"
+    );
+    sup
+}
+
+/// On failure: SIGKILL to PID 1 ends the whole namespace (killing unshare would not). Set to
+/// `None` once multinode has exited, so it never hits a reused pid.
+pub struct EndNamespace(pub Option<i32>);
+
+impl Drop for EndNamespace {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            kill(pid, libc::SIGKILL);
+        }
+    }
+}
