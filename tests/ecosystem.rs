@@ -6,10 +6,9 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::Value;
 
@@ -848,55 +847,11 @@ fn listen_together_with_socket_activation_is_refused() {
 }
 
 /// Datagrams on our NOTIFY_SOCKET, each as one string.
-struct Notifications(UnixDatagram);
-
-impl Notifications {
-    /// Receives until one satisfies `pred`; returns those before it and it.
-    fn until(&self, what: &str, pred: impl Fn(&str) -> bool) -> (Vec<String>, String) {
-        let end = Instant::now() + DEADLINE;
-        let mut before = Vec::new();
-        let mut buf = vec![0u8; 4096];
-        while Instant::now() < end {
-            match self.0.recv(&mut buf) {
-                Ok(n) => {
-                    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    if pred(&msg) {
-                        return (before, msg);
-                    }
-                    before.push(msg);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => panic!("recv on the notify socket: {e}"),
-            }
-        }
-        panic!("no {what} notification; got {before:?}");
-    }
-}
-
-fn has(msg: &str, field: &str) -> bool {
-    msg.lines().any(|l| l == field)
-}
-
-fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
-}
-
 #[test]
 fn systemd_notifications_follow_readiness_reload_and_stop() {
     let s = Scratch::new("sd-notify");
     let path = s.path("notify");
-    let sock = UnixDatagram::bind(&path).unwrap();
-    // multinode sends after dropping its privileges (to nobody when we are root).
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let sd = Notifications(sock);
+    let sd = ServiceManager::bind(&path);
     write(&s.path("gate.0"), "");
     let name = unique_name();
     let mut cmd = gated_command(&name, "2", &s.path("gate.{id}"));
@@ -904,19 +859,19 @@ fn systemd_notifications_follow_readiness_reload_and_stop() {
     let mut m = Multinode::spawn(cmd);
 
     // One slot ready: STATUS says so, and READY=1 must not come yet.
-    let (early, half) = sd.until("STATUS= 1/2", |msg| {
+    let (early, half, _) = sd.until("STATUS= 1/2", |msg| {
         msg.contains("STATUS=1/2 workers ready")
     });
     for msg in early.iter().chain([&half]) {
         assert!(
-            !has(msg, "READY=1"),
+            !has_line(msg, "READY=1"),
             "READY=1 with slot 1 not ready: {msg:?}"
         );
     }
     write(&s.path("gate.1"), "");
-    let (_, ready) = sd.until("READY=1", |msg| has(msg, "READY=1"));
+    let (_, ready, _) = sd.until("READY=1", |msg| has_line(msg, "READY=1"));
     assert!(
-        has(&ready, "STATUS=2/2 workers ready, generation 1"),
+        has_line(&ready, "STATUS=2/2 workers ready, generation 1"),
         "{ready:?}"
     );
     m.wait_ready(2);
@@ -924,10 +879,10 @@ fn systemd_notifications_follow_readiness_reload_and_stop() {
     // SIGHUP: RELOADING=1 with the time, then READY=1 once generation 2 serves.
     let t0 = monotonic_usec();
     m.signal(libc::SIGHUP);
-    let (between, reloading) = sd.until("RELOADING=1", |msg| has(msg, "RELOADING=1"));
+    let (between, reloading, _) = sd.until("RELOADING=1", |msg| has_line(msg, "RELOADING=1"));
     let t1 = monotonic_usec();
     assert!(
-        between.iter().all(|msg| !has(msg, "READY=1")),
+        between.iter().all(|msg| !has_line(msg, "READY=1")),
         "{between:?}"
     );
     let usec: u64 = reloading
@@ -940,16 +895,16 @@ fn systemd_notifications_follow_readiness_reload_and_stop() {
         t0 <= usec && usec <= t1,
         "MONOTONIC_USEC={usec} not within [{t0}, {t1}]"
     );
-    let (_, ready) = sd.until("READY=1 after the reload", |msg| has(msg, "READY=1"));
+    let (_, ready, _) = sd.until("READY=1 after the reload", |msg| has_line(msg, "READY=1"));
     assert!(
-        has(&ready, "STATUS=2/2 workers ready, generation 2"),
+        has_line(&ready, "STATUS=2/2 workers ready, generation 2"),
         "{ready:?}"
     );
     m.wait_event("reloaded", |e| e.why() == Some("SIGHUP"));
 
     // SIGTERM: STOPPING=1.
     m.signal(libc::SIGTERM);
-    let (_, stopping) = sd.until("STOPPING=1", |msg| has(msg, "STOPPING=1"));
+    let (_, stopping, _) = sd.until("STOPPING=1", |msg| has_line(msg, "STOPPING=1"));
     assert!(stopping.contains("STATUS="), "{stopping:?}");
     let st = m.wait_exit();
     assert_eq!(st.code(), Some(0), "{}", m.output());

@@ -618,92 +618,13 @@ fn upgrade_is_for_root_and_the_starter_and_says_its_versions() {
     assert_eq!(m.wait_exit().code(), Some(0), "{}", m.output());
 }
 
-/// One datagram from the notify socket and its sender's pid (`SCM_CREDENTIALS`); None at the
-/// read timeout.
-fn recv_with_pid(sock: &std::os::unix::net::UnixDatagram) -> Option<(String, i32)> {
-    use std::os::fd::AsRawFd;
-    let mut buf = [0u8; 4096];
-    let mut cmsg = [0u64; 16];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: a zeroed msghdr is valid; its pointers are set to live buffers below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cmsg.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&cmsg);
-    // SAFETY: recvmsg writes into the buffers msg points to.
-    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
-    if n < 0 {
-        return None;
-    }
-    let mut pid = 0;
-    // SAFETY: walks the control messages the kernel wrote into `cmsg`, as cmsg(3) does.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_CREDENTIALS {
-                let cred: libc::ucred = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                pid = cred.pid;
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    Some((
-        String::from_utf8_lossy(&buf[..n as usize]).into_owned(),
-        pid,
-    ))
-}
-
-/// Receives until a datagram has `field` (a line of it); returns it and its sender.
-#[track_caller]
-fn notified(sock: &std::os::unix::net::UnixDatagram, field: &str) -> (String, i32) {
-    let end = Instant::now() + DEADLINE;
-    let mut seen = Vec::new();
-    while Instant::now() < end {
-        if let Some((msg, pid)) = recv_with_pid(sock) {
-            if msg.lines().any(|l| l == field) {
-                return (msg, pid);
-            }
-            seen.push(msg);
-        }
-    }
-    panic!("no {field} notification; got {seen:?}");
-}
-
-fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
-}
-
 /// Under systemd (`Type=notify`): RELOADING=1 with the time before the exec, READY=1 after,
 /// both from the same MAINPID.
 #[test]
 fn systemd_hears_reloading_then_ready_from_the_same_main_pid() {
     let s = Scratch::new("upgrade-notify");
     let path = s.path("notify");
-    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-    set_mode(&path, 0o666);
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let on: libc::c_int = 1;
-    // SAFETY: setsockopt reads the int we pass.
-    unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&sock),
-            libc::SOL_SOCKET,
-            libc::SO_PASSCRED,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
+    let sd = ServiceManager::bind(&path);
     let inst = Install::new();
     let name = unique_name();
     let hello = hello();
@@ -722,14 +643,14 @@ fn systemd_hears_reloading_then_ready_from_the_same_main_pid() {
     ]))
     .env("NOTIFY_SOCKET", &path);
     let mut m = Multinode::spawn(cmd);
-    let (_, from) = notified(&sock, "READY=1");
+    let (_, from) = sd.wait_line("READY=1");
     assert_eq!(from, m.pid);
     inst.replace();
     let t0 = monotonic_usec();
     let out = upgrade(&name, None);
     let t1 = monotonic_usec();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let (reloading, from) = notified(&sock, "RELOADING=1");
+    let (reloading, from) = sd.wait_line("RELOADING=1");
     assert_eq!(from, m.pid, "RELOADING=1 from MAINPID");
     let usec: u64 = reloading
         .lines()
@@ -741,11 +662,11 @@ fn systemd_hears_reloading_then_ready_from_the_same_main_pid() {
         t0 <= usec && usec <= t1,
         "MONOTONIC_USEC={usec} not within [{t0}, {t1}]"
     );
-    let (ready, from) = notified(&sock, "READY=1");
+    let (ready, from) = sd.wait_line("READY=1");
     assert_eq!(from, m.pid, "READY=1 from the same MAINPID, after the exec");
     assert!(ready.contains("STATUS=2/2 workers ready"), "{ready:?}");
     m.signal(libc::SIGTERM);
-    notified(&sock, "STOPPING=1");
+    sd.wait_line("STOPPING=1");
     assert_eq!(m.wait_exit().code(), Some(0), "{}", m.output());
 }
 

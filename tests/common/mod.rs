@@ -1258,3 +1258,107 @@ impl Drop for EndNamespace {
         }
     }
 }
+
+/// A service manager's notify socket, as systemd gives a `Type=notify` service in
+/// NOTIFY_SOCKET: bound by the test, writable by anyone (multinode sends after dropping its
+/// privileges), and with each datagram's sender pid (SO_PASSCRED).
+pub struct ServiceManager(pub std::os::unix::net::UnixDatagram);
+
+impl ServiceManager {
+    pub fn bind(path: &Path) -> ServiceManager {
+        let sock = std::os::unix::net::UnixDatagram::bind(path).unwrap();
+        set_mode(path, 0o666);
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt reads the int we pass.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&sock),
+                libc::SOL_SOCKET,
+                libc::SO_PASSCRED,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        ServiceManager(sock)
+    }
+
+    /// One datagram and its sender's pid (`SCM_CREDENTIALS`); None at the read timeout.
+    pub fn recv(&self) -> Option<(String, i32)> {
+        let sock = &self.0;
+        use std::os::fd::AsRawFd;
+        let mut buf = [0u8; 4096];
+        let mut cmsg = [0u64; 16];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: a zeroed msghdr is valid; its pointers are set to live buffers below.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&cmsg);
+        // SAFETY: recvmsg writes into the buffers msg points to.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
+        if n < 0 {
+            return None;
+        }
+        let mut pid = 0;
+        // SAFETY: walks the control messages the kernel wrote into `cmsg`, as cmsg(3) does.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_CREDENTIALS {
+                    let cred: libc::ucred = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                    pid = cred.pid;
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        Some((
+            String::from_utf8_lossy(&buf[..n as usize]).into_owned(),
+            pid,
+        ))
+    }
+
+    /// Receives until one satisfies `pred`; returns those before it, it and its sender.
+    #[track_caller]
+    pub fn until(&self, what: &str, pred: impl Fn(&str) -> bool) -> (Vec<String>, String, i32) {
+        let end = Instant::now() + DEADLINE;
+        let mut before = Vec::new();
+        while Instant::now() < end {
+            if let Some((msg, pid)) = self.recv() {
+                if pred(&msg) {
+                    return (before, msg, pid);
+                }
+                before.push(msg);
+            }
+        }
+        panic!("no {what} notification; got {before:?}");
+    }
+
+    /// Receives until a datagram has the line `field`; returns it and its sender.
+    #[track_caller]
+    pub fn wait_line(&self, field: &str) -> (String, i32) {
+        let (_, msg, pid) = self.until(field, |m| has_line(m, field));
+        (msg, pid)
+    }
+}
+
+/// Whether a notification has the line `field` (`READY=1`, ...).
+pub fn has_line(msg: &str, field: &str) -> bool {
+    msg.lines().any(|l| l == field)
+}
+
+/// CLOCK_MONOTONIC in microseconds, as sd_notify's MONOTONIC_USEC counts.
+pub fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
