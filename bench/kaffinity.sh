@@ -147,18 +147,6 @@ block=$(
 )
 echo "$table"
 
-results=bench/RESULTS.md
-if ! grep -qx '## Client-IP affinity in the kernel' "$results"; then
-    printf '\n## Client-IP affinity in the kernel\n' >>"$results"
-fi
-# Insert at the end of that section (before the next "## " heading, if any).
-tmp=$(mktemp)
-BLOCK=$block awk '
-    BEGIN { block = ENVIRON["BLOCK"] }
-    /^## / && inside { print block; print ""; done = 1; inside = 0 }
-    { print }
-    $0 == "## Client-IP affinity in the kernel" && !done { inside = 1 }
-    END { if (inside) print block }
-' "$results" >"$tmp"
-mv "$tmp" "$results"
-echo "appended to $results" >&2
+# shellcheck source=bench/record.sh
+. bench/record.sh
+record_in_results "## Client-IP affinity in the kernel" "$block"

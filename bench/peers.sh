@@ -545,17 +545,7 @@ cat "$report"
 echo "raw figures: $tsv" >&2
 
 if [ "$RECORD" = 1 ]; then
-    out=bench/RESULTS.md
-    heading="## Head to head: multinode and its peers (\`bench/peers.sh\`)"
-    grep -qxF "$heading" "$out" || printf '\n%s\n' "$heading" >>"$out"
-    # At the end of that section (before the next "## " heading, if any).
-    tmp=$(mktemp)
-    BLOCK=$(cat "$report") HEADING=$heading awk '
-        /^## / && inside { print ENVIRON["BLOCK"]; print ""; inside = 0; done = 1 }
-        { print }
-        $0 == ENVIRON["HEADING"] && !done { inside = 1 }
-        END { if (inside) { print ""; print ENVIRON["BLOCK"] } }
-    ' "$out" >"$tmp"
-    mv "$tmp" "$out"
-    echo "recorded in $out" >&2
+    # shellcheck source=bench/record.sh
+    . bench/record.sh
+    record_in_results "## Head to head: multinode and its peers (\`bench/peers.sh\`)" "$(cat "$report")"
 fi

@@ -255,19 +255,6 @@ echo "$table"
 if [ "${APPEND:-1}" = 0 ]; then
     exit 0
 fi
-results=bench/RESULTS.md
-[ -f "$results" ] || echo "# Benchmark results (newest last in each section)" >"$results"
-if ! grep -qx '## Route mode vs shared' "$results"; then
-    printf '\n## Route mode vs shared\n' >>"$results"
-fi
-# Insert at the end of that section (before the next "## " heading, if any).
-tmp=$(mktemp)
-BLOCK=$block awk '
-    BEGIN { block = ENVIRON["BLOCK"] }
-    /^## / && inside { print block; print ""; done = 1; inside = 0 }
-    { print }
-    $0 == "## Route mode vs shared" && !done { inside = 1 }
-    END { if (inside) print block }
-' "$results" >"$tmp"
-mv "$tmp" "$results"
-echo "appended to $results" >&2
+# shellcheck source=bench/record.sh
+. bench/record.sh
+record_in_results "## Route mode vs shared" "$block"
