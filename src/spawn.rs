@@ -367,7 +367,8 @@ fn clone_child(
     }
 }
 
-fn env_entry(k: &[u8], v: &[u8]) -> CString {
+/// `K=V` as the environment of an exec holds it.
+pub fn env_entry(k: &[u8], v: &[u8]) -> CString {
     let mut e = Vec::with_capacity(k.len() + v.len() + 1);
     e.extend_from_slice(k);
     e.push(b'=');

@@ -36,6 +36,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Exit, Result};
+use crate::spawn::env_entry;
 
 /// Variables the new image must not see: systemd's socket activation (the sockets were taken
 /// once, at the first start) and an earlier upgrade's.
@@ -90,12 +91,7 @@ pub fn exec(binary: &Path, fds: &[i32], state_fd: i32, exe_fd: i32) -> std::io::
     let argv: Vec<CString> = std::env::args_os().map(|a| cstr(a.as_bytes())).collect();
     let mut env: Vec<CString> = std::env::vars_os()
         .filter(|(k, _)| !NOT_PASSED.iter().any(|n| k == n))
-        .map(|(k, v)| {
-            let mut e = k.as_bytes().to_vec();
-            e.push(b'=');
-            e.extend_from_slice(v.as_bytes());
-            cstr(&e)
-        })
+        .map(|(k, v)| env_entry(k.as_bytes(), v.as_bytes()))
         .collect();
     env.push(cstr(
         format!("{}={state_fd}", rollback::STATE_ENV).as_bytes(),

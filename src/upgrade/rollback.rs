@@ -18,6 +18,7 @@
 //! if it cannot either, there is nowhere further back to go, and it exits 70 (the guard then
 //! stops the workers, as when multinode is killed).
 
+use crate::spawn::env_entry;
 use std::ffi::{CString, OsString};
 use std::os::raw::{c_char, c_int};
 use std::os::unix::ffi::OsStrExt;
@@ -95,12 +96,7 @@ pub fn arm() {
     argv.push(std::ptr::null());
     let env: Vec<CString> = std::env::vars_os()
         .filter(|(k, _)| k != FAILPOINT_ENV && k != ROLLBACK_ENV)
-        .map(|(k, v)| {
-            let mut e = k.as_bytes().to_vec();
-            e.push(b'=');
-            e.extend_from_slice(v.as_bytes());
-            cstr(&e)
-        })
+        .map(|(k, v)| env_entry(k.as_bytes(), v.as_bytes()))
         .collect();
     let signals = FATAL
         .iter()
