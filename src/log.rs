@@ -128,15 +128,7 @@ pub struct Output {
 
 impl Output {
     pub fn start(format: LogFormat, color: bool) -> Output {
-        colored::control::set_override(color);
-        let mut out = Output {
-            tx: None,
-            writer: None,
-            format,
-            color,
-            dropped: 0,
-            dropped_total: 0,
-        };
+        let mut out = Output::paused(format, color);
         out.start_writer();
         out
     }
